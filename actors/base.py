@@ -1,0 +1,86 @@
+"""What an actor is: a name and one async handler. Everything else (NATS, saga log, retries, tracing,
+metrics) is the runtime's job (`actors.runtime`), so actor modules hold only their own logic.
+
+- A *processor* returns its enrichment: a dict of `MessagePayload` fields it adds.
+- A *router* returns a `StepResult` that may also replace the remaining steps of the route.
+- Raise `RetryableError` (or let a timeout / connection error / 5xx escape) for transient failures and
+  `PermanentError` for failures that a retry cannot fix.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
+
+from saga.protocol import Message, SagaOutcome
+
+if TYPE_CHECKING:
+    from saga.log import SagaLog
+    from supportmesh.config import Settings
+
+
+class RetryableError(Exception):
+    """A transient failure: the runtime retries the step with backoff."""
+
+
+class PermanentError(Exception):
+    """A failure no retry can fix: the message goes to the route's error handler at once."""
+
+
+@dataclass
+class StepResult:
+    """What a handler returns. Processors may return a plain dict (the enrichment) instead."""
+
+    enrichment: dict[str, Any] = field(default_factory=dict)
+    # Routers only: the new steps after the current one (taken steps are never rewritten).
+    remaining_route: list[str] | None = None
+    # Sticky saga outcome, e.g. "escalated"; the saga ends in this state when the route finishes.
+    outcome: SagaOutcome | None = None
+    # Why the route changed (recorded in the `route_changed` event).
+    reason: str = ""
+
+
+class StepContext(Protocol):
+    """What a handler may use from the runtime while it runs one step."""
+
+    actor: str
+    attempt: int
+    settings: Settings
+    saga: SagaLog
+    log: logging.LoggerAdapter
+
+    @property
+    def trace_id(self) -> str | None: ...
+
+    async def record(self, kind: str, data: dict[str, Any], *, seq: int = 0) -> bool:
+        """Write a saga event for this step (e.g. `action_executed`); False if it was already there."""
+        ...
+
+    async def in_progress(self) -> None:
+        """Tell JetStream the step is still alive (the runtime also does this on a timer)."""
+        ...
+
+    async def publish_reply(self, subject: str, data: bytes) -> None:
+        """Publish on core NATS (the gateway's reply subject)."""
+        ...
+
+
+class Actor:
+    """Base class of every actor. Subclasses set `name` and implement `handle`."""
+
+    name: ClassVar[str]
+    kind: ClassVar[Literal["processor", "router"]] = "processor"
+    # Seconds JetStream waits for an ack before redelivering; long steps also send in_progress.
+    ack_wait_s: ClassVar[float | None] = None
+    max_attempts: ClassVar[int | None] = None
+
+    async def start(self, settings: Settings) -> None:
+        """Open clients (HTTP, Redis, SQLite, LLM) once per process."""
+
+    async def stop(self) -> None:
+        """Close what `start` opened."""
+
+    async def handle(self, message: Message, ctx: StepContext) -> StepResult | dict[str, Any] | None:
+        """Process one message; return the enrichment (processors) or a StepResult (routers)."""
+        raise NotImplementedError

@@ -1,0 +1,57 @@
+"""Prometheus metrics of every supportmesh process. Names are `supportmesh_*`; labels are bounded
+(actor names, outcomes, event kinds, models), never message or session ids."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# Resolve milliseconds (the mesh's per-hop costs) as well as seconds (LLM calls, deadlines).
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
+    0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0,
+)
+
+ACTOR_PROCESSING_SECONDS = Histogram(
+    "supportmesh_actor_processing_seconds",
+    "Time an actor spends on one step, from receipt to ack (handler and runtime work).",
+    ["actor"],
+    buckets=LATENCY_BUCKETS,
+)
+ACTOR_MESSAGES = Counter(
+    "supportmesh_actor_messages_total",
+    "Steps handled by an actor, by outcome (completed, memoized, retried, failed, poison, misrouted).",
+    ["actor", "outcome"],
+)
+RETRIES = Counter("supportmesh_retries_total", "Step retries scheduled (nak with backoff).", ["actor"])
+REDELIVERIES = Counter(
+    "supportmesh_redeliveries_total",
+    "Steps delivered again (source: jetstream after a crash or timeout, escalation_router, sweeper).",
+    ["actor", "source"],
+)
+SAGA_EVENTS = Counter("supportmesh_saga_events_total", "Saga log events written, by kind.", ["kind"])
+COMPENSATIONS = Counter("supportmesh_compensations_total", "Side effects undone by compensation.", ["action"])
+ESCALATIONS = Counter("supportmesh_escalations_total", "Sagas handed to a human, by reason.", ["reason"])
+DEAD_LETTERS = Counter(
+    "supportmesh_dead_letters_total", "Messages that exhausted deliveries or were terminated.", ["actor"]
+)
+CHAT_LATENCY_SECONDS = Histogram(
+    "supportmesh_chat_latency_seconds",
+    "End-to-end chat latency at the gateway, by final status.",
+    ["status"],
+    buckets=LATENCY_BUCKETS,
+)
+CHATS_IN_FLIGHT = Gauge("supportmesh_chats_in_flight", "Chats the gateway is waiting on.")
+LLM_LATENCY_SECONDS = Histogram(
+    "supportmesh_llm_latency_seconds", "LLM call latency by model.", ["model", "purpose"], buckets=LATENCY_BUCKETS
+)
+LLM_TOKENS = Counter("supportmesh_llm_tokens_total", "LLM tokens by model and kind (prompt, completion).",
+                     ["model", "kind"])
+LLM_FALLBACKS = Counter("supportmesh_llm_fallbacks_total", "Calls that fell back to the local model.", ["model"])
+CONSUMER_PENDING = Gauge("supportmesh_consumer_pending", "Messages waiting in an actor's consumer.", ["actor"])
+CONSUMER_ACK_PENDING = Gauge(
+    "supportmesh_consumer_ack_pending", "Messages delivered to an actor and not yet acked.", ["actor"]
+)
+MOCK_API_LATENCY_SECONDS = Histogram(
+    "supportmesh_mock_api_latency_seconds", "Mock commerce API latency by route.", ["route", "method"],
+    buckets=LATENCY_BUCKETS,
+)
