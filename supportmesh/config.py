@@ -61,6 +61,7 @@ class Settings(BaseSettings):
 
     # observability: every process serves /metrics (actors on this port; 0 = pick a free one)
     metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
     log_level: str = "INFO"
     service_name: str = Field(default="supportmesh")
 

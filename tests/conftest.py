@@ -1,0 +1,23 @@
+"""Shared fixtures: real servers on loopback, on free ports, in temporary folders."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+
+from runtime_harness import Harness  # noqa: E402
+
+
+@pytest.fixture
+async def harness(tmp_path):
+    """A fresh nats-server (JetStream, sync always) and helpers to run actors against it."""
+    h = Harness(tmp_path)
+    await h.start()
+    try:
+        yield h
+    finally:
+        await h.close()

@@ -1,0 +1,155 @@
+"""A real nats-server plus helpers to run actors in this process or in their own OS processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import nats
+from nats.js.api import ConsumerInfo
+
+from actors.base import Actor
+from actors.runtime import ActorRuntime
+from saga.log import SagaEvent, SagaLog, SagaState
+from saga.protocol import Message, new_message
+from saga.transport import ensure_stream, start_saga
+from supportmesh.config import Settings
+from supportmesh.natsserver import NatsServer
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class Harness:
+    """One nats-server for one test, the saga log, and the actors the test starts."""
+
+    def __init__(self, tmp: Path, **settings: Any) -> None:
+        self.tmp = tmp
+        self.server = NatsServer(store_dir=tmp / "jetstream")
+        self.toy_log = tmp / "toy.log"
+        self.overrides = settings
+        self.runtimes: list[ActorRuntime] = []
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    async def start(self) -> Harness:
+        self.server.start()
+        self.settings = Settings(
+            nats_url=self.server.url,
+            ack_wait_s=2.0,
+            backoff_base_s=0.2,
+            backoff_max_s=1.0,
+            max_attempts=3,
+            saga_ttl_s=3600,
+            **self.overrides,
+        )
+        os.environ["SUPPORTMESH_TOY_LOG"] = str(self.toy_log)
+        await self.connect()
+        return self
+
+    async def connect(self) -> None:
+        self.nc = await nats.connect(self.server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+        self.js = self.nc.jetstream(timeout=10)
+        await ensure_stream(self.js, self.settings)
+        self.saga = await SagaLog.open(self.js, ttl_s=3600)
+
+    async def close(self) -> None:
+        for rt in self.runtimes:
+            try:
+                await asyncio.wait_for(rt.stop(drain_timeout_s=2), timeout=8)
+            except Exception:
+                pass
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=5)
+        try:
+            await self.nc.close()
+        except Exception:
+            pass
+        self.server.stop()
+        os.environ.pop("SUPPORTMESH_TOY_LOG", None)
+
+    # ---- actors ---------------------------------------------------------------------------------
+
+    async def run_actor(self, cls: type[Actor], **kwargs: Any) -> ActorRuntime:
+        """Run an actor in this process (in the test's event loop)."""
+        rt = ActorRuntime(cls(), self.settings, **kwargs)
+        await rt.start()
+        self.runtimes.append(rt)
+        return rt
+
+    def spawn_actor(self, spec: str, *, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Run an actor in its own OS process (`python -m actors <spec>`), logging to the temp folder."""
+        full_env = {
+            **os.environ,
+            "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}",
+            "SUPPORTMESH_NATS_URL": self.server.url,
+            "SUPPORTMESH_ACK_WAIT_S": str(self.settings.ack_wait_s),
+            "SUPPORTMESH_BACKOFF_BASE_S": str(self.settings.backoff_base_s),
+            "SUPPORTMESH_MAX_ATTEMPTS": str(self.settings.max_attempts),
+            "SUPPORTMESH_TOY_LOG": str(self.toy_log),
+            "SUPPORTMESH_METRICS_PORT": "0",
+            **(env or {}),
+        }
+        log = open(self.tmp / f"actor-{spec.replace(':', '_')}-{len(self.procs)}.log", "ab")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "actors", spec], cwd=REPO, env=full_env, stdout=log, stderr=subprocess.STDOUT
+        )
+        self.procs.append(proc)
+        return proc
+
+    @staticmethod
+    def kill9(proc: subprocess.Popen[bytes]) -> None:
+        """kill -9 an actor process."""
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=5)
+
+    # ---- messages -------------------------------------------------------------------------------
+
+    async def submit(self, steps: list[str], text: str = "hello mesh", *, error_handler: str = "catcher") -> Message:
+        """Start a saga with the given route."""
+        message = new_message(session_id="s1", customer_email="user@example.com", customer_message=text,
+                              steps=steps)
+        message = message.model_copy(update={"route": message.route.model_copy(update={"error_handler": error_handler})})
+        await start_saga(self.js, self.saga, message)
+        return message
+
+    async def wait_terminal(self, message_id: str, timeout: float = 20.0) -> SagaState:
+        """Wait until the saga is completed, escalated or failed."""
+        deadline = time.monotonic() + timeout
+        state = None
+        while time.monotonic() < deadline:
+            state = await self.saga.state(message_id)
+            if state and state.status in ("completed", "escalated", "failed"):
+                return state
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"saga {message_id} not terminal after {timeout}s: {state}")
+
+    async def events(self, message_id: str) -> list[SagaEvent]:
+        """The saga's history."""
+        return await self.saga.history(message_id)
+
+    def executions(self, actor: str | None = None, message_id: str | None = None) -> list[tuple[str, str, int, int]]:
+        """Handler calls recorded by the toy actors: (actor, message_id, step, attempt)."""
+        if not self.toy_log.exists():
+            return []
+        rows = []
+        for line in self.toy_log.read_text().splitlines():
+            a, m, step, attempt = line.split()
+            if (actor is None or a == actor) and (message_id is None or m == message_id):
+                rows.append((a, m, int(step), int(attempt)))
+        return rows
+
+    async def consumer(self, actor: str) -> ConsumerInfo:
+        """Consumer info of an actor (delivery counts)."""
+        return await self.js.consumer_info(self.settings.stream_name, actor)
+
+
+def kinds(events: list[SagaEvent]) -> list[tuple[str, str, int]]:
+    """(kind, actor, step) of each event, for compact assertions."""
+    return [(e.kind, e.actor, e.step_index) for e in events]

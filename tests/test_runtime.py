@@ -1,0 +1,179 @@
+"""The durable actor runtime against a real nats-server: delivery, saga log, retries, errors, poison
+messages, crashes of actors and of the server."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import orjson
+import pytest
+from nats.js.errors import NoKeysError
+
+from runtime_harness import Harness, kinds
+from saga.protocol import subject_for
+from toy_actors import Catcher, Count, Done, Flaky, Upper
+
+pytestmark = pytest.mark.asyncio
+
+
+async def test_route_of_three_actors_completes_with_ordered_saga_log(harness: Harness) -> None:
+    for cls in (Upper, Count, Done):
+        await harness.run_actor(cls)
+    message = await harness.submit(["upper", "count", "done"], "my order is late")
+
+    state = await harness.wait_terminal(message.message_id)
+
+    assert state.status == "completed"
+    events = await harness.events(message.message_id)
+    assert kinds(events) == [
+        ("saga_started", "gateway", 0),
+        ("step_started", "upper", 0),
+        ("step_completed", "upper", 0),
+        ("step_started", "count", 1),
+        ("step_completed", "count", 1),
+        ("step_started", "done", 2),
+        ("step_completed", "done", 2),
+        ("saga_completed", "done", 2),
+    ]
+    # Each completion records the enrichment it added, so a redelivery can reuse it.
+    completed = [e for e in events if e.kind == "step_completed"]
+    assert completed[0].data["enrichment"]["api_data"] == {"upper": "MY ORDER IS LATE"}
+    assert completed[2].data["enrichment"]["api_data"] == {"upper": "MY ORDER IS LATE", "count": 4, "done": True}
+    assert all(e.duration_ms is not None and e.duration_ms >= 0 for e in completed)
+
+
+async def test_recording_the_same_fact_twice_is_a_noop(harness: Harness) -> None:
+    from saga.log import SagaEvent
+
+    event = SagaEvent(message_id="m1", kind="step_completed", actor="a", step_index=0, data={"x": 1})
+    assert await harness.saga.record(event) is True
+    assert await harness.saga.record(event.model_copy(update={"data": {"x": 2}})) is False
+    history = await harness.events("m1")
+    assert len(history) == 1 and history[0].data == {"x": 1}
+
+
+async def test_state_never_moves_back_from_a_terminal_status(harness: Harness) -> None:
+    saga = harness.saga
+    rev = await saga.set_state("m2", status="running", step_index=0, actor="a")
+    assert rev
+    assert await saga.set_state("m2", status="running", step_index=3, actor="c", expected_revision=rev)
+    # A stale revision hint is corrected by a re-read, not a lost update.
+    assert await saga.set_state("m2", status="completed", step_index=3, actor="c", expected_revision=rev)
+    assert await saga.set_state("m2", status="running", step_index=1, actor="b") is None
+    state = await saga.state("m2")
+    assert state is not None and state.status == "completed" and state.step_index == 3
+
+
+async def test_retryable_failure_retries_with_backoff_then_completes(harness: Harness) -> None:
+    for cls in (Flaky, Done, Catcher):
+        await harness.run_actor(cls)
+    message = await harness.submit(["flaky", "done"], "fail-retry:2")
+
+    state = await harness.wait_terminal(message.message_id)
+
+    assert state.status == "completed"
+    events = await harness.events(message.message_id)
+    retries = [e for e in events if e.kind == "retry_scheduled"]
+    assert [e.attempt for e in retries] == [1, 2], kinds(events)
+    starts = {e.attempt: e.ts for e in events if e.kind == "step_started" and e.actor == "flaky"}
+    assert sorted(starts) == [1, 2, 3]
+    for retry in retries:
+        # The next attempt starts no earlier than the backoff delay the runtime scheduled.
+        waited = starts[retry.attempt + 1] - retry.ts
+        assert waited >= retry.data["delay_s"] * 0.9, (retry.attempt, waited, retry.data)
+    assert [a for (_, _, _, a) in harness.executions("flaky", message.message_id)] == [1, 2, 3]
+    assert len(harness.executions("done", message.message_id)) == 1
+
+
+@pytest.mark.parametrize("text,kind,expected_deliveries", [("fail-permanent", "permanent", 1),
+                                                            ("fail-always", "retryable_exhausted", 3)])
+async def test_failures_reach_the_error_handler_and_are_not_delivered_again(
+    harness: Harness, text: str, kind: str, expected_deliveries: int
+) -> None:
+    for cls in (Flaky, Done, Catcher):
+        await harness.run_actor(cls)
+    message = await harness.submit(["flaky", "done"], text)
+
+    state = await harness.wait_terminal(message.message_id)
+
+    assert state.status == "escalated"
+    events = await harness.events(message.message_id)
+    failed = [e for e in events if e.kind == "step_failed"]
+    assert len(failed) == 1 and failed[0].data["kind"] == kind
+    caught = [e for e in events if e.kind == "step_completed" and e.actor == "catcher"]
+    assert caught and caught[0].data["enrichment"]["api_data"]["catcher"] == kind
+    # The error handler saw payload.error (the toy catcher copies its kind), and `done` never ran.
+    assert harness.executions("done", message.message_id) == []
+    await asyncio.sleep(harness.settings.ack_wait_s + 0.5)  # a redelivery would have happened by now
+    assert len(harness.executions("flaky", message.message_id)) == expected_deliveries
+    info = await harness.consumer("flaky")
+    assert info.num_ack_pending == 0 and info.num_pending == 0
+
+
+@pytest.mark.parametrize("body", [b"not json at all", orjson.dumps({"message_id": "abc", "route": "nope"}),
+                                  orjson.dumps([1, 2, 3])])
+async def test_malformed_message_is_terminated_recorded_and_not_redelivered(harness: Harness, body: bytes) -> None:
+    rt = await harness.run_actor(Upper)
+    ack = await harness.js.publish(subject_for("upper"), body)
+
+    deadline = time.monotonic() + 10
+    poison = []
+    while time.monotonic() < deadline and not poison:
+        try:
+            keys = await harness.saga._log.keys()
+        except NoKeysError:
+            keys = []
+        poison = [k for k in keys if k.endswith(".poison_message.1")]
+        await asyncio.sleep(0.1)
+    assert len(poison) == 1
+    if b"abc" in body:
+        assert poison[0].startswith("abc.")  # filed under the saga it claims to belong to
+    entry = await harness.saga._log.get(poison[0])
+    record = orjson.loads(entry.value)
+    assert record["data"]["stream_seq"] == ack.seq and record["data"]["error"]
+    await asyncio.sleep(harness.settings.ack_wait_s + 0.5)
+    info = await harness.consumer("upper")
+    assert info.num_redelivered == 0 and info.num_ack_pending == 0
+    assert harness.executions("upper") == []
+    assert rt.ready  # the actor keeps serving
+
+
+async def test_misrouted_message_goes_to_the_error_handler(harness: Harness) -> None:
+    for cls in (Upper, Catcher):
+        await harness.run_actor(cls)
+    message = await harness.submit(["count", "done"], "hello")
+    # Publish the same message to the wrong actor on purpose.
+    from saga.transport import publish
+
+    wrong = message.model_copy(update={"message_id": message.message_id})
+    await harness.js.publish(subject_for("upper"), wrong.to_bytes())
+
+    state = await harness.wait_terminal(message.message_id)
+    assert state.status == "escalated"
+    events = await harness.events(message.message_id)
+    assert any(e.kind == "step_failed" and e.data.get("kind") == "misrouted" for e in events)
+    assert harness.executions("upper") == []
+    del publish
+
+
+async def test_two_replicas_share_the_work_and_process_each_message_once(harness: Harness) -> None:
+    a = await harness.run_actor(Upper, concurrency=2)
+    b = await harness.run_actor(Upper, concurrency=2)
+    await harness.run_actor(Done)
+    messages = [await harness.submit(["upper", "done"], f"message {i}") for i in range(40)]
+
+    for m in messages:
+        assert (await harness.wait_terminal(m.message_id)).status == "completed"
+
+    rows = harness.executions("upper")
+    assert sorted(m for (_, m, _, _) in rows) == sorted(m.message_id for m in messages)
+    assert a is not b
+
+
+async def test_deleted_consumer_heals(harness: Harness) -> None:
+    await harness.run_actor(Upper)
+    await harness.run_actor(Done)
+    await harness.js.delete_consumer(harness.settings.stream_name, "upper")
+    message = await harness.submit(["upper", "done"], "after the consumer was deleted")
+    assert (await harness.wait_terminal(message.message_id)).status == "completed"

@@ -1,0 +1,123 @@
+"""Toy actors for the runtime tests and the runtime demo. Each handler call appends a line
+`<actor> <message_id> <step> <attempt>` to the file named by `SUPPORTMESH_TOY_LOG` (when set), so tests can
+count executions across processes. Behaviour is driven by the customer message:
+
+- `fail-retry:N` → the `flaky` actor raises a RetryableError on its first N attempts;
+- `fail-permanent` → `flaky` raises a PermanentError;
+- `fail-always` → `flaky` always raises a RetryableError;
+- `sleep:S` → the `slow` actor sleeps S seconds (long enough to be killed mid-step).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from typing import Any
+
+from actors.base import Actor, PermanentError, RetryableError, StepContext, StepResult
+from saga.protocol import Message
+
+
+def note(actor: str, message: Message, attempt: int) -> None:
+    """Append one execution line to the toy log (O_APPEND keeps lines whole across processes)."""
+    path = os.environ.get("SUPPORTMESH_TOY_LOG")
+    if path:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(f"{actor} {message.message_id} {message.route.current_step} {attempt}\n")
+
+
+def stamped(message: Message, actor: str, value: Any) -> dict[str, Any]:
+    """A toy enrichment: the actor's mark added to `api_data`."""
+    return {"api_data": {**message.payload.api_data, actor: value}}
+
+
+class Upper(Actor):
+    """Upper-cases the customer's message into api_data."""
+
+    name = "upper"
+
+    async def handle(self, message: Message, ctx: StepContext) -> dict[str, Any]:
+        note(self.name, message, ctx.attempt)
+        return stamped(message, self.name, message.payload.customer_message.upper())
+
+
+class Count(Actor):
+    """Counts the words."""
+
+    name = "count"
+
+    async def handle(self, message: Message, ctx: StepContext) -> dict[str, Any]:
+        note(self.name, message, ctx.attempt)
+        return stamped(message, self.name, len(message.payload.customer_message.split()))
+
+
+class Done(Actor):
+    """Marks the message done."""
+
+    name = "done"
+
+    async def handle(self, message: Message, ctx: StepContext) -> dict[str, Any]:
+        note(self.name, message, ctx.attempt)
+        return stamped(message, self.name, True)
+
+
+class Flaky(Actor):
+    """Fails as the customer message says."""
+
+    name = "flaky"
+
+    async def handle(self, message: Message, ctx: StepContext) -> dict[str, Any]:
+        note(self.name, message, ctx.attempt)
+        text = message.payload.customer_message
+        if m := re.search(r"fail-retry:(\d+)", text):
+            if ctx.attempt <= int(m.group(1)):
+                raise RetryableError(f"transient failure on attempt {ctx.attempt}")
+        if "fail-permanent" in text:
+            raise PermanentError("this cannot work")
+        if "fail-always" in text:
+            raise RetryableError("still down")
+        return stamped(message, self.name, ctx.attempt)
+
+
+class Slow(Actor):
+    """Sleeps as the customer message says (to be killed mid-step)."""
+
+    name = "slow"
+
+    async def handle(self, message: Message, ctx: StepContext) -> dict[str, Any]:
+        note(self.name, message, ctx.attempt)
+        if m := re.search(r"sleep:([\d.]+)", message.payload.customer_message):
+            await asyncio.sleep(float(m.group(1)))
+        return stamped(message, self.name, "slept")
+
+
+class Catcher(Actor):
+    """A toy error handler: keeps the error and ends the saga as escalated."""
+
+    name = "catcher"
+    kind = "router"
+
+    async def handle(self, message: Message, ctx: StepContext) -> StepResult:
+        note(self.name, message, ctx.attempt)
+        error = message.payload.error
+        return StepResult(
+            enrichment=stamped(message, self.name, error.kind if error else None),
+            remaining_route=[],
+            outcome="escalated",
+            reason="caught",
+        )
+
+
+class Noop(Actor):
+    """Does nothing (benchmarks)."""
+
+    name = "noop"
+
+    async def handle(self, message: Message, ctx: StepContext) -> None:
+        return None
+
+
+def noop_class(index: int) -> type[Actor]:
+    """A distinct no-op actor class named `noop<index>` (benchmarks chain several)."""
+    return type(f"Noop{index}", (Noop,), {"name": f"noop{index}"})
