@@ -110,6 +110,7 @@ class ActorRuntime:
             max_s=settings.backoff_max_s,
         )
         self.fetch_timeout_s = fetch_timeout_s
+        self.durable = settings.saga_log_enabled
         self.nc: NATS
         self.js: JetStreamContext
         self.saga: SagaLog
@@ -256,68 +257,96 @@ class ActorRuntime:
             return "misrouted"
 
         t0 = time.perf_counter()
-        started_new, revision = await asyncio.gather(
-            self.record(message, "step_started", attempt=attempt),
-            self.saga.set_state(
-                message.message_id,
-                status="running",
-                step_index=route.current_step,
-                actor=self.name,
-                session_id=message.session_id,
-                trace_id=message.metadata.trace_id,
-                expected_revision=message.metadata.state_revision,
-            ),
+        if not self.durable:
+            return await self._run_step_volatile(msg, message, attempt)
+        # `step_started` is informational: send it without waiting for its ack. Writes from one connection
+        # reach JetStream in order, so it is stored before this step's `step_completed`.
+        await self.record_nowait(message, "step_started", attempt=attempt)
+        # The state record moves forward off the critical path (compare-and-set; a late update of an
+        # earlier step is refused by the guard in SagaLog.set_state).
+        state_task = asyncio.create_task(self._advance_state(message))
+        try:
+            return await self._execute(msg, message, attempt, span, t0)
+        finally:
+            with contextlib.suppress(Exception):
+                await state_task
+
+    async def _advance_state(self, message: Message) -> None:
+        await self.saga.set_state(
+            message.message_id,
+            status="running",
+            step_index=message.route.current_step,
+            actor=self.name,
+            session_id=message.session_id,
+            trace_id=message.metadata.trace_id,
         )
 
+    async def _execute(self, msg: Msg, message: Message, attempt: int, span: trace.Span, t0: float) -> str:
+        route = message.route
         memo: dict[str, Any] | None = None
-        if attempt > 1 or not started_new:
-            # A redelivery (crash, timeout, scheduled retry) or a duplicate publish: reuse a finished step.
-            source = "duplicate"
-            if attempt > 1:
-                retried = await self.saga.get_event(
-                    message.message_id, route.current_step, "retry_scheduled", attempt=attempt - 1
-                )
-                source = "retry" if retried else "jetstream"
-            await self.record(message, "redelivered", attempt=attempt, data={"source": source})
+        if attempt > 1:
+            # A redelivery (crash, ack timeout, scheduled retry): reuse the step if it already finished.
+            retried, done = await asyncio.gather(
+                self.saga.get_event(message.message_id, route.current_step, "retry_scheduled", attempt=attempt - 1),
+                self.saga.get_event(message.message_id, route.current_step, "step_completed"),
+            )
+            source = "retry" if retried else "jetstream"
+            await self.record_nowait(message, "redelivered", attempt=attempt, data={"source": source})
             metrics.REDELIVERIES.labels(self.name, source).inc()
-            done = await self.saga.get_event(message.message_id, route.current_step, "step_completed")
             if done is not None:
                 memo = done.data
 
-        outcome = "memoized"
-        if memo is None:
-            try:
-                result = await self._call_handler(msg, message, attempt)
-            except Exception as exc:
-                span.record_exception(exc)
-                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-                return await self._failed(msg, message, attempt, exc, time.perf_counter() - t0)
-            memo = self._memo_of(message, result)
-            created = await self.record(
-                message,
-                "step_completed",
-                attempt=attempt,
-                data=memo,
-                duration_ms=(time.perf_counter() - t0) * 1000,
-            )
-            _crash_point(self.name, "after_step_completed", attempt)
-            if not created:
-                # Another delivery of this step finished first: its record is the truth.
-                done = await self.saga.get_event(message.message_id, route.current_step, "step_completed")
-                memo = done.data if done else memo
-            outcome = "completed"
+        if memo is not None:
+            next_message = self._apply(message, memo)
+            await self._note_route_change(message, next_message, memo, attempt)
+            await self._forward(next_message)
+            await msg.ack()
+            return "memoized"
 
+        try:
+            result = await self._call_handler(msg, message, attempt)
+            memo = self._memo_of(message, result)
+        except Exception as exc:
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            return await self._failed(msg, message, attempt, exc, time.perf_counter() - t0)
         next_message = self._apply(message, memo)
+        await self._note_route_change(message, next_message, memo, attempt)
+        # Record the result and publish the next hop together. A crash between the two is repaired by the
+        # redelivery: a missing record re-runs the step and its republish is deduplicated (Nats-Msg-Id); a
+        # missing publish is redone from the record without running the handler again.
+        created, _ = await asyncio.gather(
+            self.record(message, "step_completed", attempt=attempt, data=memo,
+                        duration_ms=(time.perf_counter() - t0) * 1000),
+            self._forward(next_message),
+        )
+        _crash_point(self.name, "after_step_completed", attempt)
+        if not created:
+            log.warning("step finished twice; the first recorded result stands", extra=self._extra(message, attempt))
+        await msg.ack()
+        return "completed"
+
+    async def _note_route_change(self, message: Message, next_message: Message, memo: dict[str, Any],
+                                 attempt: int) -> None:
         if memo.get("remaining_route") is not None:
-            await self.record(
+            await self.record_nowait(
                 message,
                 "route_changed",
                 attempt=attempt,
-                data={"from": route.steps, "to": next_message.route.steps, "reason": memo.get("reason", "")},
+                data={"from": message.route.steps, "to": next_message.route.steps, "reason": memo.get("reason", "")},
             )
-        await self._forward(next_message, revision)
+
+    async def _run_step_volatile(self, msg: Msg, message: Message, attempt: int) -> str:
+        """The same step with the saga log off (benchmarks): no records, no memo, no recovery."""
+        try:
+            result = await self._call_handler(msg, message, attempt)
+        except Exception as exc:
+            await msg.term()
+            log.error("step failed (saga log off): %s", exc, extra=self._extra(message, attempt))
+            return "failed"
+        await self._forward(self._apply(message, self._memo_of(message, result)))
         await msg.ack()
-        return outcome
+        return "completed"
 
     async def _call_handler(self, msg: Msg, message: Message, attempt: int) -> StepResult:
         ctx = StepContext(self, message, msg, attempt)
@@ -369,14 +398,13 @@ class ActorRuntime:
             metadata = metadata.model_copy(update={"outcome": memo["outcome"]})
         return out.model_copy(update={"route": route.advanced(), "metadata": metadata})
 
-    async def _forward(self, message: Message, state_revision: int | None) -> None:
+    async def _forward(self, message: Message) -> None:
         """Publish the next hop, or finish the saga when the route is done."""
         route = message.route
         if route.current_step < len(route.steps):
-            message = message.model_copy(
-                update={"metadata": message.metadata.model_copy(update={"state_revision": state_revision})}
-            )
             await self._publish(message)
+            return
+        if not self.durable:
             return
         outcome = message.metadata.outcome
         status = "escalated" if outcome == "escalated" else "failed" if outcome == "failed" else "completed"
@@ -515,6 +543,8 @@ class ActorRuntime:
         duration_ms: float | None = None,
     ) -> bool:
         """Record an event of the message's current step; False when it was already recorded."""
+        if not self.durable:
+            return True
         created = await self.saga.record(
             SagaEvent(
                 message_id=message.message_id,
@@ -531,6 +561,25 @@ class ActorRuntime:
         if created:
             metrics.SAGA_EVENTS.labels(kind).inc()
         return created
+
+    async def record_nowait(
+        self, message: Message, kind: str, *, attempt: int = 1, data: dict[str, Any] | None = None
+    ) -> None:
+        """Record an informational event without waiting for JetStream's ack (see SagaLog.record_nowait)."""
+        if not self.durable:
+            return
+        await self.saga.record_nowait(
+            SagaEvent(
+                message_id=message.message_id,
+                kind=kind,  # type: ignore[arg-type]
+                actor=self.name,
+                step_index=message.route.current_step,
+                attempt=attempt,
+                trace_id=current_trace_id() or message.metadata.trace_id,
+                data=data or {},
+            )
+        )
+        metrics.SAGA_EVENTS.labels(kind).inc()
 
     def _extra(self, message: Message, attempt: int) -> dict[str, Any]:
         return {"actor": self.name, "message_id": message.message_id, "step": message.step_index,

@@ -108,6 +108,7 @@ class SagaLog:
 
     def __init__(self, js: JetStreamContext, log_kv: Any, state_kv: Any) -> None:
         self._js = js
+        self._nc = js._nc  # core publishes for record_nowait
         self._log = log_kv
         self._state = state_kv
 
@@ -128,6 +129,16 @@ class SagaLog:
             return True
         except KeyWrongLastSequenceError:
             return False
+
+    async def record_nowait(self, event: SagaEvent) -> None:
+        """Write an informational event without waiting for the ack. It carries the same "create only"
+        condition as `record` (expected last subject sequence 0), so a duplicate is dropped by the server;
+        being published on the same connection, it is stored before any later awaited write of ours."""
+        payload = event.model_dump(mode="json", exclude={"revision"}, exclude_none=True)
+        await self._nc.publish(
+            f"$KV.{LOG_BUCKET}.{event.key}", orjson.dumps(payload),
+            headers={"Nats-Expected-Last-Subject-Sequence": "0"},
+        )
 
     async def get_event(
         self, message_id: str, step_index: int, kind: str, attempt: int = 1, seq: int = 0

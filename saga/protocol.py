@@ -246,7 +246,6 @@ class MessageMetadata(_Strict):
     outcome: SagaOutcome = "running"
     redeliveries: int = 0
     regenerations: int = 0
-    state_revision: int | None = None
     tags: dict[str, str] = Field(default_factory=dict)
 
 

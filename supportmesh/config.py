@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     backoff_max_s: float = 5.0
     ack_wait_s: float = 30.0
     max_ack_pending: int = 256
+    # Benchmarks only: False skips every saga-log write, and with it memoization and recovery.
+    saga_log_enabled: bool = True
 
     # gateway
     gateway_host: str = "127.0.0.1"

@@ -1,0 +1,40 @@
+# supportmesh: two commands. `make run` starts the whole mesh locally; `make test` runs the test suite.
+# Both create .venv and install what is missing (Python packages, and redis-server/prometheus/chromium from
+# apt when absent).
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: run test bench bench-smoke setup system-deps clean help
+
+help:
+	@echo "make run     start the mesh locally (NATS, Redis, mock APIs, actors, gateway) and print the widget URL"
+	@echo "make test    run the test suite (installs everything it needs first)"
+	@echo "make bench   run the benchmarks (results in bench/results/)"
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test,bench]'
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+run: $(STAMP)
+	@scripts/system-deps.sh run
+	$(BIN)/supportmesh up $(ARGS)
+
+test: $(STAMP)
+	@scripts/system-deps.sh test
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	@scripts/system-deps.sh run
+	$(BIN)/python bench/runtime_bench.py
+
+clean:
+	rm -rf .supportmesh test-artifacts .pytest_cache
+
+-include k8s/k3d.mk

