@@ -1,0 +1,338 @@
+"""The HTTP gateway: the mesh's front door.
+
+`POST /api/chat` turns a customer message into a saga (published through JetStream with a publish ack),
+waits for the reply up to the deadline, and otherwise answers 202 so the client follows up with
+`GET /api/chat/{message_id}` or the server-sent events of `/api/chat/{message_id}/events`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import nats
+import orjson
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sse_starlette.sse import EventSourceResponse
+
+from gateway.replies import ReplyRouter
+from gateway.schemas import ChatPending, ChatRequest, ChatResponse
+from observability import metrics
+from observability.tracing import current_trace_id, inject_headers
+from saga.log import SagaLog
+from saga.protocol import HAPPY_PATH, MESSAGE_ID, SESSION_ID, new_message
+from saga.results import ChatResult, ResultStore
+from saga.transport import ensure_stream, start_saga
+from supportmesh.config import Settings, get_settings
+
+log = logging.getLogger("supportmesh.gateway")
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+MAX_BODY_BYTES = 64 * 1024
+TERMINAL_EVENTS = frozenset({"saga_completed", "saga_failed"})
+
+
+class Gateway:
+    """The gateway's connections and stores, opened once per process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.nc: Any = None
+        self.js: Any = None
+        self.saga: SagaLog
+        self.results: ResultStore
+        self.replies: ReplyRouter
+        self.sessions: Any = None
+        self.history: Any = None
+
+    async def start(self) -> None:
+        """Connect to NATS, Redis and SQLite; declare the stream and buckets; listen for replies."""
+        s = self.settings
+        self.nc = await nats.connect(
+            s.nats_url, name="supportmesh-gateway", max_reconnect_attempts=-1, reconnect_time_wait=0.25
+        )
+        self.js = self.nc.jetstream(timeout=10)
+        await ensure_stream(self.js, s)
+        self.saga = await SagaLog.open(self.js, ttl_s=s.saga_ttl_s)
+        self.results = await ResultStore.open(self.js, ttl_s=s.saga_ttl_s)
+        self.replies = ReplyRouter(self.nc)
+        await self.replies.start()
+        from gateway.history import HistoryStore
+        from gateway.sessions import SessionStore
+
+        self.sessions = SessionStore(s.redis_url, ttl_s=s.session_ttl_s)
+        self.history = HistoryStore(s.sqlite_path)
+        await self.history.open()
+
+    async def stop(self) -> None:
+        """Close everything opened by `start`."""
+        with contextlib.suppress(Exception):
+            await self.replies.stop()
+        if self.history is not None:
+            with contextlib.suppress(Exception):
+                await self.history.close()
+        if self.sessions is not None:
+            with contextlib.suppress(Exception):
+                await self.sessions.close()
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.close()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The gateway application."""
+    settings = settings or get_settings()
+    gw = Gateway(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await gw.start()
+        try:
+            yield
+        finally:
+            await gw.stop()
+
+    app = FastAPI(
+        title="supportmesh gateway",
+        version="0.1.0",
+        description="Customer-support agent over an actor mesh with durable sagas.",
+        lifespan=lifespan,
+    )
+    app.state.gateway = gw
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next: Any) -> Response:
+        # Refuse oversized bodies before reading them (a client mistake, never a 500).
+        length = request.headers.get("content-length")
+        if length and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            return JSONResponse({"detail": f"request body larger than {MAX_BODY_BYTES} bytes"}, status_code=413)
+        return await call_next(request)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"field": ".".join(str(p) for p in e.get("loc", ()) if p != "body"), "reason": e.get("msg", "")}
+            for e in exc.errors()
+        ]
+        reason = "; ".join(f"{e['field'] or 'body'}: {e['reason']}" for e in errors)
+        return JSONResponse({"detail": reason or "invalid request", "errors": errors}, status_code=422)
+
+    @app.post(
+        "/api/chat",
+        response_model=ChatResponse,
+        responses={202: {"model": ChatPending}, 413: {"description": "body too large"}},
+    )
+    async def chat(body: ChatRequest) -> Any:
+        """Send a customer message; the answer within the deadline, or 202 and the message id."""
+        started = time.perf_counter()
+        metrics.CHATS_IN_FLIGHT.inc()
+        try:
+            message = new_message(
+                session_id=body.session_id,
+                customer_email=body.customer_email,
+                customer_message=body.message,
+                steps=HAPPY_PATH,
+                reply_subject=gw.replies.subject,
+                deadline_s=settings.chat_deadline_s,
+            )
+            trace_id = current_trace_id()
+            message = message.model_copy(
+                update={"metadata": message.metadata.model_copy(update={"trace_id": trace_id})}
+            )
+            waiter = gw.replies.expect(message.message_id)
+            try:
+                await start_saga(gw.js, gw.saga, message, inject_headers())
+            except Exception as exc:
+                gw.replies.forget(message.message_id)
+                log.exception("publish failed")
+                raise HTTPException(503, f"the mesh is not accepting messages right now: {type(exc).__name__}")
+            await _touch_session(gw, body.session_id, message.message_id, "active", body.customer_email)
+            result = await _wait_for_result(gw, message.message_id, waiter, settings.chat_deadline_s)
+            if result is None:
+                metrics.CHAT_LATENCY_SECONDS.labels("processing").observe(time.perf_counter() - started)
+                return JSONResponse(
+                    ChatPending(message_id=message.message_id, trace_id=trace_id).model_dump(), status_code=202
+                )
+            metrics.CHAT_LATENCY_SECONDS.labels(result.status).observe(time.perf_counter() - started)
+            return _response(result)
+        finally:
+            metrics.CHATS_IN_FLIGHT.dec()
+
+    @app.get("/api/chat/{message_id}", response_model=ChatResponse, responses={202: {"model": ChatPending}})
+    async def chat_outcome(message_id: str) -> Any:
+        """The outcome of a message: 200 when finished, 202 while its saga runs, 404 if unknown."""
+        _check_id(message_id)
+        result = await gw.results.get(message_id)
+        if result is not None:
+            return _response(result)
+        state = await gw.saga.state(message_id)
+        if state is None:
+            raise HTTPException(404, f"no message {message_id}")
+        return JSONResponse(ChatPending(message_id=message_id, trace_id=state.trace_id).model_dump(), status_code=202)
+
+    @app.get("/api/chat/{message_id}/events")
+    async def chat_events(message_id: str, request: Request) -> EventSourceResponse:
+        """Server-sent events of the saga: its history, then live events, then the result; then close."""
+        _check_id(message_id)
+        if await gw.saga.state(message_id) is None and await gw.results.get(message_id) is None:
+            raise HTTPException(404, f"no message {message_id}")
+        return EventSourceResponse(_event_stream(gw, message_id, request), ping=10)
+
+    @app.get("/api/sagas/{message_id}")
+    async def saga(message_id: str) -> dict[str, Any]:
+        """The saga log of one message: its state, every event in order, and the result."""
+        _check_id(message_id)
+        state, events, result = await asyncio.gather(
+            gw.saga.state(message_id), gw.saga.history(message_id), gw.results.get(message_id)
+        )
+        if state is None and not events:
+            raise HTTPException(404, f"no saga for message {message_id}")
+        return {
+            "message_id": message_id,
+            "state": state.model_dump(mode="json", exclude={"revision"}) if state else None,
+            "events": [e.model_dump(mode="json") for e in events],
+            "result": result.model_dump(mode="json") if result else None,
+        }
+
+    @app.get("/api/sessions/{session_id}/history")
+    async def session_history(session_id: str, limit: int = 200) -> dict[str, Any]:
+        """The conversation of a session, oldest first (from SQLite)."""
+        if not SESSION_ID.match(session_id):
+            raise HTTPException(422, "session_id must be 1-64 characters of [A-Za-z0-9_-]")
+        limit = max(1, min(limit, 1000))
+        rows = await gw.history.history(session_id, limit=limit)
+        return {"session_id": session_id, "messages": [_history_row(r) for r in rows]}
+
+    @app.get("/api/config")
+    async def config() -> dict[str, Any]:
+        """What the widget needs to know."""
+        return {
+            "jaeger_ui_url": settings.jaeger_ui_url,
+            "chat_deadline_s": settings.chat_deadline_s,
+            "default_email": "user@example.com",
+        }
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        """Readiness: NATS, the stream, Redis and SQLite are reachable."""
+        checks: dict[str, str] = {}
+
+        async def check(name: str, probe: Any) -> None:
+            try:
+                await asyncio.wait_for(probe(), timeout=2)
+                checks[name] = "ok"
+            except Exception as exc:
+                checks[name] = f"error: {type(exc).__name__}"
+
+        await asyncio.gather(
+            check("nats", lambda: gw.nc.flush(timeout=1)),
+            check("stream", lambda: gw.js.stream_info(settings.stream_name)),
+            check("redis", gw.sessions.ping),
+            check("sqlite", gw.history.ping),
+        )
+        ok = all(v == "ok" for v in checks.values())
+        return JSONResponse({"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503)
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        """Prometheus metrics of this process."""
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", include_in_schema=False)
+    @app.get("/widget.html", include_in_schema=False)
+    async def widget() -> FileResponse:
+        return FileResponse(WEB_DIR / "widget.html")
+
+    @app.get("/saga.html", include_in_schema=False)
+    async def saga_page() -> FileResponse:
+        return FileResponse(WEB_DIR / "saga.html")
+
+    if (WEB_DIR / "static").is_dir():
+        app.mount("/static", StaticFiles(directory=WEB_DIR / "static"), name="static")
+
+    return app
+
+
+def _check_id(message_id: str) -> None:
+    if not MESSAGE_ID.match(message_id):
+        raise HTTPException(422, "message_id must be 1-64 characters of [A-Za-z0-9_-]")
+
+
+def _response(result: ChatResult) -> dict[str, Any]:
+    return ChatResponse(
+        message_id=result.message_id,
+        session_id=result.session_id,
+        status=result.status,
+        response=result.response,
+        action_plan=result.action_plan,
+        execution_result=result.execution_result,
+        trace_id=result.trace_id,
+    ).model_dump()
+
+
+def _history_row(row: Any) -> dict[str, Any]:
+    data = dict(row) if not isinstance(row, dict) else row
+    trace = data.get("route_trace")
+    if isinstance(trace, str):
+        with contextlib.suppress(Exception):
+            trace = orjson.loads(trace)
+    return {
+        "message_id": data.get("message_id"),
+        "timestamp": data.get("timestamp"),
+        "sender": data.get("sender"),
+        "content": data.get("content"),
+        "route_trace": trace,
+    }
+
+
+async def _wait_for_result(gw: Gateway, message_id: str, waiter: asyncio.Future[ChatResult],
+                           deadline_s: float) -> ChatResult | None:
+    try:
+        return await asyncio.wait_for(waiter, timeout=deadline_s)
+    except asyncio.TimeoutError:
+        gw.replies.forget(message_id)
+        # The reply may have been published while this gateway was reconnecting: KV has it.
+        return await gw.results.get(message_id)
+
+
+async def _touch_session(gw: Gateway, session_id: str, message_id: str, status: str, email: str) -> None:
+    try:
+        await gw.sessions.set_state(session_id, last_message_id=message_id, status=status)
+    except Exception:
+        # Session state helps follow-ups; losing it must not lose the customer's message.
+        log.warning("could not update session state", exc_info=True)
+
+
+async def _event_stream(gw: Gateway, message_id: str, request: Request) -> AsyncIterator[dict[str, str]]:
+    """History, then live events, then the result."""
+    finished = False
+    async for event in gw.saga.watch(message_id, idle_timeout_s=120):
+        if await request.is_disconnected():
+            return
+        yield {"event": "saga", "data": event.model_dump_json()}
+        if event.kind in TERMINAL_EVENTS:
+            finished = True
+            break
+    if not finished:
+        return
+    for _ in range(50):  # the result is stored before saga_completed; wait briefly for KV to catch up
+        result = await gw.results.get(message_id)
+        if result is not None:
+            yield {"event": "result", "data": result.model_dump_json()}
+            return
+        await asyncio.sleep(0.1)

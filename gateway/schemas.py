@@ -1,0 +1,56 @@
+"""The gateway's HTTP request and response bodies (what the OpenAPI schema at /docs shows)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# Deliberately simple: one @, a dot in the domain, no spaces. Real validation is the customer API's job.
+EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
+MAX_MESSAGE_CHARS = 4000
+
+
+class ChatRequest(BaseModel):
+    """One customer message."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    session_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", examples=["demo-session-1"])
+    customer_email: str = Field(max_length=254, examples=["user@example.com"])
+    message: str = Field(min_length=1, max_length=MAX_MESSAGE_CHARS, examples=["My order 12345 is late!"])
+
+    @field_validator("customer_email")
+    @classmethod
+    def _email(cls, value: str) -> str:
+        if not EMAIL.match(value):
+            raise ValueError("customer_email is not a valid email address")
+        return value.lower()
+
+    @field_validator("message")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        if "\x00" in value:
+            raise ValueError("message contains a NUL character")
+        return value
+
+
+class ChatResponse(BaseModel):
+    """The agent's answer."""
+
+    message_id: str
+    session_id: str
+    status: Literal["resolved", "escalated"]
+    response: str
+    action_plan: dict[str, Any] | None = None
+    execution_result: dict[str, Any] | None = None
+    trace_id: str | None = None
+
+
+class ChatPending(BaseModel):
+    """The saga is still running: poll `GET /api/chat/{message_id}` or follow its events."""
+
+    message_id: str
+    status: Literal["processing"] = "processing"
+    trace_id: str | None = None

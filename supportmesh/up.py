@@ -1,0 +1,284 @@
+"""`supportmesh up`: the whole mesh on one machine, with one command.
+
+Starts nats-server (JetStream, data under `<data-dir>/jetstream`), redis-server (or uses `SUPPORTMESH_REDIS_URL`),
+the mock commerce APIs, every actor (`--replicas N` processes each) and the gateway; supervises them (a crashed
+process is restarted with backoff, as Kubernetes would); writes `<data-dir>/endpoints.json` with every URL and
+PID; logs each process to `<data-dir>/logs/<name>.log`; prints the widget URL; stops everything in order on
+Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from saga.protocol import HAPPY_PATH
+from supportmesh.natsserver import NatsServer, free_port
+from supportmesh.redisserver import RedisServer
+from supportmesh.supervisor import Child, Supervisor
+
+log = logging.getLogger("supportmesh.up")
+
+ACTORS: tuple[str, ...] = tuple(dict.fromkeys([*HAPPY_PATH[:-1], "execution_coordinator", "escalation_router",
+                                               HAPPY_PATH[-1]]))
+STOP_ORDER = ["gateway", "actor", "mocks", "prometheus"]
+
+
+def _port(preferred: int, host: str = "127.0.0.1") -> int:
+    """The preferred port when it is free (and not 0), else a free one."""
+    if preferred:
+        with socket.socket() as s:
+            try:
+                s.bind((host, preferred))
+                return preferred
+            except OSError:
+                pass
+    return free_port(host)
+
+
+class LocalMesh:
+    """The local deployment: servers, processes, supervision and `endpoints.json`."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        replicas: int = 1,
+        host: str = "127.0.0.1",
+        gateway_port: int = 8000,
+        mocks_port: int = 8100,
+        nats_port: int = 4222,
+        gateway_replicas: int = 1,
+        sync_interval: str = "always",
+        observability: bool = False,
+        prometheus_port: int = 9090,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.replicas = replicas
+        self.host = host
+        self.gateway_ports = [_port(gateway_port + i if gateway_port else 0) for i in range(gateway_replicas)]
+        self.mocks_port = _port(mocks_port)
+        self.nats = NatsServer(store_dir=self.data_dir / "jetstream", port=_port(nats_port),
+                               sync_interval=sync_interval)
+        self.redis: RedisServer | None = None
+        self.redis_url = os.environ.get("SUPPORTMESH_REDIS_URL", "")
+        self.observability = observability
+        self.prometheus_port = _port(prometheus_port) if observability else 0
+        self.extra_env = env or {}
+        self.supervisor = Supervisor(on_change=self.write_endpoints)
+        self.started_at = time.time()
+
+    @property
+    def gateway_url(self) -> str:
+        """URL of the first gateway."""
+        return f"http://{self.host}:{self.gateway_ports[0]}"
+
+    @property
+    def mocks_url(self) -> str:
+        """URL of the mock commerce APIs."""
+        return f"http://{self.host}:{self.mocks_port}"
+
+    @property
+    def endpoints_path(self) -> Path:
+        """Where URLs and PIDs are written."""
+        return self.data_dir / "endpoints.json"
+
+    def _env(self, **extra: str) -> dict[str, str]:
+        env = {
+            **os.environ,
+            **self.extra_env,
+            "SUPPORTMESH_NATS_URL": self.nats.url,
+            "SUPPORTMESH_REDIS_URL": self.redis_url,
+            "SUPPORTMESH_SQLITE_PATH": str(self.data_dir / "history.db"),
+            "SUPPORTMESH_CUSTOMERS_API_URL": self.mocks_url,
+            "SUPPORTMESH_ORDERS_API_URL": self.mocks_url,
+            "SUPPORTMESH_TRACKING_API_URL": self.mocks_url,
+            "PYTHONUNBUFFERED": "1",
+        }
+        env.update(extra)
+        return env
+
+    async def start(self, ready_timeout_s: float = 90.0) -> None:
+        """Start everything and wait until the gateway and every actor report ready."""
+        (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
+        self.nats.log_file = self.data_dir / "logs" / "nats-server.log"
+        self.nats.start()
+        if not self.redis_url:
+            self.redis = RedisServer(data_dir=self.data_dir / "redis", port=_port(6379)).start()
+            self.redis_url = self.redis.url
+        python = sys.executable
+        logs = self.data_dir / "logs"
+        self.supervisor.add(Child(
+            name="mocks", kind="mocks", url=self.mocks_url, metrics_port=self.mocks_port,
+            argv=[python, "-m", "mocks.server", "--host", self.host, "--port", str(self.mocks_port)],
+            env=self._env(), log_path=logs / "mocks.log",
+        ))
+        for actor in ACTORS:
+            for i in range(1, self.replicas + 1):
+                port = free_port(self.host)
+                self.supervisor.add(Child(
+                    name=f"{actor}-{i}", kind="actor", actor=actor, metrics_port=port,
+                    url=f"http://{self.host}:{port}",
+                    argv=[python, "-m", "actors", actor],
+                    env=self._env(SUPPORTMESH_METRICS_PORT=str(port), SUPPORTMESH_METRICS_HOST=self.host),
+                    log_path=logs / f"{actor}-{i}.log",
+                ))
+        for i, port in enumerate(self.gateway_ports, start=1):
+            self.supervisor.add(Child(
+                name=f"gateway-{i}", kind="gateway", url=f"http://{self.host}:{port}", metrics_port=port,
+                argv=[python, "-m", "gateway.server", "--host", self.host, "--port", str(port)],
+                env=self._env(), log_path=logs / f"gateway-{i}.log",
+            ))
+        if self.observability:
+            self._start_prometheus()
+        self.write_endpoints()
+        await self.wait_ready(ready_timeout_s)
+        self.write_endpoints(ready=True)
+
+    def _start_prometheus(self) -> None:
+        from observability.prometheus import render_scrape_config  # type: ignore[import-not-found]
+
+        targets: dict[str, list[str]] = {}
+        for child in self.supervisor.children.values():
+            if child.metrics_port and child.kind != "prometheus":
+                job = child.actor or child.kind
+                targets.setdefault(job, []).append(f"{self.host}:{child.metrics_port}")
+        config = self.data_dir / "prometheus.yml"
+        config.write_text(render_scrape_config(targets))
+        self.supervisor.add(Child(
+            name="prometheus", kind="prometheus", url=f"http://{self.host}:{self.prometheus_port}",
+            argv=["prometheus", f"--config.file={config}", f"--storage.tsdb.path={self.data_dir / 'prometheus'}",
+                  f"--web.listen-address={self.host}:{self.prometheus_port}"],
+            env=self._env(), log_path=self.data_dir / "logs" / "prometheus.log",
+        ))
+
+    async def wait_ready(self, timeout_s: float) -> None:
+        """Wait until every gateway's /readyz and every actor's /readyz answer 200."""
+        deadline = time.monotonic() + timeout_s
+        pending = {c.name: c for c in self.supervisor.children.values() if c.kind in ("gateway", "actor", "mocks")}
+        async with httpx.AsyncClient(timeout=1.0) as client:
+            while pending and time.monotonic() < deadline:
+                for name, child in list(pending.items()):
+                    path = "/healthz" if child.kind == "mocks" else "/readyz"
+                    with contextlib.suppress(httpx.HTTPError):
+                        if (await client.get(f"{child.url}{path}")).status_code == 200:
+                            pending.pop(name)
+                if pending:
+                    await asyncio.sleep(0.25)
+        if pending:
+            raise RuntimeError(f"not ready after {timeout_s}s: {', '.join(sorted(pending))} "
+                               f"(see {self.data_dir / 'logs'})")
+
+    def write_endpoints(self, ready: bool | None = None) -> None:
+        """Write `endpoints.json`: URLs, metrics targets and the PID of every process."""
+        previous: dict[str, Any] = {}
+        if self.endpoints_path.exists():
+            with contextlib.suppress(Exception):
+                previous = json.loads(self.endpoints_path.read_text())
+        doc = {
+            "ready": previous.get("ready", False) if ready is None else ready,
+            "supervisor_pid": os.getpid(),
+            "data_dir": str(self.data_dir),
+            "gateway_url": self.gateway_url,
+            "gateway_urls": [f"http://{self.host}:{p}" for p in self.gateway_ports],
+            "widget_url": f"{self.gateway_url}/",
+            "mocks_url": self.mocks_url,
+            "nats_url": self.nats.url,
+            "nats_monitor_url": self.nats.monitor_url,
+            "nats_pid": self.nats.pid,
+            "redis_url": self.redis_url,
+            "redis_pid": self.redis.pid if self.redis else None,
+            "prometheus_url": f"http://{self.host}:{self.prometheus_port}" if self.observability else None,
+            "sqlite_path": str(self.data_dir / "history.db"),
+            "logs_dir": str(self.data_dir / "logs"),
+            "processes": {
+                c.name: {"kind": c.kind, "actor": c.actor, "pid": c.pid, "url": c.url,
+                         "metrics_url": f"http://{self.host}:{c.metrics_port}/metrics" if c.metrics_port else None,
+                         "restarts": c.restarts}
+                for c in self.supervisor.children.values()
+            },
+        }
+        tmp = self.endpoints_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc, indent=2))
+        tmp.replace(self.endpoints_path)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Supervise until `stop` is set."""
+        task = asyncio.create_task(self.supervisor.run())
+        await stop.wait()
+        await self.stop()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def stop(self) -> None:
+        """Stop in order: gateway, actors, mocks, then Redis and NATS."""
+        await self.supervisor.stop(STOP_ORDER)
+        if self.redis:
+            self.redis.stop()
+        self.nats.stop()
+        with contextlib.suppress(Exception):
+            self.write_endpoints(ready=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `supportmesh up`."""
+    parser = argparse.ArgumentParser(prog="supportmesh up", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", default=".supportmesh", help="where NATS data, SQLite, logs go")
+    parser.add_argument("--replicas", type=int, default=1, help="processes per actor")
+    parser.add_argument("--gateways", type=int, default=1, help="gateway processes")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--gateway-port", type=int, default=8000)
+    parser.add_argument("--mocks-port", type=int, default=8100)
+    parser.add_argument("--nats-port", type=int, default=4222)
+    parser.add_argument("--sync-interval", default="always", help="nats-server JetStream sync_interval")
+    parser.add_argument("--observability", action="store_true", help="also start Prometheus")
+    parser.add_argument("--prometheus-port", type=int, default=9090)
+    args = parser.parse_args(argv)
+    if args.replicas < 1 or args.gateways < 1:
+        parser.error("--replicas and --gateways must be at least 1")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    mesh = LocalMesh(
+        Path(args.data_dir), replicas=args.replicas, host=args.host, gateway_port=args.gateway_port,
+        mocks_port=args.mocks_port, nats_port=args.nats_port, gateway_replicas=args.gateways,
+        sync_interval=args.sync_interval, observability=args.observability, prometheus_port=args.prometheus_port,
+    )
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await mesh.start()
+        except Exception:
+            await mesh.stop()
+            raise
+        print(f"\n  supportmesh is up: open {mesh.gateway_url}/  (Ctrl-C to stop)\n"
+              f"  API docs   {mesh.gateway_url}/docs\n"
+              f"  endpoints  {mesh.endpoints_path}\n  logs       {mesh.data_dir / 'logs'}/", flush=True)
+        if mesh.observability:
+            print(f"  Prometheus http://{mesh.host}:{mesh.prometheus_port}/", flush=True)
+        await mesh.run(stop)
+        print("supportmesh stopped.", flush=True)
+
+    try:
+        asyncio.run(run())
+    except RuntimeError as exc:
+        print(f"supportmesh up: {exc}", file=sys.stderr)
+        return 1
+    return 0
