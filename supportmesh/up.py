@@ -60,6 +60,7 @@ class LocalMesh:
         gateway_port: int = 8000,
         mocks_port: int = 8100,
         nats_port: int = 4222,
+        redis_port: int = 6379,
         gateway_replicas: int = 1,
         sync_interval: str = "always",
         observability: bool = False,
@@ -74,6 +75,7 @@ class LocalMesh:
         self.nats = NatsServer(store_dir=self.data_dir / "jetstream", port=_port(nats_port),
                                sync_interval=sync_interval)
         self.redis: RedisServer | None = None
+        self.redis_port = redis_port
         self.redis_url = os.environ.get("SUPPORTMESH_REDIS_URL", "")
         self.observability = observability
         self.prometheus_port = _port(prometheus_port) if observability else 0
@@ -117,7 +119,7 @@ class LocalMesh:
         self.nats.log_file = self.data_dir / "logs" / "nats-server.log"
         self.nats.start()
         if not self.redis_url:
-            self.redis = RedisServer(data_dir=self.data_dir / "redis", port=_port(6379)).start()
+            self.redis = RedisServer(data_dir=self.data_dir / "redis", port=_port(self.redis_port)).start()
             self.redis_url = self.redis.url
         python = sys.executable
         logs = self.data_dir / "logs"
@@ -245,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gateway-port", type=int, default=8000)
     parser.add_argument("--mocks-port", type=int, default=8100)
     parser.add_argument("--nats-port", type=int, default=4222)
+    parser.add_argument("--redis-port", type=int, default=6379, help="ignored when SUPPORTMESH_REDIS_URL is set")
     parser.add_argument("--sync-interval", default="always", help="nats-server JetStream sync_interval")
     parser.add_argument("--observability", action="store_true", help="also start Prometheus")
     parser.add_argument("--prometheus-port", type=int, default=9090)
@@ -254,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     mesh = LocalMesh(
         Path(args.data_dir), replicas=args.replicas, host=args.host, gateway_port=args.gateway_port,
-        mocks_port=args.mocks_port, nats_port=args.nats_port, gateway_replicas=args.gateways,
+        mocks_port=args.mocks_port, nats_port=args.nats_port, redis_port=args.redis_port, gateway_replicas=args.gateways,
         sync_interval=args.sync_interval, observability=args.observability, prometheus_port=args.prometheus_port,
     )
 

@@ -21,3 +21,16 @@ async def harness(tmp_path):
         yield h
     finally:
         await h.close()
+
+
+@pytest.fixture(scope="session")
+def mesh(tmp_path_factory):
+    """The whole local mesh (`supportmesh up`), shared by the end-to-end tests of a session."""
+    from mesh_fixture import Mesh
+
+    m = Mesh(tmp_path_factory.mktemp("mesh"), gateways=2,
+             env={"SUPPORTMESH_CHAT_DEADLINE_S": "3", "SUPPORTMESH_API_TIMEOUT_S": "6"}).start()
+    try:
+        yield m
+    finally:
+        m.stop()

@@ -1,0 +1,181 @@
+"""`supportmesh chaos`: kill random actor processes (local) or delete random actor pods (k8s) at an interval,
+for a duration, and print what was killed and when.
+
+    supportmesh chaos --target local --interval 1 --duration 60
+    supportmesh chaos --target local --include-nats --actors intent_analyzer,execution_coordinator
+    supportmesh chaos --target k8s --namespace supportmesh --selector app.kubernetes.io/component=actor
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass
+class Kill:
+    """One thing chaos did."""
+
+    at_s: float
+    target: str
+    detail: str
+
+
+@dataclass
+class Report:
+    """What a chaos run did."""
+
+    kills: list[Kill] = field(default_factory=list)
+    skipped: int = 0
+
+    def summary(self) -> str:
+        """One paragraph for the end of the run."""
+        by_target: dict[str, int] = {}
+        for k in self.kills:
+            by_target[k.target] = by_target.get(k.target, 0) + 1
+        parts = ", ".join(f"{name} x{n}" for name, n in sorted(by_target.items()))
+        return f"chaos: {len(self.kills)} kills ({parts or 'none'}); {self.skipped} rounds found nothing to kill"
+
+
+class Backend(Protocol):
+    """Where victims are found and killed."""
+
+    def victims(self) -> list[str]: ...
+
+    def kill(self, victim: str, dry_run: bool) -> str: ...
+
+
+class LocalBackend:
+    """Actor processes of a running `supportmesh up`, found in its endpoints.json (re-read every round,
+    since the supervisor restarts killed processes under new PIDs)."""
+
+    def __init__(self, data_dir: Path, actors: set[str] | None, include_nats: bool) -> None:
+        self.endpoints = Path(data_dir) / "endpoints.json"
+        self.actors = actors
+        self.include_nats = include_nats
+
+    def _read(self) -> dict:
+        if not self.endpoints.exists():
+            raise SystemExit(f"supportmesh chaos: {self.endpoints} not found; is `supportmesh up` running?")
+        return json.loads(self.endpoints.read_text())
+
+    def victims(self) -> list[str]:
+        doc = self._read()
+        names = [
+            name for name, p in doc["processes"].items()
+            if p.get("kind") == "actor" and p.get("pid") and (self.actors is None or p.get("actor") in self.actors)
+        ]
+        if self.include_nats and doc.get("nats_pid"):
+            names.append("nats-server")
+        return names
+
+    def kill(self, victim: str, dry_run: bool) -> str:
+        doc = self._read()
+        pid = doc["nats_pid"] if victim == "nats-server" else doc["processes"][victim]["pid"]
+        if not dry_run:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                return f"pid {pid} already gone"
+        return f"SIGKILL pid {pid}"
+
+
+class K8sBackend:
+    """Actor pods, deleted through kubectl (grace period 0: a crash, not a drain)."""
+
+    def __init__(self, namespace: str, selector: str, actors: set[str] | None, kubectl: str = "kubectl") -> None:
+        self.namespace = namespace
+        self.selector = selector
+        self.actors = actors
+        self.kubectl = kubectl
+
+    def _run(self, *args: str) -> str:
+        out = subprocess.run([self.kubectl, *args], capture_output=True, text=True, timeout=30)
+        if out.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)} failed: {out.stderr.strip()}")
+        return out.stdout
+
+    def victims(self) -> list[str]:
+        raw = self._run("get", "pods", "-n", self.namespace, "-l", self.selector, "-o", "json")
+        pods = json.loads(raw).get("items", [])
+        names = []
+        for pod in pods:
+            meta = pod.get("metadata", {})
+            actor = meta.get("labels", {}).get("supportmesh.io/actor")
+            running = pod.get("status", {}).get("phase") == "Running"
+            if running and (self.actors is None or actor in self.actors):
+                names.append(meta["name"])
+        return names
+
+    def kill(self, victim: str, dry_run: bool) -> str:
+        args = ["delete", "pod", victim, "-n", self.namespace, "--grace-period=0", "--force", "--wait=false"]
+        if dry_run:
+            return "would run: kubectl " + " ".join(args)
+        self._run(*args)
+        return "deleted pod"
+
+
+def run(backend: Backend, *, interval_s: float, duration_s: float, seed: int | None, dry_run: bool,
+        out=sys.stdout) -> Report:  # type: ignore[no-untyped-def]
+    """Kill one random victim every `interval_s` seconds for `duration_s` seconds."""
+    rng = random.Random(seed)
+    report = Report()
+    start = time.monotonic()
+    while True:
+        elapsed = time.monotonic() - start
+        if elapsed >= duration_s:
+            break
+        victims = backend.victims()
+        if victims:
+            victim = rng.choice(sorted(victims))
+            detail = backend.kill(victim, dry_run)
+            report.kills.append(Kill(round(elapsed, 2), victim.rsplit("-", 1)[0] if "-" in victim else victim, detail))
+            print(f"[chaos +{elapsed:6.2f}s] {'(dry run) ' if dry_run else ''}{victim}: {detail}", file=out, flush=True)
+        else:
+            report.skipped += 1
+        time.sleep(max(0.0, min(interval_s, duration_s - (time.monotonic() - start))))
+    print(report.summary(), file=out, flush=True)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `supportmesh chaos`."""
+    parser = argparse.ArgumentParser(prog="supportmesh chaos", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--target", choices=["local", "k8s"], default="local")
+    parser.add_argument("--interval", type=float, default=2.0, help="seconds between kills")
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds to run")
+    parser.add_argument("--actors", default="", help="comma-separated actor names (default: all)")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--dry-run", action="store_true", help="say what would be killed, kill nothing")
+    parser.add_argument("--data-dir", default=".supportmesh", help="local: where endpoints.json is")
+    parser.add_argument("--include-nats", action="store_true", help="local: nats-server is a victim too")
+    parser.add_argument("--namespace", default="supportmesh", help="k8s: namespace")
+    parser.add_argument("--selector", default="app.kubernetes.io/component=actor", help="k8s: pod label selector")
+    parser.add_argument("--kubectl", default="kubectl", help="k8s: kubectl binary")
+    args = parser.parse_args(argv)
+    if args.interval <= 0 or args.duration <= 0:
+        parser.error("--interval and --duration must be positive")
+    actors = {a.strip() for a in args.actors.split(",") if a.strip()} or None
+    backend: Backend
+    if args.target == "local":
+        backend = LocalBackend(Path(args.data_dir), actors, args.include_nats)
+    else:
+        backend = K8sBackend(args.namespace, args.selector, actors, args.kubectl)
+    try:
+        run(backend, interval_s=args.interval, duration_s=args.duration, seed=args.seed, dry_run=args.dry_run)
+    except KeyboardInterrupt:
+        return 130
+    except RuntimeError as exc:
+        print(f"supportmesh chaos: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,102 @@
+"""The whole mesh as a test fixture: `supportmesh up` in a subprocess (the same code a user runs), on free
+loopback ports, in a temporary folder; URLs and PIDs read from its endpoints.json."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class Mesh:
+    """A running local mesh."""
+
+    def __init__(self, data_dir: Path, *, replicas: int = 1, gateways: int = 1, observability: bool = False,
+                 env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.replicas = replicas
+        self.gateways = gateways
+        self.observability = observability
+        self.env = env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 150.0) -> Mesh:
+        """Start `supportmesh up` and wait until it reports ready."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        argv = [sys.executable, "-m", "supportmesh.cli", "up", "--data-dir", str(self.data_dir),
+                "--replicas", str(self.replicas), "--gateways", str(self.gateways), "--gateway-port", "0",
+                "--mocks-port", "0", "--nats-port", "0", "--redis-port", "0", "--prometheus-port", "0"]
+        if self.observability:
+            argv.append("--observability")
+        env = {**os.environ, "PYTHONPATH": str(REPO), **self.env}
+        env.pop("SUPPORTMESH_REDIS_URL", None)
+        log = open(self.data_dir / "up.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"supportmesh up exited with {self.proc.returncode}:\n{self.log_tail()}")
+            if self.endpoints_path.exists():
+                try:
+                    if json.loads(self.endpoints_path.read_text()).get("ready"):
+                        return self
+                except json.JSONDecodeError:
+                    pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"mesh not ready after {timeout_s}s:\n{self.log_tail()}")
+
+    @property
+    def endpoints_path(self) -> Path:
+        return self.data_dir / "endpoints.json"
+
+    @property
+    def endpoints(self) -> dict[str, Any]:
+        """The current endpoints.json (PIDs change when the supervisor restarts a process)."""
+        return json.loads(self.endpoints_path.read_text())
+
+    @property
+    def gateway_url(self) -> str:
+        return self.endpoints["gateway_url"]
+
+    @property
+    def mocks_url(self) -> str:
+        return self.endpoints["mocks_url"]
+
+    def log_tail(self, chars: int = 4000) -> str:
+        """The end of the runner's log and of the logs of processes that wrote errors."""
+        out = []
+        up_log = self.data_dir / "up.log"
+        if up_log.exists():
+            out.append(up_log.read_text(errors="replace")[-chars:])
+        return "\n".join(out)
+
+    def stop(self) -> None:
+        """SIGTERM the runner (it stops everything in order); SIGKILL stragglers by PID."""
+        pids: list[int] = []
+        if self.endpoints_path.exists():
+            try:
+                ep = self.endpoints
+                pids = [p["pid"] for p in ep["processes"].values() if p.get("pid")]
+                pids += [pid for pid in (ep.get("nats_pid"), ep.get("redis_pid")) if pid]
+            except Exception:
+                pids = []
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=45)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
