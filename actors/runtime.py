@@ -40,6 +40,7 @@ from observability.tracing import current_trace_id, extract_context, inject_head
 from saga import transport
 from saga.log import SagaEvent, SagaLog
 from saga.protocol import ErrorInfo, Message, RouteError, subject_for
+from saga.replay import apply_step
 from saga.results import ResultStore
 from saga.retry import RetryPolicy, is_retryable
 from supportmesh.config import Settings
@@ -297,7 +298,7 @@ class ActorRuntime:
                 memo = done.data
 
         if memo is not None:
-            next_message = self._apply(message, memo)
+            next_message = apply_step(message, memo)
             await self._note_route_change(message, next_message, memo, attempt)
             await self._forward(next_message)
             await msg.ack()
@@ -310,7 +311,7 @@ class ActorRuntime:
             span.record_exception(exc)
             span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
             return await self._failed(msg, message, attempt, exc, time.perf_counter() - t0)
-        next_message = self._apply(message, memo)
+        next_message = apply_step(message, memo)
         await self._note_route_change(message, next_message, memo, attempt)
         # Record the result and publish the next hop together. A crash between the two is repaired by the
         # redelivery: a missing record re-runs the step and its republish is deduplicated (Nats-Msg-Id); a
@@ -344,7 +345,7 @@ class ActorRuntime:
             await msg.term()
             log.error("step failed (saga log off): %s", exc, extra=self._extra(message, attempt))
             return "failed"
-        await self._forward(self._apply(message, self._memo_of(message, result)))
+        await self._forward(apply_step(message, self._memo_of(message, result)))
         await msg.ack()
         return "completed"
 
@@ -383,20 +384,6 @@ class ActorRuntime:
         if result.outcome is not None:
             memo["outcome"] = result.outcome
         return memo
-
-    @staticmethod
-    def _apply(message: Message, memo: dict[str, Any]) -> Message:
-        """The message after this step: enriched, route rewritten if asked, moved on by one step."""
-        out = message.enriched(memo.get("enrichment") or {})
-        route = out.route
-        if memo.get("remaining_route") is not None:
-            new_route = route.with_remaining(memo["remaining_route"])
-            route.check_rewrite(new_route)
-            route = new_route
-        metadata = out.metadata
-        if memo.get("outcome"):
-            metadata = metadata.model_copy(update={"outcome": memo["outcome"]})
-        return out.model_copy(update={"route": route.advanced(), "metadata": metadata})
 
     async def _forward(self, message: Message) -> None:
         """Publish the next hop, or finish the saga when the route is done."""
@@ -486,7 +473,8 @@ class ActorRuntime:
             message,
             "route_changed",
             attempt=attempts,
-            data={"from": route.steps, "to": new_route.steps, "reason": f"error:{kind}"},
+            data={"from": route.steps, "to": new_route.steps, "reason": f"error:{kind}",
+                  "error": error.model_dump(mode="json")},
         )
         await self._publish(failed.model_copy(update={"route": new_route.advanced()}))
 

@@ -94,7 +94,9 @@ async def start_saga(
             actor="gateway",
             step_index=message.route.current_step,
             trace_id=message.metadata.trace_id,
-            data={"route": message.route.steps, "session_id": message.session_id},
+            # The whole first message: recovery replays the recorded step results on it.
+            data={"route": message.route.steps, "session_id": message.session_id,
+                  "message": message.model_dump(mode="json")},
         )
     )
     await saga.set_state(

@@ -177,3 +177,26 @@ async def test_deleted_consumer_heals(harness: Harness) -> None:
     await harness.js.delete_consumer(harness.settings.stream_name, "upper")
     message = await harness.submit(["upper", "done"], "after the consumer was deleted")
     assert (await harness.wait_terminal(message.message_id)).status == "completed"
+
+
+async def test_replaying_the_saga_log_rebuilds_the_message(harness: Harness) -> None:
+    from saga.replay import replay
+
+    for cls in (Upper, Flaky, Done, Catcher):
+        await harness.run_actor(cls)
+    ok = await harness.submit(["upper", "done"], "replay me")
+    failed = await harness.submit(["upper", "flaky", "done"], "fail-permanent")
+    await harness.wait_terminal(ok.message_id)
+    await harness.wait_terminal(failed.message_id)
+
+    rebuilt = replay(await harness.events(ok.message_id))
+    assert rebuilt is not None and rebuilt.route.current_step == 2
+    assert rebuilt.payload.api_data == {"upper": "REPLAY ME", "done": True}
+
+    rebuilt = replay(await harness.events(failed.message_id))
+    assert rebuilt is not None
+    # upper ran, flaky failed for good, the runtime detoured to the error handler, which ended the saga.
+    assert rebuilt.route.steps == ["upper", "flaky", "catcher"] and rebuilt.route.current_step == 3
+    assert rebuilt.payload.api_data["catcher"] == "permanent"
+    assert rebuilt.metadata.outcome == "escalated"
+    assert rebuilt.payload.error is not None and rebuilt.payload.error.actor == "flaky"

@@ -1,0 +1,59 @@
+"""Rebuilding a message from its saga log: the runtime applies a step's recorded result to move a message
+on, and recovery replays the recorded results from the first message to resume a saga where it stopped."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from saga.log import SagaEvent
+from saga.protocol import Message
+
+
+def apply_step(message: Message, memo: dict[str, Any]) -> Message:
+    """The message after its current step, from that step's `step_completed` record: enriched, route
+    rewritten if the step was a router that asked for it, moved on by one step."""
+    out = message.enriched(memo.get("enrichment") or {})
+    route = out.route
+    if memo.get("remaining_route") is not None:
+        new_route = route.with_remaining(memo["remaining_route"])
+        route.check_rewrite(new_route)
+        route = new_route
+    metadata = out.metadata
+    if memo.get("outcome"):
+        metadata = metadata.model_copy(update={"outcome": memo["outcome"]})
+    return out.model_copy(update={"route": route.advanced(), "metadata": metadata})
+
+
+def initial_message(history: list[SagaEvent]) -> Message | None:
+    """The message the saga started with (recorded in `saga_started`)."""
+    for event in history:
+        if event.kind == "saga_started" and "message" in event.data:
+            return Message.model_validate(event.data["message"], strict=False)
+    return None
+
+
+def replay(history: list[SagaEvent]) -> Message | None:
+    """The message as it was after the last completed step, by replaying every recorded step result on the
+    first message. None when the saga's start was not recorded, or the log does not fit the route (the
+    recorded results of error-handler detours are applied like any other step)."""
+    message = initial_message(history)
+    if message is None:
+        return None
+    completed = {e.step_index: e for e in history if e.kind == "step_completed"}
+    redirects = {e.step_index: e for e in history if e.kind == "route_changed" and
+                 str(e.data.get("reason", "")).startswith("error:")}
+    failures = {e.step_index: e for e in history if e.kind == "step_failed"}
+    while message.route.current_step < len(message.route.steps):
+        step = message.route.current_step
+        if step in completed and completed[step].actor == message.route.current:
+            message = apply_step(message, completed[step].data)
+        elif step in redirects and step in failures:
+            # The step failed for good and the runtime sent the message to the error handler.
+            to = redirects[step].data.get("to") or []
+            route = message.route.model_copy(update={"steps": list(to)})
+            if redirects[step].data.get("error"):
+                message = message.enriched({"error": redirects[step].data["error"]})
+            message = message.model_copy(update={"route": route.advanced()})
+        else:
+            break
+    return message
