@@ -74,6 +74,9 @@ class Actor:
     # Seconds JetStream waits for an ack before redelivering; long steps also send in_progress.
     ack_wait_s: ClassVar[float | None] = None
     max_attempts: ClassVar[int | None] = None
+    # The route's error handler sets this: its runtime also consumes JetStream's dead-letter advisories
+    # (messages whose deliveries ran out because their process kept dying, and terminated poison messages).
+    handles_dead_letters: ClassVar[bool] = False
 
     async def start(self, settings: Settings) -> None:
         """Open clients (HTTP, Redis, SQLite, LLM) once per process."""

@@ -31,6 +31,8 @@ import orjson
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.errors import NotFoundError
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -121,6 +123,8 @@ class ActorRuntime:
         self._slots = asyncio.Semaphore(self.concurrency)
         self._stopping = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
+        self._dlq_task: asyncio.Task[None] | None = None
+        self._dlq_sub: Any = None
         self.ready = False
 
     # ---- lifecycle --------------------------------------------------------------------------------
@@ -141,6 +145,9 @@ class ActorRuntime:
         await self.actor.start(self.settings)
         await self._bind()
         self._loop_task = asyncio.create_task(self._fetch_loop(), name=f"{self.name}-fetch")
+        if self.actor.handles_dead_letters:
+            await self._bind_dead_letters()
+            self._dlq_task = asyncio.create_task(self._dead_letter_loop(), name=f"{self.name}-deadletters")
         self.ready = True
         log.info("actor started", extra={"actor": self.name})
 
@@ -160,9 +167,10 @@ class ActorRuntime:
         """Graceful stop: no new fetches, finish in-flight steps, close the actor and the connection."""
         self.ready = False
         self._stopping.set()
-        if self._loop_task:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(self._loop_task, timeout=self.fetch_timeout_s + 2)
+        for task in (self._loop_task, self._dlq_task):
+            if task:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await asyncio.wait_for(task, timeout=self.fetch_timeout_s + 2)
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=drain_timeout_s)
         with contextlib.suppress(Exception):
@@ -304,6 +312,7 @@ class ActorRuntime:
             await msg.ack()
             return "memoized"
 
+        _crash_point(self.name, "before_handler", attempt)
         try:
             result = await self._call_handler(msg, message, attempt)
             memo = self._memo_of(message, result)
@@ -444,12 +453,14 @@ class ActorRuntime:
         await msg.ack()
         return "failed"
 
-    async def _to_error_handler(self, message: Message, *, kind: str, detail: str, attempts: int) -> None:
+    async def _to_error_handler(self, message: Message, *, kind: str, detail: str, attempts: int,
+                                actor: str | None = None) -> None:
         """Send the message to the route's error handler with `payload.error` set."""
         route = message.route
         handler = route.error_handler
+        actor = actor or self.name
         error = ErrorInfo(
-            actor=self.name,
+            actor=actor,
             step_index=route.current_step,
             kind=kind,
             detail=detail,
@@ -457,7 +468,7 @@ class ActorRuntime:
             failed_route=list(route.steps[route.current_step :]) if route.current_step < len(route.steps) else [],
         )
         failed = message.enriched({"error": error})
-        if self.name == handler:
+        if actor == handler:
             # The error handler itself failed for good: nobody else can decide, so the saga is failed.
             await self.record(message, "saga_failed", attempt=attempts, data={"error": detail})
             await self.saga.set_state(
@@ -518,6 +529,79 @@ class ActorRuntime:
         log.error("poison message terminated: %s", detail, extra={"actor": self.name, "message_id": message_id})
         await msg.term()
 
+    # ---- dead letters (error handler only) -------------------------------------------------------
+
+    async def _bind_dead_letters(self) -> None:
+        await transport.ensure_deadletter_stream(self.js, self.settings)
+        stream = transport.deadletter_stream_name(self.settings)
+        config = ConsumerConfig(durable_name="deadletters", ack_policy=AckPolicy.EXPLICIT, ack_wait=30,
+                                max_deliver=5)
+        await self.js.add_consumer(stream, config)
+        self._dlq_sub = await self.js.pull_subscribe_bind("deadletters", stream=stream)
+
+    async def _dead_letter_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                msgs = await self._dlq_sub.fetch(10, timeout=self.fetch_timeout_s)
+            except (asyncio.TimeoutError, nats.errors.TimeoutError):
+                continue
+            except Exception as exc:
+                log.warning("dead-letter fetch failed: %s", exc, extra={"actor": self.name})
+                await asyncio.sleep(0.5)
+                with contextlib.suppress(Exception):
+                    await self._bind_dead_letters()
+                continue
+            for m in msgs:
+                try:
+                    await self._dead_letter(m)
+                    await m.ack()
+                except Exception:
+                    log.exception("dead letter not handled; will retry", extra={"actor": self.name})
+                    with contextlib.suppress(Exception):
+                        await m.nak(delay=1.0)
+
+    async def _dead_letter(self, advisory: Msg) -> None:
+        """A message JetStream gave up on (MAX_DELIVERIES: its process died on every delivery) or one an
+        actor terminated (poison). Route a real message to the error handler; never let anything loop."""
+        adv = orjson.loads(advisory.data)
+        seq, consumer = int(adv.get("stream_seq", 0)), str(adv.get("consumer", "?"))
+        terminated = ".MSG_TERMINATED." in advisory.subject
+        metrics.DEAD_LETTERS.labels(consumer).inc()
+        try:
+            raw = await self.js.get_msg(self.settings.stream_name, seq)
+        except NotFoundError:
+            raw = None  # a work-queue stream already dropped it (e.g. a terminated message)
+        message: Message | None = None
+        if raw is not None and raw.data:
+            with contextlib.suppress(Exception):
+                message = Message.from_bytes(raw.data)
+        if message is not None and not terminated:
+            reason = f"{adv.get('deliveries', '?')} deliveries to {consumer} ended without an answer"
+            await self.saga.record(SagaEvent(
+                message_id=message.message_id, kind="dead_lettered", actor=consumer,
+                step_index=message.route.current_step, trace_id=message.metadata.trace_id,
+                data={"stream_seq": seq, "reason": "max_deliveries", "deliveries": adv.get("deliveries")},
+            ))
+            metrics.SAGA_EVENTS.labels("dead_lettered").inc()
+            if message.route.current_step < len(message.route.steps) and (
+                message.route.current != message.route.error_handler
+            ):
+                await self._to_error_handler(message, kind="dead_letter", detail=reason,
+                                             attempts=int(adv.get("deliveries", 0)), actor=consumer)
+            else:
+                # The error handler itself keeps dying on it: stop here rather than loop.
+                await self.saga.record(SagaEvent(
+                    message_id=message.message_id, kind="saga_failed", actor=consumer,
+                    step_index=message.route.current_step, data={"error": reason}))
+                await self.saga.set_state(message.message_id, status="failed",
+                                          step_index=message.route.current_step, actor=consumer,
+                                          allow_reopen=True)
+        if raw is not None:
+            with contextlib.suppress(Exception):
+                await self.js.delete_msg(self.settings.stream_name, seq)
+        log.warning("dead letter from %s (stream seq %s, %s) handled", consumer, seq,
+                    "terminated" if terminated else "max deliveries", extra={"actor": self.name})
+
     # ---- saga events ------------------------------------------------------------------------------
 
     async def record(
@@ -576,9 +660,10 @@ class ActorRuntime:
 
 def _crash_point(actor: str, point: str, attempt: int) -> None:
     """Chaos hook: `SUPPORTMESH_CRASH_POINT=<actor>:<point>` makes the process die right there (like
-    kill -9: no cleanup, no ack) on the first attempt, to prove what the saga log recovers."""
+    kill -9: no cleanup, no ack) on the first attempt — or on every attempt with `<actor>:<point>:always` —
+    to prove what the saga log recovers."""
     wanted = os.environ.get("SUPPORTMESH_CRASH_POINT")
-    if wanted and wanted == f"{actor}:{point}" and attempt == 1:
+    if wanted and (wanted == f"{actor}:{point}:always" or (wanted == f"{actor}:{point}" and attempt == 1)):
         log.error("crash point %s reached: exiting", wanted, extra={"actor": actor})
         os._exit(137)
 

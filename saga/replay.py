@@ -42,7 +42,7 @@ def replay(history: list[SagaEvent]) -> Message | None:
     completed = {e.step_index: e for e in history if e.kind == "step_completed"}
     redirects = {e.step_index: e for e in history if e.kind == "route_changed" and
                  str(e.data.get("reason", "")).startswith("error:")}
-    failures = {e.step_index: e for e in history if e.kind == "step_failed"}
+    failures = {e.step_index: e for e in history if e.kind in ("step_failed", "dead_lettered")}
     while message.route.current_step < len(message.route.steps):
         step = message.route.current_step
         if step in completed and completed[step].actor == message.route.current:

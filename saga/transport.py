@@ -44,6 +44,29 @@ async def ensure_stream(js: JetStreamContext, settings: Settings) -> None:
         await js.update_stream(config)
 
 
+def deadletter_stream_name(settings: Settings) -> str:
+    """The stream that keeps JetStream's delivery-failure advisories (NATS does not store them itself)."""
+    return f"{settings.stream_name}_DEADLETTERS"
+
+
+async def ensure_deadletter_stream(js: JetStreamContext, settings: Settings) -> None:
+    """Capture MAX_DELIVERIES and MSG_TERMINATED advisories of our stream in a stream of their own."""
+    config = StreamConfig(
+        name=deadletter_stream_name(settings),
+        subjects=[
+            f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{settings.stream_name}.*",
+            f"$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.{settings.stream_name}.*",
+        ],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        max_age=settings.saga_ttl_s,
+    )
+    try:
+        await js.add_stream(config)
+    except BadRequestError:
+        await js.update_stream(config)
+
+
 def consumer_config(actor: str, *, ack_wait_s: float, max_deliver: int, max_ack_pending: int) -> ConsumerConfig:
     """The durable pull consumer of one actor; every replica of the actor fetches from it."""
     return ConsumerConfig(

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from runtime_harness import Harness, kinds
-from toy_actors import Count, Done, Upper
+from toy_actors import Catcher, Count, Done, Upper
 
 pytestmark = pytest.mark.asyncio
 
@@ -100,3 +100,37 @@ async def test_nats_server_killed_and_restarted_loses_nothing(harness: Harness) 
     for m in messages[:5]:
         events = await harness.events(m.message_id)
         assert [e.actor for e in events if e.kind == "step_completed"] == ["upper", "count", "done"]
+
+
+async def test_message_whose_process_always_dies_becomes_a_dead_letter(harness: Harness) -> None:
+    await harness.run_actor(Done)
+    await harness.run_actor(Catcher)  # the error handler: also consumes dead-letter advisories
+    crash_env = {"SUPPORTMESH_CRASH_POINT": "upper:before_handler:always"}
+    proc = harness.spawn_actor("toy_actors:Upper", env=crash_env)
+    message = await harness.submit(["upper", "done"], "this kills upper every time")
+
+    # Play the supervisor: restart the process each time it dies, until JetStream gives up.
+    deadline = time.monotonic() + 40
+    deaths = 0
+    while time.monotonic() < deadline:
+        state = await harness.saga.state(message.message_id)
+        if state and state.status != "running":
+            break
+        if proc.poll() is not None:
+            deaths += 1
+            proc = harness.spawn_actor("toy_actors:Upper", env=crash_env)
+        await asyncio.sleep(0.1)
+
+    state = await harness.wait_terminal(message.message_id, timeout=5)
+    assert state.status == "escalated"
+    max_deliver = harness.settings.max_attempts + 1
+    assert deaths == max_deliver  # every delivery killed its process, and not one more was made
+    events = await harness.events(message.message_id)
+    dead = [e for e in events if e.kind == "dead_lettered"]
+    assert len(dead) == 1 and dead[0].actor == "upper" and dead[0].data["deliveries"] == max_deliver
+    caught = [e for e in events if e.kind == "step_completed" and e.actor == "catcher"]
+    assert caught and caught[0].data["enrichment"]["api_data"]["catcher"] == "dead_letter"
+    assert harness.executions("done", message.message_id) == []
+    # The dead message is gone from the work queue: nothing left to deliver to `upper`.
+    info = await harness.consumer("upper")
+    assert info.num_pending == 0

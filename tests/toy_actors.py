@@ -97,6 +97,7 @@ class Catcher(Actor):
 
     name = "catcher"
     kind = "router"
+    handles_dead_letters = True
 
     async def handle(self, message: Message, ctx: StepContext) -> StepResult:
         note(self.name, message, ctx.attempt)
