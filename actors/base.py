@@ -17,6 +17,7 @@ from saga.protocol import Message, SagaOutcome
 
 if TYPE_CHECKING:
     from saga.log import SagaLog
+    from saga.results import ResultStore
     from supportmesh.config import Settings
 
 
@@ -48,6 +49,7 @@ class StepContext(Protocol):
     attempt: int
     settings: Settings
     saga: SagaLog
+    results: ResultStore
     log: logging.LoggerAdapter
 
     @property

@@ -149,6 +149,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             message = message.model_copy(
                 update={"metadata": message.metadata.model_copy(update={"trace_id": trace_id})}
             )
+            # Before publishing: the aggregator's final status must never be overwritten by "active".
+            await _touch_session(gw, body.session_id, message.message_id, "active", body.customer_email)
             waiter = gw.replies.expect(message.message_id)
             try:
                 await start_saga(gw.js, gw.saga, message, inject_headers())
@@ -156,7 +158,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 gw.replies.forget(message.message_id)
                 log.exception("publish failed")
                 raise HTTPException(503, f"the mesh is not accepting messages right now: {type(exc).__name__}")
-            await _touch_session(gw, body.session_id, message.message_id, "active", body.customer_email)
             result = await _wait_for_result(gw, message.message_id, waiter, settings.chat_deadline_s)
             if result is None:
                 metrics.CHAT_LATENCY_SECONDS.labels("processing").observe(time.perf_counter() - started)

@@ -82,9 +82,13 @@ def event_key(message_id: str, step_index: int, kind: str, attempt: int = 1, seq
     base = f"{message_id}.{step_index:04d}.{kind}"
     if kind in ONCE_PER_STEP:
         return base
-    # action and compensation events count actions (seq); the others count delivery attempts.
-    counter = seq if kind in ("action_executed", "compensation_started", "compensation_completed") else attempt
-    return f"{base}.{counter}"
+    # action and compensation events count actions (seq); the others count delivery attempts. A redelivery
+    # decided by recovery (seq > 0) has its own counter, apart from JetStream's redeliveries of the step.
+    if kind in ("action_executed", "compensation_started", "compensation_completed"):
+        return f"{base}.{seq}"
+    if kind == "redelivered" and seq:
+        return f"{base}.r{seq}"
+    return f"{base}.{attempt}"
 
 
 class SagaState(BaseModel):

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     llm_timeout_s: float = 20.0
     llm_retries: int = 1
     llm_log_content: bool = False
+    llm_api_base: str = ""
+    # Below this intent confidence the decision router hands the message to a human.
+    min_intent_confidence: float = 0.6
 
     # actors
     actor_concurrency: int = 16
@@ -51,6 +54,9 @@ class Settings(BaseSettings):
     backoff_base_s: float = 0.25
     backoff_max_s: float = 5.0
     ack_wait_s: float = 30.0
+    # Recovery (escalation router): how often a failed saga is resumed before it is compensated and escalated.
+    max_redeliveries: int = 1
+    redelivery_delay_s: float = 1.0
     max_ack_pending: int = 256
     # Benchmarks only: False skips every saga-log write, and with it memoization and recovery.
     saga_log_enabled: bool = True

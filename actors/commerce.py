@@ -1,0 +1,77 @@
+"""Client of the commerce APIs (customers, orders, tracking, actions, tickets): one shared
+`httpx.AsyncClient` per process. 404 is data (None); 409/422 are permanent failures; 5xx, timeouts and
+connection errors escape as httpx errors, which the runtime retries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from actors.base import PermanentError
+from supportmesh.config import Settings
+
+
+class CommerceClient:
+    """Typed calls to the mock (or real) commerce APIs."""
+
+    def __init__(self, settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.customers_url = settings.customers_api_url.rstrip("/")
+        self.orders_url = settings.orders_api_url.rstrip("/")
+        self.tracking_url = settings.tracking_api_url.rstrip("/")
+        self.http = httpx.AsyncClient(
+            timeout=settings.api_timeout_s, transport=transport,
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        )
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self.http.aclose()
+
+    async def _get(self, url: str) -> Any | None:
+        r = await self.http.get(url)
+        if r.status_code == 404:
+            return None
+        r.raise_for_status()
+        return r.json()
+
+    async def _post(self, url: str, body: dict[str, Any], key: str | None) -> dict[str, Any]:
+        r = await self.http.post(url, json=body, headers={"Idempotency-Key": key} if key else None)
+        if r.status_code in (400, 404, 409, 422):
+            raise PermanentError(f"{r.status_code} from {url}: {r.text[:300]}")
+        r.raise_for_status()
+        return r.json()
+
+    async def customer(self, email: str) -> dict[str, Any] | None:
+        """A customer by email, or None."""
+        return await self._get(f"{self.customers_url}/customers/{email}")
+
+    async def customer_orders(self, email: str) -> list[dict[str, Any]]:
+        """A customer's orders, most recent first (empty for an unknown customer)."""
+        data = await self._get(f"{self.customers_url}/customers/{email}/orders")
+        return list(data.get("orders", [])) if data else []
+
+    async def order(self, order_id: str) -> dict[str, Any] | None:
+        """An order, or None."""
+        return await self._get(f"{self.orders_url}/orders/{order_id}")
+
+    async def tracking(self, tracking_id: str) -> dict[str, Any] | None:
+        """A shipment, or None."""
+        return await self._get(f"{self.tracking_url}/tracking/{tracking_id}")
+
+    async def act(self, action: str, order_id: str, body: dict[str, Any], key: str) -> dict[str, Any]:
+        """Perform a refund / replacement / cancellation once per idempotency key."""
+        path = {"refund": "refunds", "replacement": "replacements", "cancel": "cancellation"}[action]
+        return await self._post(f"{self.orders_url}/orders/{order_id}/{path}", body, key)
+
+    def undo_url(self, action_id: str) -> str:
+        """Where an action is undone (recorded in the saga log for compensation)."""
+        return f"{self.orders_url}/actions/{action_id}/undo"
+
+    async def undo(self, url: str) -> dict[str, Any]:
+        """Undo an action (idempotent)."""
+        return await self._post(url, {}, None)
+
+    async def open_ticket(self, body: dict[str, Any], key: str) -> dict[str, Any]:
+        """Open a human handoff ticket once per key."""
+        return await self._post(f"{self.customers_url}/tickets", body, key)

@@ -1,0 +1,114 @@
+"""context_retriever: the customer, their orders, the order in question and its tracking, fetched in
+parallel from the commerce APIs. Never discloses an order of another customer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from actors.base import Actor, StepContext
+from actors.commerce import CommerceClient
+from gateway.sessions import SessionStore
+from saga.protocol import CustomerContext, Entities, Message
+from supportmesh.config import Settings
+
+log = logging.getLogger("supportmesh.actor.context_retriever")
+RECENT_ORDERS = 5
+NOT_YOURS = "an order was referenced that belongs to another customer"
+
+
+def order_summary(order: dict[str, Any]) -> dict[str, Any]:
+    """The few fields of an order a reply may mention."""
+    keys = ("order_id", "status", "total", "currency", "created_at", "expected_delivery", "tracking_id")
+    return {k: order.get(k) for k in keys}
+
+
+class ContextRetriever(Actor):
+    """Adds `payload.context` and `payload.api_data`."""
+
+    name = "context_retriever"
+
+    async def start(self, settings: Settings) -> None:
+        self.api = CommerceClient(settings)
+        self.sessions = SessionStore(settings.redis_url, ttl_s=settings.session_ttl_s)
+
+    async def stop(self) -> None:
+        await self.api.close()
+        await self.sessions.close()
+
+    async def _session_context(self, session_id: str) -> dict[str, Any] | None:
+        try:
+            return await self.sessions.get_context(session_id)
+        except Exception:  # session context helps follow-ups; its absence must not fail the step
+            log.warning("session context unavailable", exc_info=True)
+            return None
+
+    async def handle(self, message: Message, ctx: StepContext) -> dict[str, Any]:
+        started = time.perf_counter()
+        email = message.payload.customer_email
+        ents = message.payload.intent.entities if message.payload.intent else Entities()
+        previous = await self._session_context(message.session_id)
+        order_id = ents.order_number
+        from_session = False
+        if not order_id and not ents.tracking_number and previous and previous.get("customer_email") == email:
+            order_id, from_session = previous.get("last_order_id"), True
+
+        async def nothing() -> None:
+            return None
+
+        customer, orders, order, shipment = await asyncio.gather(
+            self.api.customer(email),
+            self.api.customer_orders(email),
+            self.api.order(order_id) if order_id else nothing(),
+            self.api.tracking(ents.tracking_number) if ents.tracking_number else nothing(),
+        )
+        notes: list[str] = []
+        mine = {o["order_id"] for o in orders}
+        if customer is None:
+            notes.append(f"no customer account found for {email}")
+        if order is not None and order.get("order_id") not in mine:
+            notes.append(NOT_YOURS)
+            order = None
+        elif order_id and order is None:
+            notes.append(f"order {order_id} was not found")
+        if shipment is not None and shipment.get("order_id") not in mine:
+            notes.append("a tracking number was referenced that belongs to another customer")
+            shipment = None
+        if shipment is not None and order is None:
+            order = next((o for o in orders if o["order_id"] == shipment.get("order_id")), None)
+        if order is not None and shipment is None and order.get("tracking_id"):
+            shipment = await self.api.tracking(order["tracking_id"])
+
+        context = CustomerContext(
+            customer=customer,
+            orders=[order_summary(o) for o in orders[:RECENT_ORDERS]],
+            order=order,
+            tracking=shipment,
+            notes=notes,
+        )
+        if customer is not None:
+            with contextlib.suppress(Exception):
+                await self.sessions.set_context(message.session_id, {
+                    "customer_email": email,
+                    "customer_id": customer["id"],
+                    "recent_orders": [o["order_id"] for o in orders[:RECENT_ORDERS]],
+                    "last_order_id": order["order_id"] if order else (previous or {}).get("last_order_id"),
+                })
+        api_data = {
+            **message.payload.api_data,
+            "context_retriever": {
+                "customer_found": customer is not None,
+                "orders": len(orders),
+                "order_id": order["order_id"] if order else None,
+                "order_from_session": from_session and order is not None,
+                "tracking_found": shipment is not None,
+                "ms": round((time.perf_counter() - started) * 1000, 2),
+            },
+        }
+        return {"context": context, "api_data": api_data}
+
+
+ACTOR = ContextRetriever

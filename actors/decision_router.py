@@ -1,0 +1,42 @@
+"""decision_router (smart router): escalation for critical sentiment or low confidence, an action plan within
+policy, and the execution step inserted when an action is approved."""
+
+from __future__ import annotations
+
+from actors.base import Actor, StepContext, StepResult
+from actors.policy import decide_action
+from saga.protocol import ActionPlan, Message
+from supportmesh.config import Settings
+
+ESCALATE = ["escalation_router", "response_aggregator"]
+WITH_ACTION = ["response_generator", "guardrail_validator", "execution_coordinator", "response_aggregator"]
+
+
+class DecisionRouter(Actor):
+    """Adds `payload.action_plan` and rewrites the rest of the route."""
+
+    name = "decision_router"
+    kind = "router"
+
+    async def start(self, settings: Settings) -> None:
+        self.min_confidence = settings.min_intent_confidence
+
+    async def handle(self, message: Message, ctx: StepContext) -> StepResult:
+        p = message.payload
+        if p.sentiment is not None and p.sentiment.urgency == "critical":
+            return StepResult(enrichment={"action_plan": ActionPlan(reason="critical_sentiment")},
+                              remaining_route=ESCALATE, reason="critical_sentiment")
+        if p.intent is None or p.intent.confidence < getattr(self, "min_confidence", 0.6):
+            return StepResult(enrichment={"action_plan": ActionPlan(reason="low_confidence")},
+                              remaining_route=ESCALATE, reason="low_confidence")
+        decision = decide_action(p.intent, p.context)
+        plan = decision.plan
+        if decision.needs_human:
+            return StepResult(enrichment={"action_plan": plan}, remaining_route=ESCALATE, reason="needs_approval")
+        if plan.approved:
+            return StepResult(enrichment={"action_plan": plan}, remaining_route=WITH_ACTION,
+                              reason=f"approved_{plan.action}")
+        return StepResult(enrichment={"action_plan": plan})
+
+
+ACTOR = DecisionRouter

@@ -1,0 +1,51 @@
+"""execution_coordinator: performs the approved action through the orders API, once.
+
+The `Idempotency-Key` is derived from the message id, the action and the order, so a retried or redelivered
+step never repeats the effect; each effect is recorded in the saga log with how to undo it (compensation)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from actors.base import Actor, StepContext
+from actors.commerce import CommerceClient
+from saga.protocol import ExecutedAction, ExecutionResult, Message
+from supportmesh.config import Settings
+
+
+def idempotency_key(message_id: str, action: str, order_id: str) -> str:
+    """The key that makes an action happen at most once per message."""
+    return f"{message_id}:{action}:{order_id}"
+
+
+class ExecutionCoordinator(Actor):
+    """Adds `payload.execution_result`."""
+
+    name = "execution_coordinator"
+
+    async def start(self, settings: Settings) -> None:
+        self.api = CommerceClient(settings)
+
+    async def stop(self) -> None:
+        await self.api.close()
+
+    async def handle(self, message: Message, ctx: StepContext) -> dict[str, Any]:
+        plan = message.payload.action_plan
+        if plan is None or plan.action == "none" or not plan.approved or not plan.order_id:
+            return {"execution_result": ExecutionResult(success=True, detail="nothing to execute")}
+        key = idempotency_key(message.message_id, plan.action, plan.order_id)
+        body: dict[str, Any] = {"reason": plan.reason or "customer request"}
+        if plan.action == "refund":
+            body["amount"] = plan.amount
+        done = await self.api.act(plan.action, plan.order_id, body, key)
+        executed = ExecutedAction(action=plan.action, order_id=plan.order_id, action_id=done["action_id"],
+                                  idempotency_key=key, status=done.get("status", "active"), amount=done.get("amount"))
+        await ctx.record("action_executed", {
+            **executed.model_dump(mode="json"),
+            "undo": {"method": "POST", "url": self.api.undo_url(done["action_id"])},
+        }, seq=0)
+        detail = f"{plan.action} {done['action_id']} on order {plan.order_id}"
+        return {"execution_result": ExecutionResult(success=True, actions=[executed], detail=detail)}
+
+
+ACTOR = ExecutionCoordinator

@@ -1,0 +1,110 @@
+"""The LLM client: one call path over `litellm.acompletion` for every model.
+
+Model, timeout, retries and fallback come from settings (`SUPPORTMESH_LLM_*`). The default model is the local
+deterministic provider; any LiteLLM model name (`gpt-4o-mini`, `anthropic/...`, `ollama/llama3.1`,
+`openai/<name>` with `SUPPORTMESH_LLM_API_BASE`) is one setting away. When the configured provider fails after
+its retries, the call falls back to the local model and says so (`fallback_used`, and the
+`supportmesh_llm_fallbacks_total` metric). LiteLLM is imported lazily: only processes that call a model pay for
+its import.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from actors.base import RetryableError
+from observability import metrics
+from observability.tracing import tracer
+from supportmesh.config import Settings
+
+log = logging.getLogger("supportmesh.llm")
+LOCAL_MODEL = "supportmesh-local/deterministic"
+
+
+@dataclass
+class LLMResult:
+    """One completion."""
+
+    text: str
+    model: str
+    fallback_used: bool = False
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+
+
+class LLMClient:
+    """Completions with timeout, retries, metrics, a GenAI span and a fallback to the local model."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.model = settings.llm_model
+        self.fallback_model = settings.llm_fallback_model or LOCAL_MODEL
+        self.timeout_s = settings.llm_timeout_s
+        self.retries = settings.llm_retries
+        self.api_base = settings.llm_api_base or None
+        self.log_content = settings.llm_log_content
+        import litellm
+
+        from actors import local_model
+
+        local_model.register()
+        litellm.suppress_debug_info = True
+        self._litellm = litellm
+
+    async def complete(self, messages: list[dict[str, str]], *, purpose: str) -> LLMResult:
+        """The model's answer; falls back to the local model when the configured provider fails."""
+        try:
+            return await self._call(self.model, messages, purpose, api_base=self.api_base, retries=self.retries)
+        except Exception as exc:
+            if self.model == self.fallback_model:
+                raise RetryableError(f"LLM call failed: {type(exc).__name__}: {exc}") from exc
+            log.warning("LLM %s failed (%s); falling back to %s", self.model, type(exc).__name__, self.fallback_model)
+            metrics.LLM_FALLBACKS.labels(self.model).inc()
+            try:
+                result = await self._call(self.fallback_model, messages, purpose, api_base=None, retries=0)
+            except Exception as exc2:
+                raise RetryableError(f"LLM and fallback failed: {type(exc2).__name__}: {exc2}") from exc2
+            result.fallback_used = True
+            return result
+
+    async def _call(self, model: str, messages: list[dict[str, str]], purpose: str, *, api_base: str | None,
+                    retries: int) -> LLMResult:
+        attrs: dict[str, Any] = {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.system": model.split("/", 1)[0] if "/" in model else "openai",
+            "gen_ai.request.model": model,
+            "supportmesh.llm.purpose": purpose,
+        }
+        if self.log_content:
+            attrs["gen_ai.prompt"] = "\n".join(m["content"] for m in messages)[:8000]
+        started = time.perf_counter()
+        with tracer().start_as_current_span(f"chat {model}", kind=SpanKind.CLIENT, attributes=attrs) as span:
+            try:
+                kwargs: dict[str, Any] = {"timeout": self.timeout_s, "num_retries": retries}
+                if api_base:
+                    kwargs["api_base"] = api_base
+                response = await self._litellm.acompletion(model=model, messages=messages, **kwargs)
+            except Exception as exc:
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                span.set_attribute("error.type", type(exc).__name__)
+                raise
+            latency = time.perf_counter() - started
+            text = response.choices[0].message.content or ""
+            usage = getattr(response, "usage", None)
+            prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
+            completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
+            span.set_attribute("gen_ai.usage.input_tokens", prompt_tokens)
+            span.set_attribute("gen_ai.usage.output_tokens", completion_tokens)
+            span.set_attribute("gen_ai.response.model", str(getattr(response, "model", model)))
+            if self.log_content:
+                span.set_attribute("gen_ai.completion", text[:8000])
+        metrics.LLM_LATENCY_SECONDS.labels(model, purpose).observe(latency)
+        metrics.LLM_TOKENS.labels(model, "prompt").inc(prompt_tokens)
+        metrics.LLM_TOKENS.labels(model, "completion").inc(completion_tokens)
+        return LLMResult(text=text, model=model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                         latency_s=latency)

@@ -1,0 +1,209 @@
+"""The local deterministic model: a LiteLLM custom provider (`supportmesh-local/deterministic`) that needs no
+key and no network.
+
+It reads the same prompts a hosted model reads (`actors.prompts`): for an intent prompt it answers strict JSON
+from keyword and pattern rules; for a response prompt it composes a reply from the data in the prompt only
+(customer, order, tracking, action plan), so it never invents an order number or an amount. Same prompt, same
+answer.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import UTC, date, datetime
+from typing import Any
+
+import orjson
+
+from actors import entities
+from actors.prompts import INTENT_TASK, RESPONSE_TASK, extract_data
+
+PROVIDER = "supportmesh-local"
+MODEL = "deterministic"
+
+# Ordered: the first matching rule wins.
+INTENT_RULES: list[tuple[str, re.Pattern[str], float]] = [
+    ("cancel_order", re.compile(r"\bcancel\w*\b"), 0.92),
+    ("refund_request", re.compile(r"\brefund\w*\b|\bmoney back\b|\breimburse\w*\b|\bchargeback\b"), 0.92),
+    ("replacement_request", re.compile(r"\breplace\w*\b|\bexchange\b|\bsend (?:me )?(?:a )?(?:new|another)\b"), 0.88),
+    ("product_issue", re.compile(r"\bbroken\b|\bdamaged\b|\bdefective\b|\bfaulty\b|\bdoes(?:n't| not) work\b|"
+                                 r"\bnot working\b|\bwrong (?:item|size|colou?r|product)\b|\bcracked\b"), 0.85),
+    ("delivery_complaint", re.compile(r"\blate\b|\bdelay\w*\b|\bhas(?:n't| not) arrived\b|\bnot arrived\b|"
+                                      r"\bhaven't (?:received|got)\b|\bnever (?:arrived|came)\b|\bstill waiting\b|"
+                                      r"\blost\b|\bmissing\b|\bnot (?:been )?delivered\b"), 0.88),
+    ("order_status", re.compile(r"\bwhere(?:'s| is)\b|\bstatus\b|\btrack\w*\b|\bwhen will\b|\barriv\w*\b|"
+                                r"\bshipped\b|\bdelivery date\b|\bestimated\b"), 0.85),
+    ("account_question", re.compile(r"\baccount\b|\bpassword\b|\blog ?in\b|\bsign ?in\b|\bmembership\b|"
+                                    r"\btier\b|\bemail address\b|\bmy address\b|\bprofile\b"), 0.82),
+]
+COMMON_WORDS = frozenset(
+    "a an the i my me you your we our is are was were be been am do does did have has had can could will would "
+    "please thanks thank hi hello hey help what when where why how which who it this that there here not no yes "
+    "order orders item items package parcel delivery shop store buy bought purchase question service support "
+    "want need get got about with for from to of in on at and or but if so just still already today yesterday "
+    "week call lawyer fraud terrible worst bad good great happy angry".split()
+)
+
+
+def analyze_intent(text: str) -> dict[str, Any]:
+    """Intent, entities and confidence of a customer message, by rules."""
+    lowered = text.lower()
+    found = {
+        "order_number": entities.order_number(text),
+        "tracking_number": entities.tracking_number(text),
+        "product": entities.product(text),
+        "amount": entities.amount(text),
+    }
+    for name, pattern, confidence in INTENT_RULES:
+        if pattern.search(lowered):
+            if name == "order_status" and found["tracking_number"] is None and found["order_number"] is None:
+                confidence -= 0.1  # a follow-up such as "and when will it arrive?" leans on session context
+            return {"intent": name, "entities": found, "confidence": round(confidence, 2)}
+    if found["tracking_number"] or found["order_number"]:
+        return {"intent": "order_status", "entities": found, "confidence": 0.7}
+    words = re.findall(r"[a-z']+", lowered)
+    known = sum(1 for w in words if w in COMMON_WORDS)
+    if not words or known == 0:
+        return {"intent": "general_inquiry", "entities": found, "confidence": 0.2}  # gibberish
+    return {"intent": "general_inquiry", "entities": found, "confidence": 0.7 if known >= 2 else 0.55}
+
+
+def _money(value: Any) -> str:
+    return f"${float(value):.2f}"
+
+
+def _when(iso_day: str | None) -> str:
+    if not iso_day:
+        return "soon"
+    try:
+        return date.fromisoformat(iso_day[:10]).strftime("%B %-d")
+    except ValueError:
+        return iso_day
+
+
+def compose_response(data: dict[str, Any], careful: bool = False) -> str:
+    """A reply grounded only in `data` (the response prompt's data block)."""
+    customer = data.get("customer") or {}
+    order = data.get("order") or {}
+    tracking = data.get("tracking") or {}
+    plan = data.get("action_plan") or {}
+    intent = (data.get("intent") or {}).get("name", "general_inquiry")
+    sentiment = (data.get("sentiment") or {}).get("label", "NEUTRAL")
+    notes = data.get("notes") or []
+    first_name = (customer.get("name") or "").split(" ")[0]
+    parts: list[str] = [f"Hi {first_name}," if first_name else "Hello,"]
+
+    if not customer:
+        parts.append("I couldn't find an account for the email address you used, so I can't look up orders "
+                     "yet. Could you write from the address you ordered with, or give me your order number?")
+        return " ".join(parts)
+    if sentiment == "NEGATIVE":
+        parts.append("I'm sorry for the trouble, and thank you for your patience.")
+    if any("another customer" in n for n in notes):
+        parts.append("I couldn't find that order on your account, so I can't share any details about it.")
+
+    action = plan.get("action", "none")
+    if action != "none" and order:
+        oid = order.get("order_id")
+        if plan.get("approved") and not careful:
+            if action == "refund":
+                parts.append(f"I've issued a refund of {_money(plan.get('amount') or 0)} for order {oid}; it "
+                             "will appear on your original payment method within 5-7 business days.")
+            elif action == "cancel":
+                parts.append(f"I've cancelled order {oid} and you will not be charged for it.")
+            elif action == "replacement":
+                parts.append(f"I've arranged a replacement for order {oid}; you'll get a shipping confirmation "
+                             "by email.")
+        elif plan.get("approved"):
+            parts.append(f"Your request for order {oid} has been approved and is being processed.")
+        else:
+            note = (plan.get("policy_notes") or ["it is outside what I can approve automatically"])[0]
+            parts.append(f"I can't do that automatically for order {oid}: {note}.")
+            if plan.get("escalate"):
+                parts.append("A colleague will review your request and get back to you.")
+    elif order:
+        oid = order.get("order_id")
+        status = order.get("status", "unknown")
+        if tracking:
+            where = tracking.get("location") or "in transit"
+            eta = tracking.get("expected_delivery") or tracking.get("estimated_delivery")
+            parts.append(f"Order {oid} is {status}: the latest scan from {tracking.get('carrier', 'the carrier')} "
+                         f"shows it at {where}, with delivery expected on {_when(eta)}.")
+        else:
+            parts.append(f"Order {oid} is currently {status}.")
+        due = order.get("expected_delivery")
+        if due and status in ("shipped", "delayed") and due < datetime.now(UTC).date().isoformat():
+            parts.append(f"It was due on {_when(due)}, so it is running late; I'll keep an eye on it.")
+        if intent == "product_issue":
+            parts.append("I'm sorry the item isn't right. Tell me whether you'd prefer a replacement or your "
+                         "money back and I'll check what your order allows.")
+    elif intent in ("order_status", "delivery_complaint", "refund_request", "cancel_order", "replacement_request",
+                    "product_issue"):
+        recent = data.get("orders") or []
+        if recent:
+            listing = ", ".join(f"{o.get('order_id')} ({o.get('status')})" for o in recent[:3])
+            parts.append(f"Which order do you mean? Your recent orders are {listing}.")
+        else:
+            parts.append("Could you tell me the order number so I can look it up?")
+    elif intent == "account_question":
+        parts.append(f"Your account is on the {customer.get('tier', 'standard')} tier. What would you like to "
+                     "change or know about it?")
+    else:
+        parts.append("Thanks for reaching out. I can help with order status, deliveries, cancellations, "
+                     "replacements and refunds: what can I do for you?")
+    return " ".join(parts)
+
+
+def respond(prompt: str) -> str:
+    """The local model's answer to a prompt."""
+    data = extract_data(prompt) or {}
+    if INTENT_TASK in prompt:
+        return orjson.dumps(analyze_intent(str(data.get("customer_message", "")))).decode()
+    if RESPONSE_TASK in prompt:
+        return compose_response(data, careful="rejected by the policy check" in prompt)
+    return "I can help with orders, deliveries, cancellations, replacements and refunds."
+
+
+def _prompt_of(messages: list[dict[str, Any]]) -> str:
+    return "\n".join(str(m.get("content", "")) for m in messages)
+
+
+_registered = False
+
+
+def register() -> None:
+    """Register the provider with LiteLLM (idempotent)."""
+    global _registered
+    if _registered:
+        return
+    import litellm
+    from litellm import CustomLLM
+
+    class LocalDeterministicLLM(CustomLLM):
+        """LiteLLM custom provider wrapping `respond`."""
+
+        def _answer(self, model: str, messages: list[dict[str, Any]]) -> Any:
+            started = time.perf_counter()
+            prompt = _prompt_of(messages)
+            text = respond(prompt)
+            response = litellm.ModelResponse(
+                model=f"{PROVIDER}/{MODEL}",
+                choices=[{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
+                usage={"prompt_tokens": len(prompt) // 4, "completion_tokens": len(text) // 4,
+                       "total_tokens": (len(prompt) + len(text)) // 4},
+            )
+            response._response_ms = (time.perf_counter() - started) * 1000  # type: ignore[attr-defined]
+            return response
+
+        def completion(self, model: str, messages: list, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+            return self._answer(model, messages)
+
+        async def acompletion(self, model: str, messages: list, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+            return self._answer(model, messages)
+
+    litellm.custom_provider_map = [
+        *[p for p in litellm.custom_provider_map if p.get("provider") != PROVIDER],
+        {"provider": PROVIDER, "custom_handler": LocalDeterministicLLM()},
+    ]
+    _registered = True

@@ -1,0 +1,66 @@
+"""response_aggregator: the last step. Writes the history rows and the session state, stores the outcome in
+KV and answers the waiting gateway. Every write is idempotent: the step may run twice after a crash."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+from actors.base import Actor, StepContext
+from gateway.history import HistoryStore
+from gateway.sessions import SessionStore
+from saga.protocol import Message
+from saga.results import ChatResult
+from supportmesh.config import Settings
+
+log = logging.getLogger("supportmesh.actor.response_aggregator")
+FALLBACK_REPLY = "Thanks for your message. A colleague will look into it and get back to you shortly."
+
+
+def build_result(message: Message, trace_id: str | None) -> ChatResult:
+    """The customer's answer from the finished message."""
+    p = message.payload
+    status = "escalated" if message.metadata.outcome == "escalated" else "resolved"
+    return ChatResult(
+        message_id=message.message_id,
+        session_id=message.session_id,
+        status=status,
+        response=p.response.text if p.response else FALLBACK_REPLY,
+        action_plan=p.action_plan.model_dump(mode="json") if p.action_plan else None,
+        execution_result=p.execution_result.model_dump(mode="json") if p.execution_result else None,
+        trace_id=trace_id,
+    )
+
+
+class ResponseAggregator(Actor):
+    """Answers the customer."""
+
+    name = "response_aggregator"
+
+    async def start(self, settings: Settings) -> None:
+        self.history = await HistoryStore(settings.sqlite_path).open()
+        self.sessions = SessionStore(settings.redis_url, ttl_s=settings.session_ttl_s)
+
+    async def stop(self) -> None:
+        await self.history.close()
+        await self.sessions.close()
+
+    async def handle(self, message: Message, ctx: StepContext) -> dict[str, Any]:
+        result = build_result(message, ctx.trace_id)
+        taken = message.route.steps[: message.route.current_step + 1]
+        await self.history.record_exchange(
+            message_id=message.message_id, session_id=message.session_id,
+            customer_text=message.payload.customer_message, agent_text=result.response,
+            route_trace=taken, payload=message.payload.model_dump(mode="json"),
+        )
+        with contextlib.suppress(Exception):  # session state is a cache; history and KV are the record
+            await self.sessions.set_state(message.session_id, last_message_id=message.message_id,
+                                          status=result.status)
+        await ctx.results.save(result)
+        if message.metadata.reply_subject:
+            await ctx.publish_reply(message.metadata.reply_subject, result.to_bytes())
+        return {}
+
+
+ACTOR = ResponseAggregator

@@ -1,0 +1,94 @@
+"""Conversation history in SQLite (aiosqlite, WAL mode), with the specification's table exactly.
+
+The response aggregator writes two rows per chat message — the customer's (`message_id`) and the agent's
+(`<message_id>:agent`) — with INSERT OR IGNORE, so a step that runs twice after a crash writes them once.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import orjson
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    message_id TEXT PRIMARY KEY,
+    session_id TEXT NOT NULL,
+    timestamp TEXT NOT NULL,
+    sender TEXT NOT NULL, -- 'customer' | 'agent'
+    content TEXT NOT NULL,
+    route_trace TEXT, -- JSON array of steps taken
+    payload TEXT -- Full enriched payload as JSON
+);
+CREATE INDEX IF NOT EXISTS idx_session ON messages(session_id, timestamp);
+"""
+
+
+def agent_row_id(message_id: str) -> str:
+    """The history row id of the agent's answer to a message."""
+    return f"{message_id}:agent"
+
+
+class HistoryStore:
+    """The `messages` table."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._db: aiosqlite.Connection | None = None
+
+    async def open(self) -> HistoryStore:
+        """Open (and create) the database in WAL mode."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = await aiosqlite.connect(self.path, timeout=10)
+        self._db.row_factory = aiosqlite.Row
+        await self._db.execute("PRAGMA journal_mode=WAL")
+        await self._db.execute("PRAGMA synchronous=NORMAL")
+        await self._db.execute("PRAGMA busy_timeout=10000")
+        await self._db.executescript(SCHEMA)
+        await self._db.commit()
+        return self
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise RuntimeError("HistoryStore is not open")
+        return self._db
+
+    async def close(self) -> None:
+        """Close the connection."""
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    async def ping(self) -> None:
+        """Raise unless the database answers."""
+        await (await self.db.execute("SELECT 1")).fetchone()
+
+    async def record_exchange(self, *, message_id: str, session_id: str, customer_text: str, agent_text: str,
+                              route_trace: list[str], payload: dict[str, Any], customer_at: str | None = None) -> int:
+        """Write the customer's row and the agent's row once; returns how many rows were new."""
+        now = datetime.now(UTC).isoformat(timespec="microseconds")
+        trace = orjson.dumps(route_trace).decode()
+        body = orjson.dumps(payload).decode()
+        cur = await self.db.executemany(
+            "INSERT OR IGNORE INTO messages (message_id, session_id, timestamp, sender, content, route_trace, payload)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(message_id, session_id, customer_at or now, "customer", customer_text, trace, None),
+             (agent_row_id(message_id), session_id, now, "agent", agent_text, trace, body)],
+        )
+        await self.db.commit()
+        return cur.rowcount
+
+    async def history(self, session_id: str, limit: int = 200) -> list[dict[str, Any]]:
+        """The latest `limit` rows of a session, oldest first (a customer row before its agent row)."""
+        cur = await self.db.execute(
+            "SELECT message_id, session_id, timestamp, sender, content, route_trace FROM messages"
+            " WHERE session_id = ? ORDER BY timestamp DESC, sender DESC LIMIT ?",
+            (session_id, limit),
+        )
+        rows = [dict(r) for r in await cur.fetchall()]
+        rows.reverse()
+        return rows

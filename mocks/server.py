@@ -1,0 +1,34 @@
+"""`supportmesh mocks` / `python -m mocks.server`: run the mock commerce APIs."""
+
+from __future__ import annotations
+
+import argparse
+
+import uvicorn
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: serve the mock APIs with uvicorn."""
+    parser = argparse.ArgumentParser(prog="supportmesh mocks", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8100)
+    args = parser.parse_args(argv)
+    from mocks.app import create_app
+    from observability.logs import setup_logging
+    from observability.tracing import setup_tracing
+
+    setup_logging("mocks")
+    setup_tracing("supportmesh-mocks")
+    app = create_app()
+    try:
+        from observability.tracing import instrument_fastapi  # type: ignore[attr-defined]
+
+        instrument_fastapi(app)
+    except ImportError:
+        pass
+    uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False, loop="uvloop")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
