@@ -58,6 +58,9 @@ def _start_observability(name: str, settings: Settings, ready) -> None:  # type:
 
     setup_logging(name, settings.log_level)
     setup_tracing(f"supportmesh-{name.replace('_', '-')}")
+    from observability.tracing import instrument_httpx
+
+    instrument_httpx()
     try:
         from observability.metrics_server import start_metrics_server
     except ImportError:  # the metrics server module is optional until observability lands

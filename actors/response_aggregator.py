@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 from actors.base import Actor, StepContext
@@ -53,6 +54,7 @@ class ResponseAggregator(Actor):
             message_id=message.message_id, session_id=message.session_id,
             customer_text=message.payload.customer_message, agent_text=result.response,
             route_trace=taken, payload=message.payload.model_dump(mode="json"),
+            customer_at=datetime.fromtimestamp(message.metadata.created_at, UTC).isoformat(timespec="microseconds"),
         )
         with contextlib.suppress(Exception):  # session state is a cache; history and KV are the record
             await self.sessions.set_state(message.session_id, last_message_id=message.message_id,

@@ -38,7 +38,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from actors.base import Actor, PermanentError, StepResult
 from observability import metrics
-from observability.tracing import current_trace_id, extract_context, inject_headers, tracer
+from observability.tracing import current_trace_id, extract_context, inject_headers, messaging_attributes, tracer
 from saga import transport
 from saga.log import SagaEvent, SagaLog
 from saga.protocol import ErrorInfo, Message, RouteError, subject_for
@@ -251,7 +251,7 @@ class ActorRuntime:
             return "poison"
 
         parent = extract_context(dict(msg.headers or {}))
-        attrs = _messaging_attributes("process", self.subject, message.message_id, self.name)
+        attrs = messaging_attributes("process", self.subject, message.message_id, self.name)
         with tracer().start_as_current_span(
             f"{self.subject} process", context=parent, kind=SpanKind.CONSUMER, attributes=attrs
         ) as span:
@@ -422,7 +422,7 @@ class ActorRuntime:
 
     async def _publish(self, message: Message) -> None:
         subject = subject_for(message.route.current)
-        attrs = _messaging_attributes("publish", subject, message.message_id, None)
+        attrs = messaging_attributes("publish", subject, message.message_id, None)
         with tracer().start_as_current_span(f"{subject} publish", kind=SpanKind.PRODUCER, attributes=attrs):
             await transport.publish(self.js, message, inject_headers())
 
@@ -682,22 +682,3 @@ def _salvage_message_id(data: bytes) -> str | None:
         if MESSAGE_ID.match(mid):
             return mid
     return None
-
-
-def _messaging_attributes(operation: str, destination: str, message_id: str, group: str | None) -> dict[str, Any]:
-    """OpenTelemetry messaging attributes (uses the observability helper when present)."""
-    try:
-        from observability.tracing import messaging_attributes  # type: ignore[attr-defined]
-
-        return dict(messaging_attributes(operation, destination, message_id, group))
-    except ImportError:
-        attrs: dict[str, Any] = {
-            "messaging.system": "nats",
-            "messaging.destination.name": destination,
-            "messaging.operation.type": "send" if operation == "publish" else operation,
-            "messaging.operation.name": operation,
-            "messaging.message.id": message_id,
-        }
-        if group:
-            attrs["messaging.consumer.group.name"] = group
-        return attrs

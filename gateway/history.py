@@ -86,7 +86,7 @@ class HistoryStore:
         """The latest `limit` rows of a session, oldest first (a customer row before its agent row)."""
         cur = await self.db.execute(
             "SELECT message_id, session_id, timestamp, sender, content, route_trace FROM messages"
-            " WHERE session_id = ? ORDER BY timestamp DESC, sender DESC LIMIT ?",
+            " WHERE session_id = ? ORDER BY timestamp DESC, sender ASC LIMIT ?",
             (session_id, limit),
         )
         rows = [dict(r) for r in await cur.fetchall()]

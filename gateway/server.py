@@ -19,18 +19,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from gateway.app import create_app
     from observability.logs import setup_logging
-    from observability.tracing import setup_tracing
+    from observability.tracing import instrument_fastapi, setup_tracing
 
     setup_logging("gateway", settings.log_level)
     setup_tracing("supportmesh-gateway")
     app = create_app(settings)
-    try:
-        from observability.tracing import instrument_fastapi, instrument_httpx  # type: ignore[attr-defined]
-
-        instrument_fastapi(app)
-        instrument_httpx()
-    except ImportError:
-        pass
+    instrument_fastapi(app)
     uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False,
                 loop="uvloop", http="auto", timeout_graceful_shutdown=10)
     return 0

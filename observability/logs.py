@@ -9,7 +9,21 @@ import time
 
 import orjson
 
-_FIELDS = ("message_id", "actor", "trace_id", "session_id", "step", "attempt", "event")
+_FIELDS = ("message_id", "actor", "trace_id", "span_id", "session_id", "step", "attempt", "event")
+
+
+class TraceContextFilter(logging.Filter):
+    """Puts the current trace and span ids on every record logged inside a span."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "trace_id", None) is None:
+            from opentelemetry import trace
+
+            ctx = trace.get_current_span().get_span_context()
+            if ctx.is_valid:
+                record.trace_id = format(ctx.trace_id, "032x")
+                record.span_id = format(ctx.span_id, "016x")
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -35,6 +49,7 @@ def setup_logging(service: str, level: str = "INFO") -> None:
     """Send JSON logs of this process to stderr."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(TraceContextFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
