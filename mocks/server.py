@@ -15,17 +15,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from mocks.app import create_app
     from observability.logs import setup_logging
-    from observability.tracing import setup_tracing
+    from observability.tracing import instrument_fastapi, setup_tracing
 
     setup_logging("mocks")
     setup_tracing("supportmesh-mocks")
     app = create_app()
-    try:
-        from observability.tracing import instrument_fastapi  # type: ignore[attr-defined]
-
-        instrument_fastapi(app)
-    except ImportError:
-        pass
+    instrument_fastapi(app)
     uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False, loop="uvloop")
     return 0
 
