@@ -100,6 +100,9 @@ def compose_response(data: dict[str, Any], careful: bool = False) -> str:
         return " ".join(parts)
     if sentiment == "NEGATIVE":
         parts.append("I'm sorry for the trouble, and thank you for your patience.")
+    for note in notes:
+        if note.startswith("order ") and note.endswith(" was not found"):
+            parts.append(f"I couldn't find {note[:-len(' was not found')]} on your account.")
     if any("another customer" in n for n in notes):
         parts.append("I couldn't find that order on your account, so I can't share any details about it.")
 
