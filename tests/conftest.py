@@ -34,3 +34,23 @@ def mesh(tmp_path_factory):
         yield m
     finally:
         m.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """A real redis-server on a free loopback port."""
+    from supportmesh.redisserver import RedisServer
+
+    server = RedisServer(data_dir=tmp_path_factory.mktemp("redis")).start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def fake_ctx():
+    """A StepContext stand-in for calling an actor's handler directly."""
+    from fakes import FakeContext
+
+    return FakeContext()
