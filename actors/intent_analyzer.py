@@ -99,6 +99,7 @@ class IntentAnalyzer(Actor):
 
     async def start(self, settings: Settings) -> None:
         self.llm = LLMClient(settings)
+        await self.llm.warm_up()
 
     async def handle(self, message: Message, ctx: StepContext) -> dict[str, Any]:
         text = message.payload.customer_message

@@ -56,6 +56,14 @@ class LLMClient:
         litellm.suppress_debug_info = True
         self._litellm = litellm
 
+    async def warm_up(self) -> None:
+        """One call to the local model, so LiteLLM's lazy initialisation is paid at start, not by a customer."""
+        try:
+            await self._call(LOCAL_MODEL, [{"role": "user", "content": "ping"}], "warm_up", api_base=None,
+                             retries=0)
+        except Exception:  # a failed warm-up only means the first real call pays the cost
+            log.warning("LLM warm-up failed", exc_info=True)
+
     async def complete(self, messages: list[dict[str, str]], *, purpose: str) -> LLMResult:
         """The model's answer; falls back to the local model when the configured provider fails."""
         try:

@@ -41,6 +41,7 @@ class ResponseGenerator(Actor):
 
     async def start(self, settings: Settings) -> None:
         self.llm = LLMClient(settings)
+        await self.llm.warm_up()
 
     async def handle(self, message: Message, ctx: StepContext) -> dict[str, Any]:
         regeneration = regeneration_number(message)
