@@ -76,6 +76,12 @@ SCENARIOS = [
 ]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def fresh_mock_data(mesh):
+    """Scenarios expect the seed data (other tests may have refunded or cancelled orders)."""
+    httpx.post(f"{mesh.mocks_url}/_admin/reset", timeout=10).raise_for_status()
+
+
 def actions_of(mocks_url: str, order_id: str) -> list[dict]:
     r = httpx.get(f"{mocks_url}/orders/{order_id}/actions", timeout=10)
     return r.json()["actions"] if r.status_code == 200 else []
