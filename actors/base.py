@@ -79,6 +79,8 @@ class Actor:
     # The route's error handler sets this: its runtime also consumes JetStream's dead-letter advisories
     # (messages whose deliveries ran out because their process kept dying, and terminated poison messages).
     handles_dead_letters: ClassVar[bool] = False
+    # Its runtime also sweeps for stalled sagas (no event for a while) and resumes them from the saga log.
+    sweeps_stalled_sagas: ClassVar[bool] = False
 
     async def start(self, settings: Settings) -> None:
         """Open clients (HTTP, Redis, SQLite, LLM) once per process."""

@@ -85,6 +85,7 @@ class EscalationRouter(Actor):
     name = "escalation_router"
     kind = "router"
     handles_dead_letters = True
+    sweeps_stalled_sagas = True
     ack_wait_s = 60.0
 
     async def start(self, settings: Settings) -> None:

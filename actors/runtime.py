@@ -42,7 +42,7 @@ from observability.tracing import current_trace_id, extract_context, inject_head
 from saga import transport
 from saga.log import SagaEvent, SagaLog
 from saga.protocol import ErrorInfo, Message, RouteError, subject_for
-from saga.replay import apply_step
+from saga.replay import apply_step, replay
 from saga.results import ResultStore
 from saga.retry import RetryPolicy, is_retryable
 from supportmesh.config import Settings
@@ -125,6 +125,7 @@ class ActorRuntime:
         self._loop_task: asyncio.Task[None] | None = None
         self._dlq_task: asyncio.Task[None] | None = None
         self._dlq_sub: Any = None
+        self._sweep_task: asyncio.Task[None] | None = None
         self.ready = False
 
     # ---- lifecycle --------------------------------------------------------------------------------
@@ -148,6 +149,8 @@ class ActorRuntime:
         if self.actor.handles_dead_letters:
             await self._bind_dead_letters()
             self._dlq_task = asyncio.create_task(self._dead_letter_loop(), name=f"{self.name}-deadletters")
+        if self.actor.sweeps_stalled_sagas:
+            self._sweep_task = asyncio.create_task(self._sweep_loop(), name=f"{self.name}-sweeper")
         self.ready = True
         log.info("actor started", extra={"actor": self.name})
 
@@ -167,6 +170,8 @@ class ActorRuntime:
         """Graceful stop: no new fetches, finish in-flight steps, close the actor and the connection."""
         self.ready = False
         self._stopping.set()
+        if self._sweep_task:
+            self._sweep_task.cancel()
         for task in (self._loop_task, self._dlq_task):
             if task:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -316,6 +321,7 @@ class ActorRuntime:
         try:
             result = await self._call_handler(msg, message, attempt)
             memo = self._memo_of(message, result)
+            _crash_point(self.name, "after_handler", attempt)
         except Exception as exc:
             span.record_exception(exc)
             span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
@@ -601,6 +607,50 @@ class ActorRuntime:
                 await self.js.delete_msg(self.settings.stream_name, seq)
         log.warning("dead letter from %s (stream seq %s, %s) handled", consumer, seq,
                     "terminated" if terminated else "max deliveries", extra={"actor": self.name})
+
+    # ---- stalled sagas (error handler only) --------------------------------------------------------
+
+    async def _sweep_loop(self) -> None:
+        while not self._stopping.is_set():
+            await asyncio.sleep(self.settings.sweep_interval_s)
+            try:
+                await self.sweep_once()
+            except Exception:
+                log.exception("sweep failed", extra={"actor": self.name})
+
+    async def sweep_once(self, now: float | None = None) -> list[str]:
+        """Resume sagas that stopped moving: rebuild the message from the saga log and publish its next step
+        again (deduplicated by Nats-Msg-Id if it is still in flight). After `max_sweeps` the saga goes to
+        the error handler. Returns the ids of the sagas it acted on."""
+        now = now or time.time()
+        stall = self.settings.stall_after_s
+        acted: list[str] = []
+        for state in await self.saga.states():
+            if state.status != "running" or now - state.updated_at < stall:
+                continue
+            history = await self.saga.history(state.message_id)
+            if not history or now - max(e.ts for e in history) < stall:
+                continue  # the log moved even if the state record lagged behind
+            message = replay(history)
+            if message is None or message.route.current_step >= len(message.route.steps):
+                continue
+            sweeps = sum(1 for e in history if e.kind == "redelivered" and e.data.get("source") == "sweeper")
+            acted.append(state.message_id)
+            if sweeps >= self.settings.max_sweeps and message.route.current != message.route.error_handler:
+                await self._to_error_handler(message, kind="stalled", attempts=sweeps, actor=message.route.current,
+                                             detail=f"no progress for {stall:.0f}s after {sweeps} resumptions")
+                continue
+            await self.saga.record(SagaEvent(
+                message_id=message.message_id, kind="redelivered", actor=message.route.current,
+                step_index=message.route.current_step, seq=sweeps + 1, trace_id=message.metadata.trace_id,
+                data={"source": "sweeper", "stalled_s": round(now - max(e.ts for e in history), 1)}))
+            metrics.REDELIVERIES.labels(message.route.current, "sweeper").inc()
+            await self.saga.set_state(message.message_id, status="running", step_index=message.route.current_step,
+                                      actor=message.route.current)
+            await self._publish(message)
+            log.warning("resumed stalled saga at step %s (%s)", message.route.current_step, message.route.current,
+                        extra={"actor": self.name, "message_id": message.message_id})
+        return acted
 
     # ---- saga events ------------------------------------------------------------------------------
 

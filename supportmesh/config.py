@@ -57,6 +57,11 @@ class Settings(BaseSettings):
     # Recovery (escalation router): how often a failed saga is resumed before it is compensated and escalated.
     max_redeliveries: int = 1
     redelivery_delay_s: float = 1.0
+    # The sweeper (in the error handler's process) resumes sagas with no event for `stall_after_s`, at most
+    # `max_sweeps` times, then hands them to the error handler.
+    sweep_interval_s: float = 5.0
+    stall_after_s: float = 60.0
+    max_sweeps: int = 2
     max_ack_pending: int = 256
     # Benchmarks only: False skips every saga-log write, and with it memoization and recovery.
     saga_log_enabled: bool = True

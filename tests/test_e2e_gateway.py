@@ -185,3 +185,34 @@ def test_bad_json_and_oversized_body(mesh) -> None:
     r = httpx.post(f"{mesh.gateway_url}/api/chat", content=b"x" * 100_000, timeout=10,
                    headers={"content-type": "application/json"})
     assert r.status_code == 413 and "larger" in r.json()["detail"]
+
+
+def test_supervisor_restarts_a_killed_actor(mesh) -> None:
+    import os
+    import signal
+
+    before = mesh.endpoints["processes"]["decision_router-1"]
+    os.kill(before["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    after = before
+    while time.monotonic() < deadline:
+        after = mesh.endpoints["processes"]["decision_router-1"]
+        if after["pid"] and after["pid"] != before["pid"]:
+            break
+        time.sleep(0.2)
+    assert after["pid"] != before["pid"] and after["restarts"] == before["restarts"] + 1
+    r = chat(mesh.gateway_url, "Where is my order 12345?", timeout=60)
+    assert r.status_code in (200, 202)
+    message_id = r.json()["message_id"]
+    while r.status_code == 202 and time.monotonic() < deadline + 30:
+        time.sleep(0.3)
+        r = httpx.get(f"{mesh.gateway_url}/api/chat/{message_id}", timeout=10)
+    assert r.status_code == 200 and r.json()["status"] == "resolved"
+
+
+def test_chat_command(mesh, capsys) -> None:
+    from supportmesh.chat import main
+
+    assert main(["--gateway", mesh.gateway_url, "I want a refund for order 44444"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("[resolved]") and "action: refund on order 44444" in out and "timeline" in out

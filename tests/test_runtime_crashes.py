@@ -134,3 +134,89 @@ async def test_message_whose_process_always_dies_becomes_a_dead_letter(harness: 
     # The dead message is gone from the work queue: nothing left to deliver to `upper`.
     info = await harness.consumer("upper")
     assert info.num_pending == 0
+
+
+async def test_side_effect_happens_once_when_its_process_dies_before_recording(harness: Harness, tmp_path) -> None:
+    """The execution step performs a refund, then its process dies before `step_completed` is recorded; the
+    redelivery runs the handler again, and the idempotency key keeps the refund to one."""
+    import subprocess
+    import sys
+
+    import httpx
+
+    from saga.protocol import ActionPlan, new_message
+    from saga.transport import start_saga
+    from supportmesh.natsserver import free_port
+
+    port = free_port()
+    mocks = subprocess.Popen([sys.executable, "-m", "mocks.server", "--port", str(port)],
+                             stdout=open(tmp_path / "mocks.log", "wb"), stderr=subprocess.STDOUT)
+    harness.procs.append(mocks)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            if httpx.get(f"{url}/healthz", timeout=0.5).status_code == 200:
+                break
+        except httpx.HTTPError:
+            await asyncio.sleep(0.1)
+    env = {"SUPPORTMESH_ORDERS_API_URL": url, "SUPPORTMESH_CUSTOMERS_API_URL": url,
+           "SUPPORTMESH_TRACKING_API_URL": url}
+    first = harness.spawn_actor("execution_coordinator",
+                                env={**env, "SUPPORTMESH_CRASH_POINT": "execution_coordinator:after_handler"})
+    await harness.run_actor(Done)
+    message = new_message(session_id="s1", customer_email="user@example.com", customer_message="refund please",
+                          steps=["execution_coordinator", "done"])
+    plan = ActionPlan(action="refund", order_id="44444", amount=5.0, approved=True, reason="refund_request")
+    message = message.enriched({"action_plan": plan})
+    await start_saga(harness.js, harness.saga, message)
+    await wait_for(lambda: first.poll() is not None, timeout=30)  # died after the refund, before recording it
+    assert first.returncode == 137
+    harness.spawn_actor("execution_coordinator", env=env)
+
+    state = await harness.wait_terminal(message.message_id, timeout=30)
+
+    assert state.status == "completed"
+    actions = httpx.get(f"{url}/orders/44444/actions", timeout=5).json()["actions"]
+    assert len(actions) == 1 and actions[0]["idempotency_key"] == f"{message.message_id}:refund:44444"
+    events = await harness.events(message.message_id)
+    assert [e.attempt for e in events if e.kind == "step_started" and e.actor == "execution_coordinator"] == [1, 2]
+    executed = [e for e in events if e.kind == "action_executed"]
+    assert len(executed) == 1 and executed[0].data["action_id"] == actions[0]["action_id"]
+
+
+async def test_sweeper_resumes_a_saga_whose_message_was_lost_then_gives_up(tmp_path) -> None:
+    """A saga whose next message never reached the stream (lost between two hops) is resumed from the saga
+    log by the sweeper; one that cannot move at all goes to the error handler after the cap."""
+    from saga.log import SagaEvent
+    from saga.protocol import new_message
+
+    h = Harness(tmp_path, stall_after_s=1.0, sweep_interval_s=0.3, max_sweeps=2)
+    await h.start()
+    try:
+        for cls in (Upper, Done, Catcher):  # Catcher sweeps: it is the error handler here
+            await h.run_actor(cls)
+        lost = new_message(session_id="s1", customer_email="user@example.com", customer_message="lost",
+                           steps=["upper", "done"])
+        lost = lost.model_copy(update={"route": lost.route.model_copy(update={"error_handler": "catcher"})})
+        # Record the start and the state as the gateway does, but "lose" the publish.
+        started = (await h.submit(["upper", "done"], "normal"))
+        await h.saga.record(SagaEvent(message_id=lost.message_id, kind="saga_started", actor="gateway", step_index=0,
+                                      data={"route": lost.route.steps, "message": lost.model_dump(mode="json")}))
+        await h.saga.set_state(lost.message_id, status="running", step_index=0, actor="upper")
+        stuck = await h.submit(["upper", "ghost", "done"], "nobody serves ghost")
+
+        assert (await h.wait_terminal(started.message_id)).status == "completed"
+        assert (await h.wait_terminal(lost.message_id, timeout=20)).status == "completed"
+        events = await h.events(lost.message_id)
+        assert any(e.kind == "redelivered" and e.data["source"] == "sweeper" for e in events)
+        assert len(h.executions("upper", lost.message_id)) == 1
+
+        state = await h.wait_terminal(stuck.message_id, timeout=30)
+        assert state.status == "escalated"
+        events = await h.events(stuck.message_id)
+        sweeps = [e for e in events if e.kind == "redelivered" and e.data["source"] == "sweeper"]
+        assert len(sweeps) == 2
+        caught = [e for e in events if e.kind == "step_completed" and e.actor == "catcher"]
+        assert caught[0].data["enrichment"]["api_data"]["catcher"] == "stalled"
+    finally:
+        await h.close()

@@ -98,6 +98,7 @@ class Catcher(Actor):
     name = "catcher"
     kind = "router"
     handles_dead_letters = True
+    sweeps_stalled_sagas = True
 
     async def handle(self, message: Message, ctx: StepContext) -> StepResult:
         note(self.name, message, ctx.attempt)
