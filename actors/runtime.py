@@ -41,9 +41,9 @@ from observability import metrics
 from observability.tracing import current_trace_id, extract_context, inject_headers, messaging_attributes, tracer
 from saga import transport
 from saga.log import SagaEvent, SagaLog
-from saga.protocol import ErrorInfo, Message, RouteError, subject_for
+from saga.protocol import SESSION_ID, ErrorInfo, Message, RouteError, subject_for
 from saga.replay import apply_step, replay
-from saga.results import ResultStore
+from saga.results import ChatResult, ResultStore
 from saga.retry import RetryPolicy, is_retryable
 from supportmesh.config import Settings
 
@@ -602,11 +602,36 @@ class ActorRuntime:
                 await self.saga.set_state(message.message_id, status="failed",
                                           step_index=message.route.current_step, actor=consumer,
                                           allow_reopen=True)
+        if terminated:
+            await self._poison_handled(consumer, seq, raw.data if raw is not None else None)
         if raw is not None:
             with contextlib.suppress(Exception):
                 await self.js.delete_msg(self.settings.stream_name, seq)
         log.warning("dead letter from %s (stream seq %s, %s) handled", consumer, seq,
                     "terminated" if terminated else "max deliveries", extra={"actor": self.name})
+
+    async def _poison_handled(self, consumer: str, seq: int, data: bytes | None) -> None:
+        """A terminated (poison) message: note that recovery saw it, and when it names a waiting gateway and a
+        message id, answer the customer instead of leaving them waiting."""
+        message_id = (_salvage_message_id(data) if data else None) or f"poison-{consumer}-{seq}"
+        await self.saga.record(SagaEvent(message_id=message_id, kind="dead_lettered", actor=consumer, step_index=0,
+                                         data={"stream_seq": seq, "reason": "terminated"}))
+        metrics.SAGA_EVENTS.labels("dead_lettered").inc()
+        doc: Any = None
+        with contextlib.suppress(Exception):
+            doc = orjson.loads(data) if data else None
+        if not isinstance(doc, dict) or message_id.startswith("poison-"):
+            return
+        meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
+        session = doc.get("session_id")
+        if not isinstance(session, str) or not SESSION_ID.match(session):
+            return
+        result = ChatResult(message_id=message_id, session_id=session, status="escalated",
+                            response="We could not process your message automatically; a colleague will look "
+                                     "into it and get back to you.")
+        if await self.results.save(result) and isinstance(meta.get("reply_subject"), str):
+            with contextlib.suppress(Exception):
+                await self.nc.publish(meta["reply_subject"], result.to_bytes())
 
     # ---- stalled sagas (error handler only) --------------------------------------------------------
 

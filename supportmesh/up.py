@@ -219,12 +219,31 @@ class LocalMesh:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Supervise until `stop` is set."""
-        task = asyncio.create_task(self.supervisor.run())
+        tasks = [asyncio.create_task(self.supervisor.run()), asyncio.create_task(self._watch_servers(stop))]
         await stop.wait()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await self.stop()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+
+    async def _watch_servers(self, stop: asyncio.Event) -> None:
+        """Restart nats-server (same port, same store) or redis-server when one dies, as a StatefulSet would."""
+        while not stop.is_set():
+            await asyncio.sleep(0.2)
+            for name, server in (("nats-server", self.nats), ("redis-server", self.redis)):
+                proc = getattr(server, "process", None)
+                if server is None or proc is None or proc.poll() is None or stop.is_set():
+                    continue
+                log.warning("%s exited with %s; restarting on the same store", name, proc.returncode)
+                try:
+                    await asyncio.to_thread(server.start)
+                except Exception:
+                    log.exception("could not restart %s; retrying", name)
+                    await asyncio.sleep(1)
+                    continue
+                self.write_endpoints()
 
     async def stop(self) -> None:
         """Stop in order: gateway, actors, mocks, then Redis and NATS."""
