@@ -73,7 +73,8 @@ class Actor:
 
     name: ClassVar[str]
     kind: ClassVar[Literal["processor", "router"]] = "processor"
-    # Seconds JetStream waits for an ack before redelivering; long steps also send in_progress.
+    # Seconds JetStream waits for an ack before redelivering (default: settings.ack_wait_s). Rarely needed:
+    # the runtime sends in_progress heartbeats while a step runs, so long steps do not need a long ack wait.
     ack_wait_s: ClassVar[float | None] = None
     max_attempts: ClassVar[int | None] = None
     # The route's error handler sets this: its runtime also consumes JetStream's dead-letter advisories

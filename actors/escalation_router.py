@@ -86,7 +86,6 @@ class EscalationRouter(Actor):
     kind = "router"
     handles_dead_letters = True
     sweeps_stalled_sagas = True
-    ack_wait_s = 60.0
 
     async def start(self, settings: Settings) -> None:
         self.api = CommerceClient(settings)

@@ -95,7 +95,6 @@ class IntentAnalyzer(Actor):
     """Adds `payload.intent`."""
 
     name = "intent_analyzer"
-    ack_wait_s = 60.0
 
     async def start(self, settings: Settings) -> None:
         self.llm = LLMClient(settings)

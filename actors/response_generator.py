@@ -37,7 +37,6 @@ class ResponseGenerator(Actor):
     """Adds `payload.response`."""
 
     name = "response_generator"
-    ack_wait_s = 90.0
 
     async def start(self, settings: Settings) -> None:
         self.llm = LLMClient(settings)

@@ -53,7 +53,9 @@ class Settings(BaseSettings):
     max_attempts: int = 4
     backoff_base_s: float = 0.25
     backoff_max_s: float = 5.0
-    ack_wait_s: float = 30.0
+    # How long JetStream waits before redelivering an un-acked step: the time to recover from a killed
+    # process. Long steps stay alive with in_progress heartbeats (every ack_wait/3), so it can be short.
+    ack_wait_s: float = 10.0
     # Recovery (escalation router): how often a failed saga is resumed before it is compensated and escalated.
     max_redeliveries: int = 1
     redelivery_delay_s: float = 1.0
