@@ -16,6 +16,7 @@ from typing import Any
 
 from actors.base import Actor, StepContext, StepResult
 from actors.commerce import CommerceClient
+from observability import metrics
 from saga.log import SagaEvent
 from saga.protocol import AgentResponse, Message
 from supportmesh.config import Settings
@@ -124,6 +125,7 @@ class EscalationRouter(Actor):
         log_entry = {"decision": "escalate", "reason": reason, "ticket_id": ticket.get("ticket_id"),
                      "compensated": [u["action_id"] for u in undone]}
         await ctx.record("escalated", {"reason": reason, "ticket_id": ticket.get("ticket_id")})
+        metrics.ESCALATIONS.labels(reason.split(":")[0]).inc()
         return StepResult(
             enrichment={"response": AgentResponse(text=text, model="escalation_router"),
                         "recovery_log": [*p.recovery_log, log_entry]},
@@ -137,6 +139,7 @@ class EscalationRouter(Actor):
                                         actor=self.name, step_index=event.step_index, seq=event.seq,
                                         trace_id=ctx.trace_id, data={"action_id": data.get("action_id")}))
         result = await self.api.undo(data["undo"]["url"])
+        metrics.COMPENSATIONS.labels(str(data.get("action", "unknown"))).inc()
         await ctx.saga.record(SagaEvent(message_id=event.message_id, kind="compensation_completed",
                                         actor=self.name, step_index=event.step_index, seq=event.seq,
                                         trace_id=ctx.trace_id,

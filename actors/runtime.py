@@ -126,6 +126,7 @@ class ActorRuntime:
         self._dlq_task: asyncio.Task[None] | None = None
         self._dlq_sub: Any = None
         self._sweep_task: asyncio.Task[None] | None = None
+        self._backlog_task: asyncio.Task[None] | None = None
         self.ready = False
 
     # ---- lifecycle --------------------------------------------------------------------------------
@@ -146,6 +147,10 @@ class ActorRuntime:
         await self.actor.start(self.settings)
         await self._bind()
         self._loop_task = asyncio.create_task(self._fetch_loop(), name=f"{self.name}-fetch")
+        self._backlog_task = asyncio.create_task(self._backlog_loop(), name=f"{self.name}-backlog")
+        metrics.init_actor_series(self.name)
+        if self.actor.handles_dead_letters:
+            metrics.init_recovery_series()
         if self.actor.handles_dead_letters:
             await self._bind_dead_letters()
             self._dlq_task = asyncio.create_task(self._dead_letter_loop(), name=f"{self.name}-deadletters")
@@ -170,8 +175,9 @@ class ActorRuntime:
         """Graceful stop: no new fetches, finish in-flight steps, close the actor and the connection."""
         self.ready = False
         self._stopping.set()
-        if self._sweep_task:
-            self._sweep_task.cancel()
+        for background in (self._sweep_task, self._backlog_task):
+            if background:
+                background.cancel()
         for task in (self._loop_task, self._dlq_task):
             if task:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -244,7 +250,7 @@ class ActorRuntime:
             # it after ack_wait and memoization makes the retry cheap.
             log.exception("step aborted; JetStream will redeliver", extra={"actor": self.name})
         finally:
-            metrics.ACTOR_PROCESSING_SECONDS.labels(self.name).observe(time.perf_counter() - started)
+            metrics.observe(metrics.ACTOR_PROCESSING_SECONDS.labels(self.name), time.perf_counter() - started)
             metrics.ACTOR_MESSAGES.labels(self.name, outcome).inc()
 
     async def _handle_delivery(self, msg: Msg) -> str:
@@ -534,6 +540,15 @@ class ActorRuntime:
         metrics.SAGA_EVENTS.labels("poison_message").inc()
         log.error("poison message terminated: %s", detail, extra={"actor": self.name, "message_id": message_id})
         await msg.term()
+
+    async def _backlog_loop(self, interval_s: float = 5.0) -> None:
+        """Export the consumer's backlog (pending and ack-pending) for the dashboards and autoscalers."""
+        while not self._stopping.is_set():
+            with contextlib.suppress(Exception):
+                info = await self.js.consumer_info(self.settings.stream_name, self.name)
+                metrics.CONSUMER_PENDING.labels(self.name).set(info.num_pending or 0)
+                metrics.CONSUMER_ACK_PENDING.labels(self.name).set(info.num_ack_pending or 0)
+            await asyncio.sleep(interval_s)
 
     # ---- dead letters (error handler only) -------------------------------------------------------
 

@@ -22,15 +22,17 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from opentelemetry.trace import SpanKind
+from prometheus_client import REGISTRY
+from prometheus_client.exposition import choose_encoder
 from sse_starlette.sse import EventSourceResponse
 
 from gateway.replies import ReplyRouter
 from gateway.schemas import ChatPending, ChatRequest, ChatResponse
 from observability import metrics
-from observability.tracing import current_trace_id, inject_headers
+from observability.tracing import current_trace_id, inject_headers, messaging_attributes, tracer
 from saga.log import SagaLog
-from saga.protocol import HAPPY_PATH, MESSAGE_ID, SESSION_ID, new_message
+from saga.protocol import HAPPY_PATH, MESSAGE_ID, SESSION_ID, new_message, subject_for
 from saga.results import ChatResult, ResultStore
 from saga.transport import ensure_stream, start_saga
 from supportmesh.config import Settings, get_settings
@@ -93,6 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """The gateway application."""
     settings = settings or get_settings()
     gw = Gateway(settings)
+    metrics.init_gateway_series()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -152,19 +155,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # Before publishing: the aggregator's final status must never be overwritten by "active".
             await _touch_session(gw, body.session_id, message.message_id, "active", body.customer_email)
             waiter = gw.replies.expect(message.message_id)
+            subject = subject_for(message.route.current)
             try:
-                await start_saga(gw.js, gw.saga, message, inject_headers())
+                with tracer().start_as_current_span(
+                    f"{subject} publish", kind=SpanKind.PRODUCER,
+                    attributes=messaging_attributes("publish", subject, message.message_id),
+                ):
+                    await start_saga(gw.js, gw.saga, message, inject_headers())
             except Exception as exc:
                 gw.replies.forget(message.message_id)
                 log.exception("publish failed")
                 raise HTTPException(503, f"the mesh is not accepting messages right now: {type(exc).__name__}")
             result = await _wait_for_result(gw, message.message_id, waiter, settings.chat_deadline_s)
             if result is None:
-                metrics.CHAT_LATENCY_SECONDS.labels("processing").observe(time.perf_counter() - started)
+                metrics.observe(metrics.CHAT_LATENCY_SECONDS.labels("processing"), time.perf_counter() - started)
                 return JSONResponse(
                     ChatPending(message_id=message.message_id, trace_id=trace_id).model_dump(), status_code=202
                 )
-            metrics.CHAT_LATENCY_SECONDS.labels(result.status).observe(time.perf_counter() - started)
+            metrics.observe(metrics.CHAT_LATENCY_SECONDS.labels(result.status), time.perf_counter() - started)
             return _response(result)
         finally:
             metrics.CHATS_IN_FLIGHT.dec()
@@ -250,9 +258,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503)
 
     @app.get("/metrics")
-    async def prometheus_metrics() -> Response:
+    async def prometheus_metrics(request: Request) -> Response:
         """Prometheus metrics of this process."""
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+        return Response(encoder(REGISTRY), media_type=content_type)
 
     @app.get("/", include_in_schema=False)
     @app.get("/widget.html", include_in_schema=False)

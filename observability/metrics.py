@@ -55,3 +55,41 @@ MOCK_API_LATENCY_SECONDS = Histogram(
     "supportmesh_mock_api_latency_seconds", "Mock commerce API latency by route.", ["route", "method"],
     buckets=LATENCY_BUCKETS,
 )
+
+
+def observe(histogram_child, value: float) -> None:  # type: ignore[no-untyped-def]
+    """Observe a histogram value with the current trace id as exemplar (links a latency spike to its trace)."""
+    from observability.tracing import current_trace_id
+
+    trace_id = current_trace_id()
+    histogram_child.observe(value, exemplar={"trace_id": trace_id} if trace_id else None)
+
+
+def init_actor_series(actor: str) -> None:
+    """Create an actor's label sets at start, so dashboards show zeros instead of no data."""
+    for outcome in ("completed", "memoized", "retried", "failed", "poison", "misrouted", "error"):
+        ACTOR_MESSAGES.labels(actor, outcome)
+    RETRIES.labels(actor)
+    for source in ("jetstream", "retry", "sweeper"):
+        REDELIVERIES.labels(actor, source)
+    DEAD_LETTERS.labels(actor)
+    ACTOR_PROCESSING_SECONDS.labels(actor)
+    CONSUMER_PENDING.labels(actor)
+    CONSUMER_ACK_PENDING.labels(actor)
+
+
+def init_recovery_series() -> None:
+    """Label sets of the recovery counters (escalation router)."""
+    for action in ("refund", "cancel", "replacement"):
+        COMPENSATIONS.labels(action)
+    for reason in ("critical_sentiment", "low_confidence", "guardrail_failed", "needs_approval", "error"):
+        ESCALATIONS.labels(reason)
+    for kind in ("saga_completed", "saga_failed", "escalated", "redelivered", "compensation_completed",
+                 "dead_lettered", "retry_scheduled", "step_failed", "poison_message"):
+        SAGA_EVENTS.labels(kind)
+
+
+def init_gateway_series() -> None:
+    """Label sets of the gateway's chat latency."""
+    for status in ("resolved", "escalated", "processing"):
+        CHAT_LATENCY_SECONDS.labels(status)

@@ -151,7 +151,7 @@ class LocalMesh:
         self.write_endpoints(ready=True)
 
     def _start_prometheus(self) -> None:
-        from observability.prometheus import render_scrape_config  # type: ignore[import-not-found]
+        from observability.prometheus import render_scrape_config
 
         targets: dict[str, list[str]] = {}
         for child in self.supervisor.children.values():
@@ -159,11 +159,12 @@ class LocalMesh:
                 job = child.actor or child.kind
                 targets.setdefault(job, []).append(f"{self.host}:{child.metrics_port}")
         config = self.data_dir / "prometheus.yml"
-        config.write_text(render_scrape_config(targets))
+        config.write_text(render_scrape_config(targets, scrape_interval=os.environ.get(
+            "SUPPORTMESH_SCRAPE_INTERVAL", "5s")))
         self.supervisor.add(Child(
             name="prometheus", kind="prometheus", url=f"http://{self.host}:{self.prometheus_port}",
             argv=["prometheus", f"--config.file={config}", f"--storage.tsdb.path={self.data_dir / 'prometheus'}",
-                  f"--web.listen-address={self.host}:{self.prometheus_port}"],
+                  f"--web.listen-address={self.host}:{self.prometheus_port}", "--enable-feature=exemplar-storage"],
             env=self._env(), log_path=self.data_dir / "logs" / "prometheus.log",
         ))
 

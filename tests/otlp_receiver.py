@@ -1,0 +1,100 @@
+"""An OTLP/HTTP trace receiver for tests: spans exported by the mesh's processes, decoded with
+opentelemetry-proto, kept for assertions."""
+
+from __future__ import annotations
+
+import gzip
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest, ExportTraceServiceResponse
+
+KINDS = {0: "UNSPECIFIED", 1: "INTERNAL", 2: "SERVER", 3: "CLIENT", 4: "PRODUCER", 5: "CONSUMER"}
+
+
+def _value(v: Any) -> Any:
+    which = v.WhichOneof("value")
+    if which == "array_value":
+        return [_value(x) for x in v.array_value.values]
+    return getattr(v, which) if which else None
+
+
+@dataclass
+class Span:
+    trace_id: str
+    span_id: str
+    parent_id: str
+    name: str
+    kind: str
+    service: str
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+
+class OTLPReceiver:
+    """`with OTLPReceiver() as r:` serves POST /v1/traces on 127.0.0.1:<r.port>."""
+
+    def __init__(self) -> None:
+        self.spans: list[Span] = []
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
+                if self.path == "/v1/traces":
+                    receiver._store(ExportTraceServiceRequest.FromString(body))
+                reply = ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *args: object) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def _store(self, request: ExportTraceServiceRequest) -> None:
+        spans = []
+        for rs in request.resource_spans:
+            service = next((_value(a.value) for a in rs.resource.attributes if a.key == "service.name"), "")
+            for ss in rs.scope_spans:
+                for s in ss.spans:
+                    spans.append(Span(s.trace_id.hex(), s.span_id.hex(), s.parent_span_id.hex(), s.name,
+                                      KINDS.get(s.kind, str(s.kind)), service,
+                                      {a.key: _value(a.value) for a in s.attributes}))
+        with self._lock:
+            self.spans.extend(spans)
+
+    def traces(self) -> dict[str, list[Span]]:
+        """Spans grouped by trace id."""
+        out: dict[str, list[Span]] = defaultdict(list)
+        with self._lock:
+            for s in self.spans:
+                out[s.trace_id].append(s)
+        return out
+
+    def wait_for(self, predicate: Any, timeout: float = 20.0) -> bool:
+        """Wait until predicate(self) is true."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate(self):
+                return True
+            time.sleep(0.2)
+        return False
+
+    def __enter__(self) -> OTLPReceiver:
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
