@@ -39,7 +39,7 @@ from supportmesh.config import Settings, get_settings
 
 log = logging.getLogger("supportmesh.gateway")
 
-WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+DEFAULT_WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 MAX_BODY_BYTES = 64 * 1024
 TERMINAL_EVENTS = frozenset({"saga_completed", "saga_failed"})
 
@@ -112,6 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.gateway = gw
+    web_dir = Path(settings.web_dir) if settings.web_dir else DEFAULT_WEB_DIR
 
     @app.middleware("http")
     async def limit_body(request: Request, call_next: Any) -> Response:
@@ -266,14 +267,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/", include_in_schema=False)
     @app.get("/widget.html", include_in_schema=False)
     async def widget() -> FileResponse:
-        return FileResponse(WEB_DIR / "widget.html")
+        return FileResponse(web_dir / "widget.html")
 
     @app.get("/saga.html", include_in_schema=False)
     async def saga_page() -> FileResponse:
-        return FileResponse(WEB_DIR / "saga.html")
+        return FileResponse(web_dir / "saga.html")
 
-    if (WEB_DIR / "static").is_dir():
-        app.mount("/static", StaticFiles(directory=WEB_DIR / "static"), name="static")
+    if (web_dir / "static").is_dir():
+        app.mount("/static", StaticFiles(directory=web_dir / "static"), name="static")
 
     return app
 

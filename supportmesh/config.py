@@ -73,6 +73,8 @@ class Settings(BaseSettings):
     gateway_port: int = 8000
     chat_deadline_s: float = 10.0
     jaeger_ui_url: str = "http://127.0.0.1:16686"
+    # Where the widget's files are (default: the repository's web/ folder; the container image sets it).
+    web_dir: str = ""
 
     # observability: every process serves /metrics (actors on this port; 0 = pick a free one)
     metrics_port: int = 0
