@@ -113,6 +113,9 @@ class EscalationRouter(Actor):
         reason = escalation_reason(message, settings.min_intent_confidence)
         # A side effect is undone only when the saga failed; an escalation after a successful action keeps it.
         to_undo = active_actions(history) if error is not None else []
+        if to_undo:
+            await ctx.saga.set_state(message.message_id, status="compensating", step_index=message.step_index,
+                                     actor=self.name)
         undone = [await self._compensate(event, ctx) for event in reversed(to_undo)]
         kept = [e.data for e in active_actions(history) if error is None]
         ticket = await self.api.open_ticket(

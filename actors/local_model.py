@@ -205,6 +205,13 @@ def register() -> None:
         async def acompletion(self, model: str, messages: list, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
             return self._answer(model, messages)
 
+    litellm.suppress_debug_info = True
+    # A known (zero) price: without it LiteLLM's cost calculator searches for the model on every call,
+    # which cost more than half of each local call.
+    litellm.register_model({f"{PROVIDER}/{MODEL}": {
+        "litellm_provider": PROVIDER, "mode": "chat", "max_tokens": 4096, "max_input_tokens": 32768,
+        "max_output_tokens": 4096, "input_cost_per_token": 0.0, "output_cost_per_token": 0.0,
+        "cache_creation_input_token_cost": 0.0, "cache_read_input_token_cost": 0.0}})
     litellm.custom_provider_map = [
         *[p for p in litellm.custom_provider_map if p.get("provider") != PROVIDER],
         {"provider": PROVIDER, "custom_handler": LocalDeterministicLLM()},

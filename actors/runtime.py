@@ -280,26 +280,10 @@ class ActorRuntime:
         if not self.durable:
             return await self._run_step_volatile(msg, message, attempt)
         # `step_started` is informational: send it without waiting for its ack. Writes from one connection
-        # reach JetStream in order, so it is stored before this step's `step_completed`.
+        # reach JetStream in order, so it is stored before this step's `step_completed`. (`saga_state` changes
+        # only on status transitions; the current step and the last event time are the saga log's.)
         await self.record_nowait(message, "step_started", attempt=attempt)
-        # The state record moves forward off the critical path (compare-and-set; a late update of an
-        # earlier step is refused by the guard in SagaLog.set_state).
-        state_task = asyncio.create_task(self._advance_state(message))
-        try:
-            return await self._execute(msg, message, attempt, span, t0)
-        finally:
-            with contextlib.suppress(Exception):
-                await state_task
-
-    async def _advance_state(self, message: Message) -> None:
-        await self.saga.set_state(
-            message.message_id,
-            status="running",
-            step_index=message.route.current_step,
-            actor=self.name,
-            session_id=message.session_id,
-            trace_id=message.metadata.trace_id,
-        )
+        return await self._execute(msg, message, attempt, span, t0)
 
     async def _execute(self, msg: Msg, message: Message, attempt: int, span: trace.Span, t0: float) -> str:
         route = message.route

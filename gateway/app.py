@@ -207,9 +207,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         if state is None and not events:
             raise HTTPException(404, f"no saga for message {message_id}")
+        state_doc = state.model_dump(mode="json", exclude={"revision"}) if state else None
+        if state_doc is not None and events:
+            # The log is where the saga is: its last event (the state record changes on transitions only).
+            state_doc.update(step_index=events[-1].step_index, actor=events[-1].actor, updated_at=events[-1].ts)
         return {
             "message_id": message_id,
-            "state": state.model_dump(mode="json", exclude={"revision"}) if state else None,
+            "state": state_doc,
             "events": [e.model_dump(mode="json") for e in events],
             "result": result.model_dump(mode="json") if result else None,
         }

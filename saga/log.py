@@ -6,9 +6,10 @@ JetStream KV.
   happen once per step (`step_completed`, `route_changed`, ...) have no counter; repeatable kinds carry the
   attempt (or the action's sequence number) as `<n>`. A saga's history is read in write order with the
   subject filter `<message_id>.>`.
-- Bucket `saga_state`: one key per message with its status and current step, updated with compare-and-set on
-  the KV revision so replicas never overwrite each other, and never moved backwards (a late, redelivered step
-  cannot turn a finished saga back into a running one).
+- Bucket `saga_state`: one key per message with its status, written on status transitions (started,
+  compensating, completed / escalated / failed, resumed by recovery) with compare-and-set on the KV revision so
+  replicas never overwrite each other, and never moved backwards (a late, redelivered step cannot turn a
+  finished saga back into a running one). The current step and the last event time are read from the log.
 """
 
 from __future__ import annotations
