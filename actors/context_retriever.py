@@ -17,7 +17,6 @@ from supportmesh.config import Settings
 
 log = logging.getLogger("supportmesh.actor.context_retriever")
 RECENT_ORDERS = 5
-NOT_YOURS = "an order was referenced that belongs to another customer"
 
 
 def order_summary(order: dict[str, Any]) -> dict[str, Any]:
@@ -59,26 +58,25 @@ class ContextRetriever(Actor):
         async def nothing() -> None:
             return None
 
-        customer, orders, order, shipment = await asyncio.gather(
+        # The order is looked up in the customer's own orders, never fetched by id: an order of another
+        # customer is not even read, let alone disclosed (and the reply cannot reveal that it exists).
+        customer, orders, shipment = await asyncio.gather(
             self.api.customer(email),
             self.api.customer_orders(email),
-            self.api.order(order_id) if order_id else nothing(),
             self.api.tracking(ents.tracking_number) if ents.tracking_number else nothing(),
         )
         notes: list[str] = []
-        mine = {o["order_id"] for o in orders}
+        by_id = {o["order_id"]: o for o in orders}
         if customer is None:
             notes.append(f"no customer account found for {email}")
-        if order is not None and order.get("order_id") not in mine:
-            notes.append(NOT_YOURS)
-            order = None
-        elif order_id and order is None:
+        order = by_id.get(order_id) if order_id else None
+        if order_id and order is None and not from_session:
             notes.append(f"order {order_id} was not found")
-        if shipment is not None and shipment.get("order_id") not in mine:
-            notes.append("a tracking number was referenced that belongs to another customer")
+        if shipment is not None and shipment.get("order_id") not in by_id:
+            notes.append("the tracking number was not found on this account")
             shipment = None
         if shipment is not None and order is None:
-            order = next((o for o in orders if o["order_id"] == shipment.get("order_id")), None)
+            order = by_id.get(shipment.get("order_id"))
         if order is not None and shipment is None and order.get("tracking_id"):
             shipment = await self.api.tracking(order["tracking_id"])
 

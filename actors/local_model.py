@@ -103,8 +103,8 @@ def compose_response(data: dict[str, Any], careful: bool = False) -> str:
     for note in notes:
         if note.startswith("order ") and note.endswith(" was not found"):
             parts.append(f"I couldn't find {note[:-len(' was not found')]} on your account.")
-    if any("another customer" in n for n in notes):
-        parts.append("I couldn't find that order on your account, so I can't share any details about it.")
+    if any(n.startswith("the tracking number was not found") for n in notes):
+        parts.append("I couldn't find that tracking number on your account.")
 
     action = plan.get("action", "none")
     if action != "none" and order:

@@ -46,6 +46,7 @@ def test_late_order_is_answered_from_tracking_data(mesh) -> None:
 
 
 def test_refund_is_executed_exactly_once(mesh) -> None:
+    httpx.post(f"{mesh.mocks_url}/_admin/reset", timeout=10).raise_for_status()  # order 12345 not yet refunded
     r = chat(mesh.gateway_url, "I want a refund for order 12345")
 
     assert r.status_code == 200, r.text
