@@ -33,6 +33,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	@scripts/system-deps.sh run
 	$(BIN)/python bench/runtime_bench.py
+	$(BIN)/python bench/mesh_bench.py
 
 clean:
 	rm -rf .supportmesh test-artifacts .pytest_cache

@@ -1,0 +1,305 @@
+"""Mesh benchmark: the whole local mesh with the local model.
+
+Measures chats one at a time (p50/p95/p99) and at concurrency 1, 4, 16 and 64 (throughput and latency); the
+time per actor and per hop from the saga events; CPU seconds and peak RSS per process per chat. In the same run:
+(a) the raw floor — the same number of JetStream hops with one KV write each and no logic — and (b) an
+in-process baseline — the same actor logic called directly in one process. Writes bench/results/mesh.json,
+mesh.md and mesh.png.
+
+    .venv/bin/python bench/mesh_bench.py                 # starts its own mesh (supportmesh up)
+    .venv/bin/python bench/mesh_bench.py --smoke          # a few dozen chats (CI)
+    .venv/bin/python bench/mesh_bench.py --endpoints .supportmesh/endpoints.json   # a running mesh
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import httpx  # noqa: E402
+import nats  # noqa: E402
+
+MESSAGE = "My order 12345 is late!"
+HOPS = 7  # the happy path's steps
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def pct(values: list[float], q: float) -> float:
+    """q-th percentile in milliseconds."""
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))] * 1000, 2)
+
+
+def body() -> dict[str, str]:
+    return {"session_id": uuid.uuid4().hex, "customer_email": "user@example.com", "message": MESSAGE}
+
+
+# ---- the mesh ------------------------------------------------------------------------------------------
+
+async def chats(base: str, count: int, concurrency: int) -> tuple[list[float], float, list[str]]:
+    """`count` chats with `concurrency` in flight: latencies (s), wall time (s), message ids."""
+    sem = asyncio.Semaphore(concurrency)
+    latencies: list[float] = []
+    ids: list[str] = []
+    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
+    async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
+
+        async def one() -> None:
+            async with sem:
+                started = time.perf_counter()
+                r = await client.post("/api/chat", json=body())
+                while r.status_code == 202:
+                    await asyncio.sleep(0.05)
+                    r = await client.get(f"/api/chat/{r.json()['message_id']}")
+                latencies.append(time.perf_counter() - started)
+                ids.append(r.json()["message_id"])
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(count)))
+        return latencies, time.perf_counter() - t0, ids
+
+
+def per_actor(base: str, ids: list[str]) -> dict[str, Any]:
+    """Median step time per actor and median hop time (one step's completion to the next step's start)."""
+    steps: dict[str, list[float]] = {}
+    hops: list[float] = []
+    with httpx.Client(base_url=base, timeout=30) as client:
+        for mid in ids:
+            events = client.get(f"/api/sagas/{mid}").json()["events"]
+            done = {e["step_index"]: e for e in events if e["kind"] == "step_completed"}
+            for e in events:
+                if e["kind"] == "step_completed" and e.get("duration_ms") is not None:
+                    steps.setdefault(e["actor"], []).append(e["duration_ms"])
+                if e["kind"] == "step_started" and e["attempt"] == 1 and e["step_index"] - 1 in done:
+                    hops.append((e["ts"] - done[e["step_index"] - 1]["ts"]) * 1000)
+    return {"step_ms_p50": {a: round(statistics.median(v), 3) for a, v in steps.items()},
+            "hop_ms_p50": round(statistics.median(hops), 3) if hops else None}
+
+
+def proc_usage(pids: dict[str, int]) -> dict[str, tuple[float, int]]:
+    """CPU seconds and peak RSS (KiB) of each process."""
+    out = {}
+    for name, pid in pids.items():
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            cpu = (int(stat[11]) + int(stat[12])) / CLK_TCK
+            hwm = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                       if line.startswith("VmHWM:"))
+            out[name] = (cpu, hwm)
+        except (OSError, StopIteration, IndexError):
+            continue
+    return out
+
+
+# ---- (a) raw floor: the same hops, one KV write each, no logic -------------------------------------------------
+
+async def raw_floor(nats_url: str, hops: int, count: int) -> list[float]:
+    """One message at a time through `hops` pull consumers that each write one KV key and publish on."""
+    from nats.js.api import AckPolicy, ConsumerConfig, KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
+
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    await js.add_stream(StreamConfig(name="FLOOR", subjects=["floor.>"], retention=RetentionPolicy.WORK_QUEUE,
+                                     storage=StorageType.FILE))
+    kv = await js.create_key_value(KeyValueConfig(bucket="floor_log", storage=StorageType.FILE))
+    done: asyncio.Queue[float] = asyncio.Queue()
+    stop = asyncio.Event()
+
+    async def hop(i: int) -> None:
+        await js.add_consumer("FLOOR", ConsumerConfig(durable_name=f"h{i}", filter_subject=f"floor.{i}",
+                                                      ack_policy=AckPolicy.EXPLICIT))
+        sub = await js.pull_subscribe_bind(f"h{i}", stream="FLOOR")
+        while not stop.is_set():
+            try:
+                msgs = await sub.fetch(1, timeout=1)
+            except (asyncio.TimeoutError, nats.errors.TimeoutError):
+                continue
+            for m in msgs:
+                await kv.put(f"m.{m.headers['id']}.{i}", m.data)
+                if i + 1 < hops:
+                    await js.publish(f"floor.{i + 1}", m.data, headers=m.headers)
+                else:
+                    done.put_nowait(time.perf_counter())
+                await m.ack()
+
+    tasks = [asyncio.create_task(hop(i)) for i in range(hops)]
+    await asyncio.sleep(0.5)
+    payload = json.dumps(body()).encode() * 3
+    latencies = []
+    for n in range(count + 10):
+        t0 = time.perf_counter()
+        await js.publish("floor.0", payload, headers={"id": str(n)})
+        end = await asyncio.wait_for(done.get(), 10)
+        if n >= 10:
+            latencies.append(end - t0)
+    stop.set()
+    for t in tasks:
+        t.cancel()
+    await js.delete_stream("FLOOR")
+    await js.delete_key_value("floor_log")
+    await nc.close()
+    return latencies
+
+
+# ---- (b) in-process baseline: the same actor logic, called directly ----------------------------------------------
+
+async def in_process(endpoints: dict[str, Any], count: int) -> list[float]:
+    """The happy path's actor logic in one process (real mock APIs and Redis, no NATS, no saga log)."""
+    from actors.base import StepResult
+    from actors.context_retriever import ContextRetriever
+    from actors.decision_router import DecisionRouter
+    from actors.guardrail_validator import GuardrailValidator
+    from actors.intent_analyzer import IntentAnalyzer
+    from actors.response_generator import ResponseGenerator
+    from actors.sentiment_analyzer import SentimentAnalyzer
+    from fakes import FakeContext
+    from saga.protocol import HAPPY_PATH, new_message
+    from saga.replay import apply_step
+    from supportmesh.config import Settings
+
+    settings = Settings(redis_url=endpoints["redis_url"], customers_api_url=endpoints["mocks_url"],
+                        orders_api_url=endpoints["mocks_url"], tracking_api_url=endpoints["mocks_url"])
+    actors = [SentimentAnalyzer(), IntentAnalyzer(), ContextRetriever(), DecisionRouter(), ResponseGenerator(),
+              GuardrailValidator()]
+    for a in actors:
+        await a.start(settings)
+    ctx = FakeContext(settings)
+    latencies = []
+    for n in range(count + 10):
+        message = new_message(session_id=uuid.uuid4().hex, customer_email="user@example.com",
+                              customer_message=MESSAGE, steps=HAPPY_PATH)
+        t0 = time.perf_counter()
+        for actor in actors:
+            raw = await actor.handle(message, ctx)
+            result = raw if isinstance(raw, StepResult) else StepResult(enrichment=dict(raw or {}))
+            memo: dict[str, Any] = {"enrichment": result.enrichment}
+            if result.remaining_route is not None:
+                memo["remaining_route"] = result.remaining_route
+            message = apply_step(message, memo)
+        if n >= 10:
+            latencies.append(time.perf_counter() - t0)
+    for a in actors:
+        await a.stop()
+    return latencies
+
+
+# ---- report -------------------------------------------------------------------------------------------------------
+
+def write_report(results: dict[str, Any], out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "mesh.json").write_text(json.dumps(results, indent=2))
+    s, f, b = results["serial"], results["raw_floor"], results["in_process"]
+    lines = [
+        "# supportmesh mesh benchmark", "",
+        f"{results['machine']} · local model · nats sync_interval always · {results['chats_serial']} serial chats",
+        "", "| | p50 ms | p95 ms | p99 ms |", "|---|---|---|---|",
+        f"| chat, one at a time (HTTP end to end) | {s['p50_ms']} | {s['p95_ms']} | {s['p99_ms']} |",
+        f"| raw floor ({HOPS} JetStream hops, 1 KV write each) | {f['p50_ms']} | {f['p95_ms']} | {f['p99_ms']} |",
+        f"| in-process baseline (same logic, no mesh) | {b['p50_ms']} | {b['p95_ms']} | {b['p99_ms']} |",
+        "", f"Mesh / raw floor (p50): **{results['ratio_mesh_to_floor']}×**; mesh / in-process: "
+        f"**{results['ratio_mesh_to_in_process']}×**; hop p50 {results['actors']['hop_ms_p50']} ms.", "",
+        "| concurrency | chats/s | p50 ms | p99 ms |", "|---|---|---|---|",
+    ]
+    for c in results["concurrency"]:
+        lines.append(f"| {c['concurrency']} | {c['chats_per_s']} | {c['p50_ms']} | {c['p99_ms']} |")
+    lines += ["", "| actor | step p50 ms |", "|---|---|"]
+    lines += [f"| {a} | {v} |" for a, v in results["actors"]["step_ms_p50"].items()]
+    lines += ["", "| process | CPU ms per chat | peak RSS MiB |", "|---|---|---|"]
+    lines += [f"| {p} | {v['cpu_ms_per_chat']} | {v['peak_rss_mib']} |" for p, v in results["processes"].items()]
+    (out_dir / "mesh.md").write_text("\n".join(lines) + "\n")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        conc = [c["concurrency"] for c in results["concurrency"]]
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+        for key, label in (("p50_ms", "p50"), ("p99_ms", "p99")):
+            ax1.plot(conc, [c[key] for c in results["concurrency"]], marker="o", label=label)
+        ax1.set(xscale="log", xlabel="concurrent chats", ylabel="latency (ms)", title="Chat latency")
+        ax1.legend()
+        ax2.plot(conc, [c["chats_per_s"] for c in results["concurrency"]], marker="o", color="tab:green")
+        ax2.set(xscale="log", xlabel="concurrent chats", ylabel="chats / s", title="Throughput")
+        fig.tight_layout()
+        fig.savefig(out_dir / "mesh.png", dpi=110)
+    except ImportError:
+        pass
+
+
+async def run(endpoints: dict[str, Any], serial_n: int, levels: list[int], per_level: int,
+              floor_n: int) -> dict[str, Any]:
+    base = endpoints["gateway_url"]
+    await chats(base, 20, 1)  # warm-up
+    serial, _, ids = await chats(base, serial_n, 1)
+    pids = {name: p["pid"] for name, p in endpoints["processes"].items() if p.get("pid")}
+    pids.update({"nats-server": endpoints["nats_pid"]} if endpoints.get("nats_pid") else {})
+    before = proc_usage(pids)
+    sweep, total = [], 0
+    for level in levels:
+        latencies, wall, _ = await chats(base, max(per_level, level * 4), level)
+        total += len(latencies)
+        sweep.append({"concurrency": level, "chats": len(latencies), "chats_per_s": round(len(latencies) / wall, 1),
+                      "p50_ms": pct(latencies, 50), "p99_ms": pct(latencies, 99)})
+    after = proc_usage(pids)
+    processes = {name: {"cpu_ms_per_chat": round((after[name][0] - before[name][0]) * 1000 / total, 3),
+                        "peak_rss_mib": round(after[name][1] / 1024, 1)} for name in after if name in before}
+    floor = await raw_floor(endpoints["nats_url"], HOPS, floor_n)
+    baseline = await in_process(endpoints, floor_n)
+    summary = lambda v: {"p50_ms": pct(v, 50), "p95_ms": pct(v, 95), "p99_ms": pct(v, 99)}  # noqa: E731
+    s = summary(serial)
+    return {
+        "machine": f"{os.cpu_count()} cores",
+        "chats_serial": serial_n,
+        "serial": s,
+        "concurrency": sweep,
+        "actors": per_actor(base, ids[-50:]),
+        "processes": processes,
+        "raw_floor": summary(floor),
+        "in_process": summary(baseline),
+        "ratio_mesh_to_floor": round(s["p50_ms"] / max(pct(floor, 50), 0.001), 2),
+        "ratio_mesh_to_in_process": round(s["p50_ms"] / max(pct(baseline, 50), 0.001), 2),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--endpoints", help="endpoints.json of a running mesh (default: start one)")
+    parser.add_argument("--smoke", action="store_true", help="a few dozen chats, to check the harness works")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    args = parser.parse_args()
+    serial_n, levels, per_level, floor_n = (20, [1, 4], 10, 20) if args.smoke else (200, [1, 4, 16, 64], 200, 200)
+    mesh = None
+    if args.endpoints:
+        endpoints = json.loads(Path(args.endpoints).read_text())
+    else:
+        from mesh_fixture import Mesh
+
+        mesh = Mesh(Path(tempfile.mkdtemp(prefix="supportmesh-bench-"))).start()
+        endpoints = mesh.endpoints
+    try:
+        results = asyncio.run(run(endpoints, serial_n, levels, per_level, floor_n))
+    finally:
+        if mesh:
+            mesh.stop()
+    write_report(results, Path(args.out))
+    print((Path(args.out) / "mesh.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
