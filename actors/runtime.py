@@ -310,13 +310,14 @@ class ActorRuntime:
         _crash_point(self.name, "before_handler", attempt)
         try:
             result = await self._call_handler(msg, message, attempt)
-            memo = self._memo_of(message, result)
+            memo = self._memo_of(result)
+            # Validates the enrichment and the route change: a bad result fails this step, not the next actor.
+            next_message = apply_step(message, memo)
             _crash_point(self.name, "after_handler", attempt)
         except Exception as exc:
             span.record_exception(exc)
             span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
             return await self._failed(msg, message, attempt, exc, time.perf_counter() - t0)
-        next_message = apply_step(message, memo)
         await self._note_route_change(message, next_message, memo, attempt)
         # Record the result and publish the next hop together. A crash between the two is repaired by the
         # redelivery: a missing record re-runs the step and its republish is deduplicated (Nats-Msg-Id); a
@@ -350,7 +351,7 @@ class ActorRuntime:
             await msg.term()
             log.error("step failed (saga log off): %s", exc, extra=self._extra(message, attempt))
             return "failed"
-        await self._forward(apply_step(message, self._memo_of(message, result)))
+        await self._forward(apply_step(message, self._memo_of(result)))
         await msg.ack()
         return "completed"
 
@@ -373,17 +374,15 @@ class ActorRuntime:
             with contextlib.suppress(Exception):
                 await msg.in_progress()
 
-    def _memo_of(self, message: Message, result: StepResult) -> dict[str, Any]:
+    @staticmethod
+    def _memo_of(result: StepResult) -> dict[str, Any]:
         """What `step_completed` records: enough to rebuild the next message without the handler."""
         enrichment = {
             k: (v.model_dump(mode="json") if hasattr(v, "model_dump") else v)
             for k, v in result.enrichment.items()
         }
-        # Validate now, so that a bad enrichment is a failure of this step, not of the next actor.
-        message.enriched(enrichment)
         memo: dict[str, Any] = {"enrichment": enrichment}
         if result.remaining_route is not None:
-            message.route.with_remaining(result.remaining_route)  # validates the actor names
             memo["remaining_route"] = list(result.remaining_route)
             memo["reason"] = result.reason
         if result.outcome is not None:
