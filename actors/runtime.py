@@ -690,19 +690,7 @@ class ActorRuntime:
         """Record an event of the message's current step; False when it was already recorded."""
         if not self.durable:
             return True
-        created = await self.saga.record(
-            SagaEvent(
-                message_id=message.message_id,
-                kind=kind,  # type: ignore[arg-type]
-                actor=self.name,
-                step_index=message.route.current_step,
-                attempt=attempt,
-                seq=seq,
-                duration_ms=round(duration_ms, 3) if duration_ms is not None else None,
-                trace_id=current_trace_id() or message.metadata.trace_id,
-                data=data or {},
-            )
-        )
+        created = await self.saga.record(self._event(message, kind, attempt, seq, data, duration_ms))
         if created:
             metrics.SAGA_EVENTS.labels(kind).inc()
         return created
@@ -713,18 +701,22 @@ class ActorRuntime:
         """Record an informational event without waiting for JetStream's ack (see SagaLog.record_nowait)."""
         if not self.durable:
             return
-        await self.saga.record_nowait(
-            SagaEvent(
-                message_id=message.message_id,
-                kind=kind,  # type: ignore[arg-type]
-                actor=self.name,
-                step_index=message.route.current_step,
-                attempt=attempt,
-                trace_id=current_trace_id() or message.metadata.trace_id,
-                data=data or {},
-            )
-        )
+        await self.saga.record_nowait(self._event(message, kind, attempt, 0, data, None))
         metrics.SAGA_EVENTS.labels(kind).inc()
+
+    def _event(self, message: Message, kind: str, attempt: int, seq: int, data: dict[str, Any] | None,
+               duration_ms: float | None) -> SagaEvent:
+        return SagaEvent(
+            message_id=message.message_id,
+            kind=kind,  # type: ignore[arg-type]
+            actor=self.name,
+            step_index=message.route.current_step,
+            attempt=attempt,
+            seq=seq,
+            duration_ms=round(duration_ms, 3) if duration_ms is not None else None,
+            trace_id=current_trace_id() or message.metadata.trace_id,
+            data=data or {},
+        )
 
     def _extra(self, message: Message, attempt: int) -> dict[str, Any]:
         return {"actor": self.name, "message_id": message.message_id, "step": message.step_index,

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import orjson
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, KeyValueConfig, StorageType
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -158,33 +158,44 @@ class SagaLog:
         return SagaEvent.model_validate({**orjson.loads(entry.value), "revision": entry.revision})
 
     async def history(self, message_id: str) -> list[SagaEvent]:
-        """Every event of a saga, in the order they were written."""
+        """Every event of a saga, in the order they were written.
+
+        Read with an ephemeral pull consumer until `num_pending` reaches 0 (the count is fixed when the
+        consumer is created): nats-py's KV watcher can signal the end of the history before it has handed over
+        entries it already received, which made a finished saga look empty under load."""
+        sub = await self._js.pull_subscribe(
+            f"$KV.{LOG_BUCKET}.{message_id}.>", stream=f"KV_{LOG_BUCKET}",
+            config=ConsumerConfig(ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL,
+                                  inactive_threshold=30, mem_storage=True),
+        )
         events: list[SagaEvent] = []
-        async for event in self._iterate(message_id, follow=False):
-            events.append(event)
+        try:
+            pending = (await sub.consumer_info()).num_pending
+            while pending > 0:
+                for msg in await sub.fetch(min(pending, 512), timeout=5):
+                    pending = msg.metadata.num_pending
+                    if msg.data:
+                        events.append(SagaEvent.model_validate(
+                            {**orjson.loads(msg.data), "revision": msg.metadata.sequence.stream}))
+        finally:
+            await sub.unsubscribe()
         return events
 
     async def watch(self, message_id: str, *, idle_timeout_s: float | None = None) -> AsyncIterator[SagaEvent]:
         """The saga's history, then its new events as they are written (until the caller stops, or no event
         arrives for `idle_timeout_s`)."""
-        async for event in self._iterate(message_id, follow=True, idle_timeout_s=idle_timeout_s):
+        async for event in self._iterate(message_id, idle_timeout_s=idle_timeout_s):
             yield event
 
-    async def _iterate(
-        self, message_id: str, *, follow: bool, idle_timeout_s: float | None = None
-    ) -> AsyncIterator[SagaEvent]:
+    async def _iterate(self, message_id: str, *, idle_timeout_s: float | None = None) -> AsyncIterator[SagaEvent]:
         watcher = await self._log.watch(f"{message_id}.>", ignore_deletes=True)
         try:
             while True:
                 try:
-                    # The first None marks the end of the stored history.
-                    timeout = idle_timeout_s if (follow and idle_timeout_s) else 3600.0 if follow else 5.0
-                    entry = await watcher.updates(timeout=timeout)
+                    entry = await watcher.updates(timeout=idle_timeout_s or 3600.0)
                 except (asyncio.TimeoutError, TimeoutError):
                     return
-                if entry is None:
-                    if not follow:
-                        return
+                if entry is None:  # the watcher's end-of-history marker: keep following
                     continue
                 if entry.value:
                     yield SagaEvent.model_validate({**orjson.loads(entry.value), "revision": entry.revision})

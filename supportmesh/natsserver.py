@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from supportmesh.procs import stop_process
 
 
 class NatsServerError(RuntimeError):
@@ -123,14 +124,7 @@ class NatsServer:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop gracefully (SIGTERM), then SIGKILL if it does not exit in time."""
-        if not self.process or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=5)
+        stop_process(self.process, timeout_s)
 
     def kill(self) -> None:
         """kill -9: the crash the durability tests simulate."""

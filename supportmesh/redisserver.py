@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import shutil
-import signal
 import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from supportmesh.procs import stop_process
 
 from supportmesh.natsserver import free_port
 
@@ -65,14 +66,7 @@ class RedisServer:
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """SIGTERM, then SIGKILL."""
-        if not self.process or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=5)
+        stop_process(self.process, timeout_s)
 
 
 def _ping(host: str, port: int) -> bool:

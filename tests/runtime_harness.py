@@ -150,6 +150,27 @@ class Harness:
         return await self.js.consumer_info(self.settings.stream_name, actor)
 
 
+def start_mocks(log_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """The mock commerce APIs as a real server on a free port; returns the process and its URL."""
+    import httpx
+
+    from supportmesh.natsserver import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "mocks.server", "--port", str(port)], cwd=REPO,
+                            stdout=open(log_dir / "mocks.log", "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=0.5).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"the mock APIs did not start (see {log_dir / 'mocks.log'})")
+
+
 def kinds(events: list[SagaEvent]) -> list[tuple[str, str, int]]:
     """(kind, actor, step) of each event, for compact assertions."""
     return [(e.kind, e.actor, e.step_index) for e in events]

@@ -130,7 +130,12 @@ def test_one_trace_per_message_across_every_process(traced_mesh, chats) -> None:
         expected = {"supportmesh-gateway"} | {f"supportmesh-{a.replace('_', '-')}" for a in route}
 
         def complete(r: OTLPReceiver, tid=chat["trace_id"], want=expected) -> bool:  # type: ignore[no-untyped-def]
-            return want <= {s.service for s in r.traces().get(tid, [])}
+            # Processes export in batches: wait for every service and for the tree to be whole.
+            spans = r.traces().get(tid, [])
+            ids = {s.span_id for s in spans}
+            return (want <= {s.service for s in spans} and any(not s.parent_id for s in spans)
+                    and all(not s.parent_id or s.parent_id in ids for s in spans)
+                    and any(s.kind == "PRODUCER" and s.service == "supportmesh-gateway" for s in spans))
 
         assert receiver.wait_for(complete, timeout=20), (chat["message"] if "message" in chat else chat, expected)
         spans = receiver.traces()[chat["trace_id"]]

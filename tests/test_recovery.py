@@ -3,39 +3,22 @@ against the real mock APIs: a refund is executed, a later step fails for good, a
 
 from __future__ import annotations
 
-import asyncio
-import subprocess
-import sys
-
 import httpx
 import pytest
 
 from actors.escalation_router import EscalationRouter
 from actors.execution_coordinator import ExecutionCoordinator
 from actors.response_aggregator import ResponseAggregator
-from runtime_harness import Harness, kinds
+from runtime_harness import Harness, kinds, start_mocks
 from saga.protocol import ActionPlan, new_message
 from saga.results import ResultStore
 from saga.transport import start_saga
-from supportmesh.natsserver import free_port
 from toy_actors import Flaky
 
 
 @pytest.fixture(scope="module")
 def mocks_url(tmp_path_factory):
-    port = free_port()
-    log = open(tmp_path_factory.mktemp("mocks") / "mocks.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "mocks.server", "--port", str(port)], stdout=log,
-                            stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            if httpx.get(f"{url}/healthz", timeout=0.5).status_code == 200:
-                break
-        except httpx.HTTPError:
-            import time
-
-            time.sleep(0.1)
+    proc, url = start_mocks(tmp_path_factory.mktemp("mocks"))
     yield url
     proc.terminate()
     proc.wait(timeout=10)

@@ -139,26 +139,14 @@ async def test_message_whose_process_always_dies_becomes_a_dead_letter(harness: 
 async def test_side_effect_happens_once_when_its_process_dies_before_recording(harness: Harness, tmp_path) -> None:
     """The execution step performs a refund, then its process dies before `step_completed` is recorded; the
     redelivery runs the handler again, and the idempotency key keeps the refund to one."""
-    import subprocess
-    import sys
-
     import httpx
 
+    from runtime_harness import start_mocks
     from saga.protocol import ActionPlan, new_message
     from saga.transport import start_saga
-    from supportmesh.natsserver import free_port
 
-    port = free_port()
-    mocks = subprocess.Popen([sys.executable, "-m", "mocks.server", "--port", str(port)],
-                             stdout=open(tmp_path / "mocks.log", "wb"), stderr=subprocess.STDOUT)
+    mocks, url = start_mocks(tmp_path)
     harness.procs.append(mocks)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            if httpx.get(f"{url}/healthz", timeout=0.5).status_code == 200:
-                break
-        except httpx.HTTPError:
-            await asyncio.sleep(0.1)
     env = {"SUPPORTMESH_ORDERS_API_URL": url, "SUPPORTMESH_CUSTOMERS_API_URL": url,
            "SUPPORTMESH_TRACKING_API_URL": url}
     first = harness.spawn_actor("execution_coordinator",
