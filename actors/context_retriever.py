@@ -45,26 +45,41 @@ class ContextRetriever(Actor):
             log.warning("session context unavailable", exc_info=True)
             return None
 
+    async def _remember(self, session_id: str, email: str, customer: dict[str, Any] | None,
+                        orders: list[dict[str, Any]], order: dict[str, Any] | None,
+                        previous: dict[str, Any] | None) -> None:
+        """Save the session's customer context, so a follow-up can refer to this turn's order."""
+        if customer is None:
+            return
+        with contextlib.suppress(Exception):  # a cache for follow-ups: its loss must not fail the step
+            await self.sessions.set_context(session_id, {
+                "customer_email": email,
+                "customer_id": customer["id"],
+                "recent_orders": [o["order_id"] for o in orders[:RECENT_ORDERS]],
+                "last_order_id": order["order_id"] if order else (previous or {}).get("last_order_id"),
+            })
+
     async def handle(self, message: Message, ctx: StepContext) -> dict[str, Any]:
         started = time.perf_counter()
         email = message.payload.customer_email
         ents = message.payload.intent.entities if message.payload.intent else Entities()
-        previous = await self._session_context(message.session_id)
-        order_id = ents.order_number
-        from_session = False
-        if not order_id and not ents.tracking_number and previous and previous.get("customer_email") == email:
-            order_id, from_session = previous.get("last_order_id"), True
 
         async def nothing() -> None:
             return None
 
-        # The order is looked up in the customer's own orders, never fetched by id: an order of another
-        # customer is not even read, let alone disclosed (and the reply cannot reveal that it exists).
-        customer, orders, shipment = await asyncio.gather(
+        # Everything that does not depend on another answer is asked at once. The order is looked up in the
+        # customer's own orders, never fetched by id: an order of another customer is not even read, let alone
+        # disclosed (and the reply cannot reveal that it exists).
+        previous, customer, orders, shipment = await asyncio.gather(
+            self._session_context(message.session_id),
             self.api.customer(email),
             self.api.customer_orders(email),
             self.api.tracking(ents.tracking_number) if ents.tracking_number else nothing(),
         )
+        order_id = ents.order_number
+        from_session = False
+        if not order_id and not ents.tracking_number and previous and previous.get("customer_email") == email:
+            order_id, from_session = previous.get("last_order_id"), True
         notes: list[str] = []
         by_id = {o["order_id"]: o for o in orders}
         if customer is None:
@@ -77,8 +92,12 @@ class ContextRetriever(Actor):
             shipment = None
         if shipment is not None and order is None:
             order = by_id.get(shipment.get("order_id"))
+        # The session context is saved while the order's tracking is fetched (the second and last round trip).
+        remember = self._remember(message.session_id, email, customer, orders, order, previous)
         if order is not None and shipment is None and order.get("tracking_id"):
-            shipment = await self.api.tracking(order["tracking_id"])
+            shipment, _ = await asyncio.gather(self.api.tracking(order["tracking_id"]), remember)
+        else:
+            await remember
 
         context = CustomerContext(
             customer=customer,
@@ -87,14 +106,6 @@ class ContextRetriever(Actor):
             tracking=shipment,
             notes=notes,
         )
-        if customer is not None:
-            with contextlib.suppress(Exception):
-                await self.sessions.set_context(message.session_id, {
-                    "customer_email": email,
-                    "customer_id": customer["id"],
-                    "recent_orders": [o["order_id"] for o in orders[:RECENT_ORDERS]],
-                    "last_order_id": order["order_id"] if order else (previous or {}).get("last_order_id"),
-                })
         api_data = {
             **message.payload.api_data,
             "context_retriever": {

@@ -3,6 +3,7 @@ KV and answers the waiting gateway. Every write is idempotent: the step may run 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from datetime import UTC, datetime
@@ -47,19 +48,25 @@ class ResponseAggregator(Actor):
         await self.history.close()
         await self.sessions.close()
 
+    async def _set_session_state(self, session_id: str, message_id: str, status: str) -> None:
+        with contextlib.suppress(Exception):  # session state is a cache; history and KV are the record
+            await self.sessions.set_state(session_id, last_message_id=message_id, status=status)
+
     async def handle(self, message: Message, ctx: StepContext) -> dict[str, Any]:
         result = build_result(message, ctx.trace_id)
         taken = message.route.steps[: message.route.current_step + 1]
-        await self.history.record_exchange(
-            message_id=message.message_id, session_id=message.session_id,
-            customer_text=message.payload.customer_message, agent_text=result.response,
-            route_trace=taken, payload=message.payload.model_dump(mode="json"),
-            customer_at=datetime.fromtimestamp(message.metadata.created_at, UTC).isoformat(timespec="microseconds"),
+        # The three records are independent: written at once, and all stored before the customer is answered.
+        await asyncio.gather(
+            self.history.record_exchange(
+                message_id=message.message_id, session_id=message.session_id,
+                customer_text=message.payload.customer_message, agent_text=result.response,
+                route_trace=taken, payload=message.payload.model_dump(mode="json"),
+                customer_at=datetime.fromtimestamp(message.metadata.created_at, UTC).isoformat(
+                    timespec="microseconds"),
+            ),
+            self._set_session_state(message.session_id, message.message_id, result.status),
+            ctx.results.save(result),
         )
-        with contextlib.suppress(Exception):  # session state is a cache; history and KV are the record
-            await self.sessions.set_state(message.session_id, last_message_id=message.message_id,
-                                          status=result.status)
-        await ctx.results.save(result)
         if message.metadata.reply_subject:
             await ctx.publish_reply(message.metadata.reply_subject, result.to_bytes())
         return {}

@@ -26,6 +26,8 @@ from opentelemetry.trace import SpanKind
 from prometheus_client import REGISTRY
 from prometheus_client.exposition import choose_encoder
 from sse_starlette.sse import EventSourceResponse
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.replies import ReplyRouter
 from gateway.schemas import ChatPending, ChatRequest, ChatResponse
@@ -34,7 +36,7 @@ from observability.tracing import current_trace_id, inject_headers, messaging_at
 from saga.log import SagaLog
 from saga.protocol import HAPPY_PATH, MESSAGE_ID, SESSION_ID, new_message, subject_for
 from saga.results import ChatResult, ResultStore
-from saga.transport import ensure_stream, start_saga
+from saga.transport import ensure_stream, publish, record_start
 from supportmesh.config import Settings, get_settings
 
 log = logging.getLogger("supportmesh.gateway")
@@ -42,6 +44,25 @@ log = logging.getLogger("supportmesh.gateway")
 DEFAULT_WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 MAX_BODY_BYTES = 64 * 1024
 TERMINAL_EVENTS = frozenset({"saga_completed", "saga_failed"})
+
+
+class BodyLimit:
+    """Refuses a body declared larger than `max_bytes` before reading it (a client mistake: 413, never a
+    500). A plain ASGI middleware: Starlette's `BaseHTTPMiddleware` costs a task and a stream per request."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            length = Headers(scope=scope).get("content-length")
+            if length and (not length.isdigit() or int(length) > self.max_bytes):
+                refused = JSONResponse({"detail": f"request body larger than {self.max_bytes} bytes"},
+                                       status_code=413)
+                await refused(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class Gateway:
@@ -114,13 +135,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.gateway = gw
     web_dir = Path(settings.web_dir) if settings.web_dir else DEFAULT_WEB_DIR
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Any) -> Response:
-        # Refuse oversized bodies before reading them (a client mistake, never a 500).
-        length = request.headers.get("content-length")
-        if length and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            return JSONResponse({"detail": f"request body larger than {MAX_BODY_BYTES} bytes"}, status_code=413)
-        return await call_next(request)
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -153,16 +168,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             message = message.model_copy(
                 update={"metadata": message.metadata.model_copy(update={"trace_id": trace_id})}
             )
-            # Before publishing: the aggregator's final status must never be overwritten by "active".
-            await _touch_session(gw, body.session_id, message.message_id, "active", body.customer_email)
             waiter = gw.replies.expect(message.message_id)
             subject = subject_for(message.route.current)
             try:
+                # The session is marked active before publishing, so the aggregator's final status is never
+                # overwritten by "active"; it is written alongside the saga's start (independent writes).
+                await asyncio.gather(
+                    _touch_session(gw, body.session_id, message.message_id, "active", body.customer_email),
+                    record_start(gw.saga, message),
+                )
                 with tracer().start_as_current_span(
                     f"{subject} publish", kind=SpanKind.PRODUCER,
                     attributes=messaging_attributes("publish", subject, message.message_id),
                 ):
-                    await start_saga(gw.js, gw.saga, message, inject_headers())
+                    await publish(gw.js, message, inject_headers())
             except Exception as exc:
                 gw.replies.forget(message.message_id)
                 log.exception("publish failed")

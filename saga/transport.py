@@ -3,6 +3,7 @@ pull consumers, and publishing a message to its current step."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from nats.js import JetStreamContext
@@ -106,28 +107,36 @@ async def publish(js: JetStreamContext, message: Message, headers: dict[str, str
     return ack.seq
 
 
+async def record_start(saga: SagaLog, message: Message) -> None:
+    """Record `saga_started` and mark the saga running, concurrently (two independent KV writes)."""
+    await asyncio.gather(
+        saga.record(
+            SagaEvent(
+                message_id=message.message_id,
+                kind="saga_started",
+                actor="gateway",
+                step_index=message.route.current_step,
+                trace_id=message.metadata.trace_id,
+                # The whole first message: recovery replays the recorded step results on it.
+                data={"route": message.route.steps, "session_id": message.session_id,
+                      "message": message.model_dump(mode="json")},
+            )
+        ),
+        saga.set_state(
+            message.message_id,
+            status="running",
+            step_index=message.route.current_step,
+            actor=message.route.current,
+            session_id=message.session_id,
+            trace_id=message.metadata.trace_id,
+        ),
+    )
+
+
 async def start_saga(
     js: JetStreamContext, saga: SagaLog, message: Message, headers: dict[str, str] | None = None
 ) -> int:
-    """Record `saga_started`, mark the saga running and publish its first step (what the gateway does)."""
-    await saga.record(
-        SagaEvent(
-            message_id=message.message_id,
-            kind="saga_started",
-            actor="gateway",
-            step_index=message.route.current_step,
-            trace_id=message.metadata.trace_id,
-            # The whole first message: recovery replays the recorded step results on it.
-            data={"route": message.route.steps, "session_id": message.session_id,
-                  "message": message.model_dump(mode="json")},
-        )
-    )
-    await saga.set_state(
-        message.message_id,
-        status="running",
-        step_index=message.route.current_step,
-        actor=message.route.current,
-        session_id=message.session_id,
-        trace_id=message.metadata.trace_id,
-    )
+    """Record the saga's start, then publish its first step (what the gateway does). The start is stored
+    before the first step can run, so the saga log always begins with `saga_started`."""
+    await record_start(saga, message)
     return await publish(js, message, headers)
