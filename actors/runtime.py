@@ -38,7 +38,14 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from actors.base import Actor, PermanentError, StepResult
 from observability import metrics
-from observability.tracing import current_trace_id, extract_context, inject_headers, messaging_attributes, tracer
+from observability.tracing import (
+    current_trace_id,
+    extract_context,
+    inject_headers,
+    messaging_attributes,
+    messaging_span_name,
+    tracer,
+)
 from saga import transport
 from saga.log import SagaEvent, SagaLog
 from saga.protocol import SESSION_ID, ErrorInfo, Message, RouteError, subject_for
@@ -262,9 +269,11 @@ class ActorRuntime:
             return "poison"
 
         parent = extract_context(dict(msg.headers or {}))
-        attrs = messaging_attributes("process", self.subject, message.message_id, self.name)
+        attrs = messaging_attributes("process", self.subject, message.message_id, transport.msg_id(message),
+                                     self.name)
         with tracer().start_as_current_span(
-            f"{self.subject} process", context=parent, kind=SpanKind.CONSUMER, attributes=attrs
+            messaging_span_name("process", self.subject), context=parent, kind=SpanKind.CONSUMER,
+            attributes=attrs,
         ) as span:
             span.set_attribute("supportmesh.step_index", message.step_index)
             span.set_attribute("supportmesh.attempt", attempt)
@@ -417,8 +426,9 @@ class ActorRuntime:
 
     async def _publish(self, message: Message) -> None:
         subject = subject_for(message.route.current)
-        attrs = messaging_attributes("publish", subject, message.message_id, None)
-        with tracer().start_as_current_span(f"{subject} publish", kind=SpanKind.PRODUCER, attributes=attrs):
+        attrs = messaging_attributes("publish", subject, message.message_id, transport.msg_id(message))
+        with tracer().start_as_current_span(messaging_span_name("publish", subject), kind=SpanKind.PRODUCER,
+                                            attributes=attrs):
             await transport.publish(self.js, message, inject_headers())
 
     # ---- failures ---------------------------------------------------------------------------------

@@ -32,11 +32,17 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gateway.replies import ReplyRouter
 from gateway.schemas import ChatPending, ChatRequest, ChatResponse
 from observability import metrics
-from observability.tracing import current_trace_id, inject_headers, messaging_attributes, tracer
+from observability.tracing import (
+    current_trace_id,
+    inject_headers,
+    messaging_attributes,
+    messaging_span_name,
+    tracer,
+)
 from saga.log import SagaLog
 from saga.protocol import HAPPY_PATH, MESSAGE_ID, SESSION_ID, new_message, subject_for
 from saga.results import ChatResult, ResultStore
-from saga.transport import ensure_stream, publish, record_start
+from saga.transport import ensure_stream, msg_id, publish, record_start
 from supportmesh.config import Settings, get_settings
 
 log = logging.getLogger("supportmesh.gateway")
@@ -178,8 +184,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     record_start(gw.saga, message),
                 )
                 with tracer().start_as_current_span(
-                    f"{subject} publish", kind=SpanKind.PRODUCER,
-                    attributes=messaging_attributes("publish", subject, message.message_id),
+                    messaging_span_name("publish", subject), kind=SpanKind.PRODUCER,
+                    attributes=messaging_attributes("publish", subject, message.message_id, msg_id(message)),
                 ):
                     await publish(gw.js, message, inject_headers())
             except Exception as exc:

@@ -76,15 +76,24 @@ def shutdown_tracing() -> None:
         shutdown()
 
 
-def messaging_attributes(operation: str, destination: str, message_id: str,
+def messaging_span_name(operation: str, destination: str) -> str:
+    """Span name of a messaging operation, as the conventions have it: `{operation} {destination}`."""
+    return f"{operation} {destination}"
+
+
+def messaging_attributes(operation: str, destination: str, message_id: str, hop_id: str,
                          consumer_group: str | None = None) -> dict[str, Any]:
-    """OpenTelemetry messaging semantic-convention attributes of a NATS publish or process span."""
+    """OpenTelemetry messaging semantic-convention attributes of a NATS publish or process span.
+
+    `messaging.message.id` is the hop's own id (its `Nats-Msg-Id`, `<message_id>:<step>`); the customer
+    message that every hop of the saga belongs to is `messaging.message.conversation_id`."""
     attrs: dict[str, Any] = {
         "messaging.system": "nats",
         "messaging.destination.name": destination,
         "messaging.operation.type": "send" if operation == "publish" else operation,
         "messaging.operation.name": operation,
-        "messaging.message.id": message_id,
+        "messaging.message.id": hop_id,
+        "messaging.message.conversation_id": message_id,
     }
     if consumer_group:
         attrs["messaging.consumer.group.name"] = consumer_group

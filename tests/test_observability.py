@@ -150,7 +150,10 @@ def test_one_trace_per_message_across_every_process(traced_mesh, chats) -> None:
             assert s.attributes["messaging.system"] == "nats"
             assert s.attributes["messaging.destination.name"].startswith("ecommerce.support.")
             assert s.attributes["messaging.operation.type"] == "process"
-            assert s.attributes["messaging.message.id"] == chat["message_id"]
+            assert s.attributes["messaging.message.conversation_id"] == chat["message_id"]
+            hop = f"{chat['message_id']}:{s.attributes['supportmesh.step_index']}"
+            assert s.attributes["messaging.message.id"] == hop
+            assert s.name == f"process {s.attributes['messaging.destination.name']}"
             assert s.attributes["messaging.consumer.group.name"]
         assert any(s.kind == "PRODUCER" and s.service == "supportmesh-gateway" for s in spans)
         if "context_retriever" in route:
