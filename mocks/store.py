@@ -124,15 +124,31 @@ class Store:
 
     @staticmethod
     def _apply(kind: str, order: dict[str, Any], amount: float | None) -> dict[str, Any]:
+        """Apply an effect to the order; returns what its undo needs (only what the effect itself changed)."""
         if kind == "refund":
             order["refundable_amount"] = round(order["refundable_amount"] - (amount or 0), 2)
-            return {"refundable_amount": round(order["refundable_amount"] + (amount or 0), 2)}
+            return {}
         if kind == "cancellation":
+            # A cancelled order takes no further refunds or replacements, so restoring it restores exactly
+            # what the cancellation changed.
             previous = {"status": order["status"], "refundable_amount": order["refundable_amount"]}
             order["status"], order["refundable_amount"] = "cancelled", 0.0
             return previous
+        order["replacements_active"] = order.get("replacements_active", 0) + 1
         order["replacement_requested"] = True
-        return {"replacement_requested": False}
+        return {}
+
+    @staticmethod
+    def _reverse(action: dict[str, Any], order: dict[str, Any]) -> None:
+        """Undo one effect as a delta, so undoing an older action never erases a newer one."""
+        kind = action["type"]
+        if kind == "refund":
+            order["refundable_amount"] = round(order["refundable_amount"] + (action["amount"] or 0), 2)
+        elif kind == "cancellation":
+            order.update(action["_undo"])
+        else:
+            order["replacements_active"] = max(0, order.get("replacements_active", 1) - 1)
+            order["replacement_requested"] = order["replacements_active"] > 0
 
     async def undo(self, action_id: str) -> dict[str, Any]:
         """Undo an action (compensation). Undoing twice is one undo."""
@@ -141,7 +157,7 @@ class Store:
             if action is None:
                 raise NotFound(f"no action {action_id}")
             if action["status"] == "active":
-                self.orders[action["order_id"]].update(action["_undo"])
+                self._reverse(action, self.orders[action["order_id"]])
                 action["status"] = "undone"
                 action["undone_at"] = _now()
             return action

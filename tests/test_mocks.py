@@ -88,6 +88,18 @@ async def test_undo_restores_state_once(api: httpx.AsyncClient) -> None:
     assert (await api.post("/actions/nope/undo")).status_code == 404
 
 
+async def test_undoing_an_older_refund_keeps_a_newer_one(api: httpx.AsyncClient) -> None:
+    before = (await api.get("/orders/12345")).json()["refundable_amount"]
+    first = (await api.post("/orders/12345/refunds", json={"amount": 10}, headers={"Idempotency-Key": "r1"})).json()
+    await api.post("/orders/12345/refunds", json={"amount": 5}, headers={"Idempotency-Key": "r2"})
+    await api.post(f"/actions/{first['action_id']}/undo")
+    await api.post(f"/actions/{first['action_id']}/undo")  # a second undo changes nothing
+    after = (await api.get("/orders/12345")).json()["refundable_amount"]
+    assert after == pytest.approx(before - 5)
+    statuses = {a["idempotency_key"]: a["status"] for a in (await api.get("/orders/12345/actions")).json()["actions"]}
+    assert statuses == {"r1": "undone", "r2": "active"}
+
+
 async def test_tickets_are_idempotent(api: httpx.AsyncClient) -> None:
     body = {"message_id": "m1", "customer_email": "user@example.com", "reason": "critical_sentiment"}
     a = await api.post("/tickets", json=body, headers={"Idempotency-Key": "m1:ticket"})
