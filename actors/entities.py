@@ -9,8 +9,11 @@ ORDER_NUMBER = re.compile(
     r"(?:order\s*(?:number|no\.?|num|id)?\s*[:#]?\s*#?|#)\s*(\d{4,10})\b|\b(\d{5})\b", re.IGNORECASE
 )
 TRACKING_NUMBER = re.compile(r"\b(1Z[0-9A-Z]{16})\b", re.IGNORECASE)
-AMOUNT = re.compile(r"\$\s?(\d{1,7}(?:[.,]\d{1,2})?)|\b(\d{1,7}(?:\.\d{1,2})?)\s*(?:dollars|usd|bucks)\b",
-                    re.IGNORECASE)
+# A number with thousands separators (1,000 or 12,345.67) or a plain one with a decimal point or comma (49.99,
+# 12,50). The thousands form comes first so that "$1,000" is a thousand, not one.
+_NUMBER = r"(?:\d{1,3}(?:,\d{3})+(?:\.\d{1,2})?|\d{1,7}(?:[.,]\d{1,2})?)(?!\d|,\d)"
+AMOUNT = re.compile(rf"\$\s?({_NUMBER})|\b({_NUMBER})\s*(?:dollars|usd|bucks)\b", re.IGNORECASE)
+THOUSANDS = re.compile(r"^\d{1,3}(?:,\d{3})+(?:\.\d{1,2})?$")
 PRODUCTS = (
     "headphones", "keyboard", "mug", "lamp", "backpack", "shoes", "watch", "bottle", "charger", "cookbook",
     "jacket", "pan", "laptop", "phone", "book",
@@ -34,11 +37,23 @@ def tracking_number(text: str) -> str | None:
 
 
 def amount(text: str) -> float | None:
-    """The first money amount (`$49.99`, `50 dollars`)."""
+    """The first money amount (`$49.99`, `$1,000`, `50 dollars`, `12,50 USD`)."""
     m = AMOUNT.search(text)
-    if not m:
+    return parse_amount(m.group(1) or m.group(2)) if m else None
+
+
+def parse_amount(value: str) -> float | None:
+    """A money amount written by a person or a model: `1,000` and `1,000.50` use thousands separators,
+    `12,50` a decimal comma; a leading `$` is allowed. None when it is not a number."""
+    cleaned = value.strip().lstrip("$").strip()
+    if THOUSANDS.match(cleaned):
+        cleaned = cleaned.replace(",", "")
+    else:
+        cleaned = cleaned.replace(",", ".")
+    try:
+        return float(cleaned)
+    except ValueError:
         return None
-    return float((m.group(1) or m.group(2)).replace(",", "."))
 
 
 def product(text: str) -> str | None:

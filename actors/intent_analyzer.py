@@ -73,10 +73,9 @@ def _str_or_none(value: Any) -> str | None:
 def _amount(value: Any) -> float | None:
     if value in (None, "", "null"):
         return None
-    try:
-        return float(str(value).replace("$", "").replace(",", ""))
-    except ValueError:
-        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return entities.parse_amount(str(value))
 
 
 def with_safety_net(intent: Intent, text: str) -> Intent:
