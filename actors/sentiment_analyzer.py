@@ -11,17 +11,20 @@ from actors.base import Actor, StepContext
 from saga.protocol import Message, Sentiment
 
 # The specification's critical words, plus threats of legal or payment disputes.
-CRITICAL = ("fraud", "lawyer", "terrible", "worst", "scam", "sue", "lawsuit", "chargeback", "attorney")
+CRITICAL = ("fraud", "lawyer", "terrible", "worst", "scam", "lawsuit", "chargeback", "attorney")
 URGENT = ("urgent", "urgently", "asap", "immediately", "right now", "emergency")
 DELIVERY_PROBLEMS = ("late", "delayed", "wrong", "missing", "broken", "damaged", "lost", "never arrived")
 _CRITICAL_RE = re.compile(r"\b(" + "|".join(CRITICAL) + r")\b", re.IGNORECASE)
+# "sue" only as a threat ("I will sue you", "I'll sue"), not the name ("my sister Sue ordered a lamp").
+_SUE_RE = re.compile(r"(?:\b(?:will|gonna|going\s+to|to|i|we|and)|'ll)\s+sue\b|\bsue\s+(?:you|your|u|them|this|the)\b",
+                     re.IGNORECASE)
 _URGENT_RE = re.compile(r"\b(" + "|".join(URGENT) + r")\b", re.IGNORECASE)
 _PROBLEM_RE = re.compile(r"\b(" + "|".join(DELIVERY_PROBLEMS) + r")\b", re.IGNORECASE)
 
 
 def analyze(text: str, vader: SentimentIntensityAnalyzer) -> Sentiment:
     """Sentiment, confidence and urgency of a customer message (whole-word keyword matching)."""
-    critical = sorted({m.lower() for m in _CRITICAL_RE.findall(text)})
+    critical = sorted({m.lower() for m in _CRITICAL_RE.findall(text)} | ({"sue"} if _SUE_RE.search(text) else set()))
     if critical:
         return Sentiment(label="NEGATIVE", score=-0.95, confidence=0.95, urgency="critical",
                          critical_keywords=critical, method="keywords")

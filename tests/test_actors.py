@@ -37,6 +37,9 @@ VADER = SentimentIntensityAnalyzer()
     ("Thank you so much, great service!", "POSITIVE", "low"),
     ("Where is my order?", "NEUTRAL", "low"),
     ("I love this worsted wool sweater", "POSITIVE", "low"),  # whole words: "worsted" is not "worst"
+    ("I will sue you if this is not fixed", "NEGATIVE", "critical"),
+    ("I'll sue", "NEGATIVE", "critical"),
+    ("My sister Sue loved the lamp, thanks!", "POSITIVE", "low"),  # a name, not a threat
 ])
 def test_sentiment(text: str, label: str, urgency: str) -> None:
     s = sentiment_analyzer.analyze(text, VADER)
