@@ -18,7 +18,7 @@ from typing import Any
 
 import nats
 import orjson
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -27,9 +27,9 @@ from prometheus_client import REGISTRY
 from prometheus_client.exposition import choose_encoder
 from sse_starlette.sse import EventSourceResponse
 from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.replies import ReplyRouter
+from gateway.replies import REPLIES, ReplyRouter
 from gateway.schemas import ChatPending, ChatRequest, ChatResponse
 from observability import metrics
 from observability.tracing import (
@@ -41,6 +41,7 @@ from observability.tracing import (
 )
 from saga.log import SagaLog
 from saga.protocol import HAPPY_PATH, MESSAGE_ID, SESSION_ID, new_message, subject_for
+from saga.protocol import Message as SagaMessage
 from saga.results import ChatResult, ResultStore
 from saga.transport import ensure_stream, msg_id, publish, record_start
 from supportmesh.config import Settings, get_settings
@@ -49,26 +50,64 @@ log = logging.getLogger("supportmesh.gateway")
 
 DEFAULT_WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 MAX_BODY_BYTES = 64 * 1024
+# How long clients (the widget, `supportmesh chat`) follow a message before giving up with its id: longer than
+# recovery takes (redeliveries, the sweeper) on a healthy mesh, short enough that nobody waits forever.
+FOLLOW_TIMEOUT_S = 180.0
 TERMINAL_EVENTS = frozenset({"saga_completed", "saga_failed"})
 
 
+class BodyTooLarge(HTTPException):
+    """Raised while reading a body that grew past the limit (FastAPI passes HTTPExceptions through)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, f"request body larger than {max_bytes} bytes")
+
+
 class BodyLimit:
-    """Refuses a body declared larger than `max_bytes` before reading it (a client mistake: 413, never a
-    500). A plain ASGI middleware: Starlette's `BaseHTTPMiddleware` costs a task and a stream per request."""
+    """Refuses bodies larger than `max_bytes` with 413 (a client mistake, never a 500): at once when the
+    declared Content-Length is too large, and while reading when a body without one (chunked) grows past
+    the limit. A plain ASGI middleware: Starlette's `BaseHTTPMiddleware` costs a task and a stream per
+    request."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            length = Headers(scope=scope).get("content-length")
-            if length and (not length.isdigit() or int(length) > self.max_bytes):
-                refused = JSONResponse({"detail": f"request body larger than {self.max_bytes} bytes"},
-                                       status_code=413)
-                await refused(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = Headers(scope=scope).get("content-length")
+        if length and (not length.isdigit() or int(length) > self.max_bytes):
+            await self._refuse(scope, receive, send)
+            return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise BodyTooLarge(self.max_bytes)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge:
+            # Routes turn it into the same 413 themselves; this covers anything that reads a body otherwise.
+            if not started:
+                await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        refused = JSONResponse({"detail": f"request body larger than {self.max_bytes} bytes"}, status_code=413)
+        await refused(scope, receive, send)
 
 
 class Gateway:
@@ -155,27 +194,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.post(
         "/api/chat",
         response_model=ChatResponse,
-        responses={202: {"model": ChatPending}, 413: {"description": "body too large"}},
+        responses={202: {"model": ChatPending}, 413: {"description": "body too large"},
+                   503: {"description": "not accepted (nothing was started): safe to send again"}},
     )
-    async def chat(body: ChatRequest) -> Any:
+    async def chat(
+        body: ChatRequest,
+        prefer: str | None = Header(default=None, description="`respond-async`: answer 202 with the message id "
+                                    "at once and follow the saga's events (what the widget does)"),
+    ) -> Any:
         """Send a customer message; the answer within the deadline, or 202 and the message id."""
         started = time.perf_counter()
         metrics.CHATS_IN_FLIGHT.inc()
+        message = new_message(
+            session_id=body.session_id,
+            customer_email=body.customer_email,
+            customer_message=body.message,
+            steps=HAPPY_PATH,
+            reply_subject=gw.replies.subject,
+            deadline_s=settings.chat_deadline_s,
+        )
+        trace_id = current_trace_id()
+        message = message.model_copy(update={"metadata": message.metadata.model_copy(update={"trace_id": trace_id})})
+        waiter = gw.replies.expect(message.message_id)
         try:
-            message = new_message(
-                session_id=body.session_id,
-                customer_email=body.customer_email,
-                customer_message=body.message,
-                steps=HAPPY_PATH,
-                reply_subject=gw.replies.subject,
-                deadline_s=settings.chat_deadline_s,
-            )
-            trace_id = current_trace_id()
-            message = message.model_copy(
-                update={"metadata": message.metadata.model_copy(update={"trace_id": trace_id})}
-            )
-            waiter = gw.replies.expect(message.message_id)
-            subject = subject_for(message.route.current)
             try:
                 # The session is marked active before publishing, so the aggregator's final status is never
                 # overwritten by "active"; it is written alongside the saga's start (independent writes).
@@ -183,24 +224,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     _touch_session(gw, body.session_id, message.message_id, "active", body.customer_email),
                     record_start(gw.saga, message),
                 )
-                with tracer().start_as_current_span(
-                    messaging_span_name("publish", subject), kind=SpanKind.PRODUCER,
-                    attributes=messaging_attributes("publish", subject, message.message_id, msg_id(message)),
-                ):
-                    await publish(gw.js, message, inject_headers())
             except Exception as exc:
-                gw.replies.forget(message.message_id)
-                log.exception("publish failed")
+                log.exception("could not record the start of the saga")
                 raise HTTPException(503, f"the mesh is not accepting messages right now: {type(exc).__name__}")
-            result = await _wait_for_result(gw, message.message_id, waiter, settings.chat_deadline_s)
+            # From here on the saga exists: if the publish fails, the sweeper starts it from the log. Answering
+            # 503 now would make the client send it again and start a second saga, so it gets its id (202).
+            published = await _publish_first_step(gw, message)
+            pending = JSONResponse(ChatPending(message_id=message.message_id, trace_id=trace_id).model_dump(),
+                                   status_code=202)
+            if published and _respond_async(prefer):
+                pending.headers["Preference-Applied"] = "respond-async"
+                return pending
+            result = await _wait_for_result(gw, message.message_id, waiter, settings.chat_deadline_s) \
+                if published else None
             if result is None:
                 metrics.observe(metrics.CHAT_LATENCY_SECONDS.labels("processing"), time.perf_counter() - started)
-                return JSONResponse(
-                    ChatPending(message_id=message.message_id, trace_id=trace_id).model_dump(), status_code=202
-                )
+                return pending
             metrics.observe(metrics.CHAT_LATENCY_SECONDS.labels(result.status), time.perf_counter() - started)
             return _response(result)
         finally:
+            # Always, whether answered, timed out, failed or cancelled by a client that went away.
+            gw.replies.forget(message.message_id)
             metrics.CHATS_IN_FLIGHT.dec()
 
     @app.get("/api/chat/{message_id}", response_model=ChatResponse, responses={202: {"model": ChatPending}})
@@ -258,6 +302,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {
             "jaeger_ui_url": settings.jaeger_ui_url,
             "chat_deadline_s": settings.chat_deadline_s,
+            "follow_timeout_s": FOLLOW_TIMEOUT_S,
             "default_email": "user@example.com",
         }
 
@@ -340,14 +385,45 @@ def _history_row(row: Any) -> dict[str, Any]:
     }
 
 
+async def _publish_first_step(gw: Gateway, message: SagaMessage, attempts: int = 3) -> bool:
+    """Publish the saga's first step, retrying briefly (the same Nats-Msg-Id, so never twice); False when
+    JetStream would not take it (the sweeper will)."""
+    subject = subject_for(message.route.current)
+    for attempt in range(1, attempts + 1):
+        try:
+            with tracer().start_as_current_span(
+                messaging_span_name("publish", subject), kind=SpanKind.PRODUCER,
+                attributes=messaging_attributes("publish", subject, message.message_id, msg_id(message)),
+            ):
+                await publish(gw.js, message, inject_headers())
+            return True
+        except Exception:
+            log.warning("publishing the first step failed (attempt %d of %d)", attempt, attempts,
+                        exc_info=True, extra={"message_id": message.message_id})
+            if attempt < attempts:
+                await asyncio.sleep(0.25 * attempt)
+    return False
+
+
+def _respond_async(prefer: str | None) -> bool:
+    """RFC 7240 `Prefer: respond-async`."""
+    return bool(prefer) and "respond-async" in [p.strip().lower() for p in prefer.split(",")]
+
+
 async def _wait_for_result(gw: Gateway, message_id: str, waiter: asyncio.Future[ChatResult],
                            deadline_s: float) -> ChatResult | None:
+    """The reply on this instance's subject within the deadline; past it, the KV copy if there is one.
+    The caller forgets the waiter (in every case, cancellation included)."""
     try:
-        return await asyncio.wait_for(waiter, timeout=deadline_s)
+        result = await asyncio.wait_for(waiter, timeout=deadline_s)
     except asyncio.TimeoutError:
-        gw.replies.forget(message_id)
-        # The reply may have been published while this gateway was reconnecting: KV has it.
-        return await gw.results.get(message_id)
+        # The reply may have been published while this gateway was reconnecting (or to another instance).
+        result = await gw.results.get(message_id)
+        if result is not None:
+            REPLIES.labels("kv").inc()
+        return result
+    REPLIES.labels("subject").inc()
+    return result
 
 
 async def _touch_session(gw: Gateway, session_id: str, message_id: str, status: str, email: str) -> None:

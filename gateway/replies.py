@@ -13,10 +13,16 @@ import uuid
 from typing import Any
 
 from nats.aio.client import Client as NATS
+from prometheus_client import Counter
 
 from saga.results import ChatResult
 
 REPLY_PREFIX = "supportmesh.reply"
+# How each answer reached the gateway: "subject" (this instance's reply subject, the normal path) or "kv" (read
+# from chat_results after the deadline: a missed or misrouted reply). Many "kv" means replies go astray.
+REPLIES = Counter("supportmesh_gateway_replies_total", "Chat answers by the path they reached the gateway.", ["via"])
+for _via in ("subject", "kv"):
+    REPLIES.labels(_via)
 
 
 class ReplyRouter:
@@ -52,6 +58,11 @@ class ReplyRouter:
     def forget(self, message_id: str) -> None:
         """Stop waiting for a message (deadline passed or request cancelled)."""
         self._waiters.pop(message_id, None)
+
+    @property
+    def waiting(self) -> int:
+        """How many requests are waiting for a reply."""
+        return len(self._waiters)
 
     async def _on_reply(self, msg: Any) -> None:
         try:

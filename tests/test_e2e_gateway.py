@@ -3,9 +3,13 @@ session state, the saga API, server-sent events, the 202 path, follow-ups and tw
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
+import threading
 import time
 import uuid
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -109,15 +113,7 @@ def test_follow_up_uses_the_order_of_the_previous_turn(mesh) -> None:
 def test_saga_events_stream_in_order_and_end_with_the_result(mesh) -> None:
     body = chat(mesh.gateway_url, "My order 12345 is late!").json()
 
-    events = []
-    with httpx.stream("GET", f"{mesh.gateway_url}/api/chat/{body['message_id']}/events", timeout=20) as r:
-        assert r.status_code == 200
-        kind = None
-        for line in r.iter_lines():
-            if line.startswith("event:"):
-                kind = line.split(":", 1)[1].strip()
-            elif line.startswith("data:"):
-                events.append((kind, json.loads(line.split(":", 1)[1])))
+    events = [(kind, data) for kind, data, _ in read_events(mesh.gateway_url, body["message_id"])]
     assert events[0][0] == "saga" and events[0][1]["kind"] == "saga_started"
     assert events[-1][0] == "result" and events[-1][1]["message_id"] == body["message_id"]
     saga_events = [e for k, e in events if k == "saga"]
@@ -137,20 +133,39 @@ def test_slow_saga_answers_202_then_the_outcome(mesh) -> None:
     assert r.status_code == 202, r.text
     message_id = r.json()["message_id"]
     assert r.json()["status"] == "processing"
-    deadline = time.monotonic() + 30
-    outcome = httpx.get(f"{mesh.gateway_url}/api/chat/{message_id}", timeout=10)
-    while outcome.status_code == 202 and time.monotonic() < deadline:
-        time.sleep(0.3)
-        outcome = httpx.get(f"{mesh.gateway_url}/api/chat/{message_id}", timeout=10)
+    outcome = follow_up(mesh.gateway_url, message_id)
     assert outcome.status_code == 200 and outcome.json()["status"] == "resolved"
+
+
+def replies_by_path(base: str) -> dict[str, float]:
+    """The gateway's count of answers by how they reached it (its reply subject, or KV after the deadline)."""
+    text = httpx.get(f"{base}/metrics", timeout=10).text
+    return {via: float(n) for via, n in re.findall(r'supportmesh_gateway_replies_total\{via="(\w+)"\} (\S+)', text)}
 
 
 def test_replies_reach_the_right_gateway_instance(mesh) -> None:
     urls = mesh.endpoints["gateway_urls"]
     assert len(urls) == 2
+    before = {url: replies_by_path(url) for url in urls}
+    # Concurrent chats on both instances: each reply must come back on the subject of the instance that
+    # published the message. A misrouted one would still end as 200, read from KV after the deadline; the
+    # gateway counts those separately, and none may appear.
+    jobs = [(url, f"Where is my order 12345? ({i})") for i in range(6) for url in urls]
+    answers: dict[str, list[httpx.Response]] = {url: [] for url in urls}
+
+    def send(url: str, text: str) -> None:
+        answers[url].append(chat(url, text))
+
+    threads = [threading.Thread(target=send, args=job) for job in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
     for url in urls:
-        r = chat(url, "Where is my order 12345?")
-        assert r.status_code == 200 and r.json()["status"] == "resolved", r.text
+        after = replies_by_path(url)
+        assert [r.status_code for r in answers[url]] == [200] * 6, [r.text for r in answers[url]]
+        assert after["subject"] - before[url]["subject"] == 6, (url, before[url], after)
+        assert after["kv"] == before[url]["kv"], f"{url} read answers from KV: their replies went astray"
 
 
 def test_health_readiness_metrics_docs(mesh) -> None:
@@ -188,6 +203,94 @@ def test_bad_json_and_oversized_body(mesh) -> None:
     assert r.status_code == 413 and "larger" in r.json()["detail"]
 
 
+def chunks(body: bytes, size: int = 8192) -> Iterator[bytes]:
+    """A body sent with Transfer-Encoding: chunked (no Content-Length for the gateway to check first)."""
+    for i in range(0, len(body), size):
+        yield body[i:i + size]
+
+
+def test_chunked_body_is_limited_while_it_is_read(mesh) -> None:
+    big = json.dumps({"session_id": "s1", "customer_email": "user@example.com", "message": "x" * 100_000}).encode()
+    r = httpx.post(f"{mesh.gateway_url}/api/chat", content=chunks(big), timeout=10,
+                   headers={"content-type": "application/json"})
+    assert r.request.headers.get("transfer-encoding") == "chunked" and "content-length" not in r.request.headers
+    assert r.status_code == 413 and "larger" in r.json()["detail"]
+    # A chunked body under the limit is read as usual.
+    small = json.dumps({"session_id": "s1", "customer_email": "user@example.com", "message": "hi " * 10}).encode()
+    r = httpx.post(f"{mesh.gateway_url}/api/chat", content=chunks(small, 16), timeout=30,
+                   headers={"content-type": "application/json"})
+    assert r.status_code in (200, 202), r.text
+
+
+def test_respond_async_answers_202_at_once_then_the_outcome(mesh) -> None:
+    body = {"session_id": uuid.uuid4().hex, "customer_email": "user@example.com", "message": "Where is my order 12345?"}
+    r = httpx.post(f"{mesh.gateway_url}/api/chat", json=body, headers={"Prefer": "respond-async"}, timeout=30)
+    assert r.status_code == 202 and r.headers["preference-applied"] == "respond-async", r.text
+    outcome = follow_up(mesh.gateway_url, r.json()["message_id"])
+    assert outcome.status_code == 200 and outcome.json()["status"] == "resolved"
+
+
+def follow_up(base: str, message_id: str, wait_s: float = 30) -> httpx.Response:
+    deadline = time.monotonic() + wait_s
+    outcome = httpx.get(f"{base}/api/chat/{message_id}", timeout=10)
+    while outcome.status_code == 202 and time.monotonic() < deadline:
+        time.sleep(0.3)
+        outcome = httpx.get(f"{base}/api/chat/{message_id}", timeout=10)
+    return outcome
+
+
+def read_events(base: str, message_id: str) -> list[tuple[str, dict, float]]:
+    """Every server-sent event of a saga, with the time it arrived, until the server closes the stream."""
+    events = []
+    with httpx.stream("GET", f"{base}/api/chat/{message_id}/events", timeout=30) as r:
+        assert r.status_code == 200
+        kind = None
+        for line in r.iter_lines():
+            if line.startswith("event:"):
+                kind = line.split(":", 1)[1].strip()
+            elif line.startswith("data:"):
+                events.append((kind, json.loads(line.split(":", 1)[1]), time.time()))
+    return events
+
+
+def test_saga_events_stream_live_until_the_final_status(mesh) -> None:
+    faults = {"GET /customers/{email}": {"latency_ms": 3000}}  # the context step takes 3 s
+    httpx.put(f"{mesh.mocks_url}/_admin/faults", json=faults, timeout=10).raise_for_status()
+    session = uuid.uuid4().hex
+    sender = threading.Thread(target=chat, args=(mesh.gateway_url, "My order 12345 is late!"),
+                              kwargs={"session": session})
+    sender.start()
+    try:
+        # The gateway names the message in the session state before publishing it.
+        r = redis.Redis.from_url(mesh.endpoints["redis_url"], decode_responses=True)
+        deadline = time.monotonic() + 20
+        message_id = None
+        while message_id is None and time.monotonic() < deadline:
+            raw = r.get(f"session:{session}:state")
+            message_id = json.loads(raw)["last_message_id"] if raw else None
+            time.sleep(0.05)
+        assert message_id, "the gateway never recorded the message"
+        assert httpx.get(f"{mesh.gateway_url}/api/chat/{message_id}", timeout=10).status_code == 202
+        subscribed_at = time.time()
+        events = read_events(mesh.gateway_url, message_id)
+    finally:
+        httpx.put(f"{mesh.mocks_url}/_admin/faults", json={}, timeout=10).raise_for_status()
+        sender.join(timeout=30)
+
+    saga_events = [e for k, e, _ in events if k == "saga"]
+    kinds = [e["kind"] for e in saga_events]
+    assert kinds[0] == "saga_started" and kinds[-1] == "saga_completed", kinds
+    # Events written after the subscription arrived on the open stream (live, not history).
+    live = [e for e in saga_events if e["ts"] > subscribed_at]
+    assert {"saga_completed"} <= {e["kind"] for e in live}
+    assert any(e["kind"] == "step_completed" and e["actor"] == "context_retriever" for e in live), kinds
+    completed = [e["step_index"] for e in saga_events if e["kind"] == "step_completed"]
+    assert completed == sorted(completed) and len(completed) == 7
+    # The stream ends on the final status, the result last.
+    assert events[-1][0] == "result" and events[-1][1]["message_id"] == message_id
+    assert events[-1][1]["status"] == "resolved"
+
+
 def test_supervisor_restarts_a_killed_actor(mesh) -> None:
     import os
     import signal
@@ -217,3 +320,87 @@ def test_chat_command(mesh, capsys) -> None:
     assert main(["--gateway", mesh.gateway_url, "I want a refund for order 44444"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("[resolved]") and "action: refund on order 44444" in out and "timeline" in out
+
+
+# ---- the gateway in process, against a real nats-server and redis-server (no actors) ----------------------
+
+
+@pytest.fixture
+async def gateway(harness, redis_url, tmp_path):
+    """The gateway application with its connections open, and an HTTP client calling it in process."""
+    from gateway.app import create_app
+
+    settings = harness.settings.model_copy(update={
+        "redis_url": redis_url, "sqlite_path": str(tmp_path / "history.db"), "chat_deadline_s": 1.5})
+    app = create_app(settings)
+    gw = app.state.gateway
+    await gw.start()
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway", timeout=30)
+    try:
+        yield gw, client
+    finally:
+        await client.aclose()
+        await gw.stop()
+
+
+CHAT = {"customer_email": "user@example.com", "message": "Where is my order 12345?"}
+
+
+async def stream_messages(harness) -> int:
+    return (await harness.js.stream_info(harness.settings.stream_name)).state.messages
+
+
+async def test_publish_failing_after_the_start_is_recorded_answers_202(gateway, harness) -> None:
+    gw, client = gateway
+    await harness.js.delete_stream(harness.settings.stream_name)  # JetStream refuses the first step
+
+    r = await client.post("/api/chat", json={"session_id": "s-pub", **CHAT})
+
+    # The saga exists (the sweeper will run it): the client gets its id rather than a 503 that it would
+    # answer by sending the message again, which would start a second saga.
+    assert r.status_code == 202, r.text
+    message_id = r.json()["message_id"]
+    assert (await gw.saga.state(message_id)).status == "running"
+    assert [e.kind for e in await gw.saga.history(message_id)] == ["saga_started"]
+    assert (await client.get(f"/api/chat/{message_id}")).status_code == 202
+    assert gw.replies.waiting == 0
+
+
+async def test_a_start_that_cannot_be_recorded_answers_503_and_publishes_nothing(gateway, harness) -> None:
+    gw, client = gateway
+    await harness.js.delete_key_value("saga_log")
+
+    r = await client.post("/api/chat", json={"session_id": "s-rec", **CHAT})
+
+    assert r.status_code == 503 and "not accepting" in r.json()["detail"]
+    assert await stream_messages(harness) == 0  # nothing will run: sending it again is safe
+    assert gw.replies.waiting == 0
+
+
+async def test_reply_waiters_are_forgotten_on_deadline_and_on_cancel(gateway) -> None:
+    gw, client = gateway
+    r = await client.post("/api/chat", json={"session_id": "s-wait", **CHAT})  # no actors: past the deadline
+    assert r.status_code == 202 and gw.replies.waiting == 0
+
+    request = asyncio.create_task(client.post("/api/chat", json={"session_id": "s-cancel", **CHAT}))
+    deadline = time.monotonic() + 10
+    while gw.replies.waiting == 0 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert gw.replies.waiting == 1
+    request.cancel()  # the client went away
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    assert gw.replies.waiting == 0
+
+
+async def test_chunked_body_over_the_limit_gets_413_in_process(gateway) -> None:
+    _, client = gateway
+
+    async def body():
+        yield b'{"session_id": "s1", "customer_email": "user@example.com", "message": "'
+        for _ in range(10):
+            yield b"x" * 8192
+        yield b'"}'
+
+    r = await client.post("/api/chat", content=body(), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "larger than 65536" in r.json()["detail"]
