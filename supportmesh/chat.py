@@ -1,4 +1,9 @@
-"""`supportmesh chat "My order 12345 is late!"`: send one message to a running mesh and print the answer."""
+"""`supportmesh chat "My order 12345 is late!"`: send one message to a running mesh and print the answer.
+
+Past the gateway's deadline the answer is followed up with `GET /api/chat/{id}` for a bounded time
+(`--wait`, by default the gateway's `follow_timeout_s`); then the command stops with the message id, so the
+answer can still be looked up later.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,12 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
+
+DEFAULT_WAIT_S = 180.0
+EXIT_STILL_PROCESSING = 3
 
 
 def _gateway_url(data_dir: str) -> str:
@@ -19,24 +28,66 @@ def _gateway_url(data_dir: str) -> str:
     return "http://127.0.0.1:8000"
 
 
+def _follow_timeout(client: httpx.Client) -> float:
+    """The gateway's advice on how long to follow a message (its /api/config), or the default."""
+    try:
+        return float(client.get("/api/config").json().get("follow_timeout_s") or DEFAULT_WAIT_S)
+    except (httpx.HTTPError, ValueError, TypeError, AttributeError):
+        return DEFAULT_WAIT_S
+
+
+def follow(client: httpx.Client, message_id: str, wait_s: float, poll_s: float = 0.5) -> httpx.Response | None:
+    """Poll `GET /api/chat/{id}` until it is no longer 202, or None after `wait_s` seconds."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+        try:
+            r = client.get(f"/api/chat/{message_id}")
+        except httpx.HTTPError:
+            continue  # the gateway may be restarting: keep following until the deadline
+        if r.status_code != 202:
+            return r
+    return None
+
+
+def _print_answer(data: dict[str, Any], url: str) -> None:
+    print(f"[{data['status']}] {data['response']}")
+    plan = data.get("action_plan") or {}
+    if plan.get("action") and plan.get("action") != "none":
+        print(f"action: {plan.get('action')} on order {plan.get('order_id')} (approved: {plan.get('approved')})")
+    print(f"message {data['message_id']}  timeline {url}/saga.html?id={data['message_id']}  trace {data.get('trace_id')}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `supportmesh chat`."""
-    parser = argparse.ArgumentParser(prog="supportmesh chat", description=__doc__)
+    parser = argparse.ArgumentParser(prog="supportmesh chat", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("message", help="what the customer says")
     parser.add_argument("--email", default="user@example.com")
     parser.add_argument("--session", default=None, help="session id (default: a new one)")
     parser.add_argument("--gateway", default=None, help="gateway URL (default: from .supportmesh/endpoints.json)")
     parser.add_argument("--data-dir", default=".supportmesh")
+    parser.add_argument("--wait", type=float, default=None,
+                        help="seconds to follow a message past the deadline (default: the gateway's advice)")
     parser.add_argument("--json", action="store_true", help="print the raw JSON answer")
     args = parser.parse_args(argv)
+    if args.wait is not None and args.wait <= 0:
+        parser.error("--wait must be positive")
     url = args.gateway or _gateway_url(args.data_dir)
     body = {"session_id": args.session or uuid.uuid4().hex, "customer_email": args.email, "message": args.message}
     try:
         with httpx.Client(base_url=url, timeout=30) as client:
             r = client.post("/api/chat", json=body)
-            while r.status_code == 202:  # past the deadline: follow up until the saga finishes
-                time.sleep(0.5)
-                r = client.get(f"/api/chat/{r.json()['message_id']}")
+            if r.status_code == 202:  # past the deadline: follow up for a bounded time
+                message_id = r.json()["message_id"]
+                wait_s = args.wait or _follow_timeout(client)
+                final = follow(client, message_id, wait_s)
+                if final is None:
+                    print(f"supportmesh chat: no answer after {wait_s:g}s; message {message_id} is still being "
+                          f"processed.\n  follow it: {url}/api/chat/{message_id}\n"
+                          f"  timeline:  {url}/saga.html?id={message_id}", file=sys.stderr)
+                    return EXIT_STILL_PROCESSING
+                r = final
     except httpx.HTTPError as exc:
         print(f"supportmesh chat: cannot reach the gateway at {url} ({exc}); is `supportmesh up` running?",
               file=sys.stderr)
@@ -47,10 +98,6 @@ def main(argv: list[str] | None = None) -> int:
     data = r.json()
     if args.json:
         print(json.dumps(data, indent=2))
-        return 0
-    print(f"[{data['status']}] {data['response']}")
-    plan = data.get("action_plan") or {}
-    if plan.get("action") and plan.get("action") != "none":
-        print(f"action: {plan.get('action')} on order {plan.get('order_id')} (approved: {plan.get('approved')})")
-    print(f"message {data['message_id']}  timeline {url}/saga.html?id={data['message_id']}  trace {data.get('trace_id')}")
+    else:
+        _print_answer(data, url)
     return 0

@@ -94,3 +94,57 @@ def test_conversation_survives_a_reload(page) -> None:
     page.reload()
     page.get_by_test_id("agent-message").nth(count - 1).wait_for(timeout=10_000)
     assert page.get_by_test_id("agent-message").count() == count
+
+
+@pytest.fixture
+def slow_context(mesh):
+    """The context step takes 3 s (the customer API answers slowly), so a message outlives the first moments."""
+    import httpx
+
+    faults = {"GET /customers/{email}": {"latency_ms": 3000}}
+    httpx.put(f"{mesh.mocks_url}/_admin/faults", json=faults, timeout=10).raise_for_status()
+    yield
+    httpx.put(f"{mesh.mocks_url}/_admin/faults", json={}, timeout=10).raise_for_status()
+
+
+def test_slow_answer_shows_live_progress_then_the_reply(page, slow_context) -> None:
+    answered = page.get_by_test_id("agent-message").count()
+    with page.expect_response(lambda r: r.url.endswith("/api/chat") and r.request.method == "POST") as posted:
+        send(page, "My order 12345 is late!")
+    assert posted.value.status == 202  # the widget asks for the message id at once and follows the saga
+
+    steps = page.get_by_test_id("progress-steps").last
+    working = steps.locator("li.working", has_text="context_retriever")
+    working.wait_for(timeout=15_000)  # the slow step, live, while the answer is not there yet
+    assert "Looking up your account and orders" in working.inner_text()
+    assert steps.locator("li.done", has_text="intent_analyzer").count() == 1
+    assert page.get_by_test_id("agent-message").count() == answered
+    page.screenshot(path=str(ARTIFACTS / "widget-progress.png"), full_page=True)
+
+    reply = page.get_by_test_id("agent-message").nth(answered)
+    reply.wait_for(timeout=30_000)
+    assert "Distribution Center" in reply.inner_text()
+    assert reply.get_by_test_id("status-badge").inner_text().lower() == "resolved"
+    assert page.get_by_test_id("progress-steps").count() == 0  # the pending bubble became the answer
+    assert page.get_by_test_id("progress").is_hidden()
+
+
+def test_widget_stops_waiting_after_a_bounded_time_with_the_message_id(page, mesh, slow_context) -> None:
+    import json
+
+    import httpx
+
+    config = httpx.get(f"{mesh.gateway_url}/api/config", timeout=10).json()
+    assert config["follow_timeout_s"] > 0
+    short = json.dumps({**config, "follow_timeout_s": 1})
+    page.route("**/api/config", lambda route: route.fulfill(status=200, content_type="application/json", body=short))
+    page.reload()
+    with page.expect_response(lambda r: r.url.endswith("/api/chat") and r.request.method == "POST") as posted:
+        send(page, "Where is my order 12345?")
+    message_id = posted.value.json()["message_id"]
+
+    gave_up = page.get_by_test_id("timed-out")
+    gave_up.wait_for(timeout=15_000)
+    assert "No answer yet after 1 seconds" in gave_up.inner_text() and message_id in gave_up.inner_text()
+    assert message_id in gave_up.get_by_test_id("timeline-link").get_attribute("href")
+    assert page.get_by_test_id("send-button").is_enabled()

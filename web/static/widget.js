@@ -43,43 +43,103 @@ function addAgent(result) {
   item.scrollIntoView({ block: "end" });
 }
 
-function addPending(messageId) {
-  const item = el("li", { class: "bubble agent pending", "data-pending": messageId },
-                  el("p", { text: "Still working on it… you'll see the answer here as soon as it is ready." }));
-  conversation.append(item);
-  return item;
-}
-
 function setProgress(text) {
   progress.textContent = text;
   progress.hidden = !text;
 }
 
-// Follow a saga that outlived the HTTP deadline: live steps from SSE, the result when it arrives.
+// What each step does, in the customer's words (the actor's name stays visible for the curious).
+const STEP_LABELS = {
+  sentiment_analyzer: "Reading your message",
+  intent_analyzer: "Understanding what you need",
+  context_retriever: "Looking up your account and orders",
+  decision_router: "Deciding what to do",
+  response_generator: "Writing a reply",
+  guardrail_validator: "Checking the reply",
+  execution_coordinator: "Carrying out the action",
+  escalation_router: "Handing over to a person",
+  response_aggregator: "Finishing up",
+};
+const KIND_LABELS = {
+  step_started: "working…", step_completed: "done", retry_scheduled: "retrying", redelivered: "resuming",
+  step_failed: "failed", compensation_started: "undoing an action", compensation_completed: "action undone",
+  action_executed: "action carried out", route_changed: "plan updated", escalated: "handed to a person",
+};
+
+// A pending answer: the agent's bubble with one line per step, updated live from the saga's events.
+function addPending(messageId) {
+  const steps = el("ol", { class: "steps", "data-testid": "progress-steps", "aria-label": "Progress" });
+  const item = el("li", { class: "bubble agent pending", "data-pending": messageId },
+                  el("p", { text: "Working on it…" }), steps);
+  conversation.append(item);
+  item.scrollIntoView({ block: "end" });
+  return item;
+}
+
+function showStep(pending, e) {
+  const label = KIND_LABELS[e.kind];
+  if (!label || !e.actor || e.actor === "gateway") return;
+  const key = `${e.step_index}:${e.actor}`;
+  const steps = pending.querySelector(".steps");
+  let line = steps.querySelector(`[data-step="${CSS.escape(key)}"]`);
+  if (!line) {
+    line = el("li", { "data-step": key });
+    steps.append(line);
+  }
+  line.className = e.kind === "step_completed" ? "done" : e.kind === "step_failed" ? "bad" : "working";
+  line.textContent = `${STEP_LABELS[e.actor] || e.actor} (${e.actor}): ${label}`;
+  setProgress(line.textContent);
+  pending.scrollIntoView({ block: "end" });
+}
+
+function giveUp(pending, messageId, seconds) {
+  pending.classList.add("timed-out");
+  pending.querySelector("p").textContent =
+    `No answer yet after ${Math.round(seconds)} seconds. Your message id is ${messageId}: the answer will be ` +
+    "kept for it, and shown in this conversation when you reload the page.";
+  pending.append(el("div", { class: "meta" },
+                    el("a", { href: `/saga.html?id=${encodeURIComponent(messageId)}`, "data-testid": "timeline-link",
+                              text: "timeline" })));
+  pending.setAttribute("data-testid", "timed-out");
+  setProgress("");
+}
+
+// Follow a saga until its result: live steps from the server-sent events (the result is their last event),
+// polling if the stream breaks; give up after the gateway's follow_timeout_s with the message id.
 function follow(messageId, pending) {
+  const limitS = Number(state.config.follow_timeout_s) || 180;
   return new Promise((resolve) => {
     let done = false;
+    let source = null;
+    let pollTimer = null;
+    const stop = () => {
+      done = true;
+      if (source) source.close();
+      clearTimeout(pollTimer);
+      clearTimeout(limitTimer);
+      resolve();
+    };
     const finish = (result) => {
       if (done) return;
-      done = true;
       pending.remove();
       addAgent(result);
       setProgress("");
-      resolve();
+      stop();
     };
-    const source = new EventSource(`/api/chat/${encodeURIComponent(messageId)}/events`);
-    source.addEventListener("saga", (event) => {
-      const e = JSON.parse(event.data);
-      setProgress(`step ${e.step_index}: ${e.actor} — ${e.kind.replace(/_/g, " ")}`);
-    });
-    source.addEventListener("result", (event) => { source.close(); finish(JSON.parse(event.data)); });
+    const limitTimer = setTimeout(() => { if (!done) { giveUp(pending, messageId, limitS); stop(); } }, limitS * 1000);
+    const poll = async () => {
+      if (done) return;
+      try {
+        const { status, body } = await getJSON(`/api/chat/${encodeURIComponent(messageId)}`);
+        if (status === 200) return finish(body);
+      } catch (_) { /* the gateway may be restarting: try again */ }
+      if (!done) pollTimer = setTimeout(poll, 1000);
+    };
+    source = new EventSource(`/api/chat/${encodeURIComponent(messageId)}/events`);
+    source.addEventListener("saga", (event) => showStep(pending, JSON.parse(event.data)));
+    source.addEventListener("result", (event) => finish(JSON.parse(event.data)));
     source.onerror = () => {
       source.close();
-      const poll = async () => {
-        if (done) return;
-        const { status, body } = await getJSON(`/api/chat/${encodeURIComponent(messageId)}`);
-        if (status === 200) finish(body); else setTimeout(poll, 1000);
-      };
       poll();
     };
   });
@@ -93,9 +153,11 @@ async function send(text) {
   $("send").disabled = true;
   showError("");
   try {
+    // respond-async: the gateway answers 202 with the message id at once, so every message shows its steps
+    // live; a gateway that ignores the preference answers 200 within its deadline, which works too.
     const response = await fetch("/api/chat", {
       method: "POST",
-      headers: { "Content-Type": "application/json" },
+      headers: { "Content-Type": "application/json", Prefer: "respond-async" },
       body: JSON.stringify({ session_id: state.sessionId, customer_email: email, message: text }),
     });
     const body = await response.json().catch(() => ({}));
