@@ -4,7 +4,9 @@ Model, timeout, retries and fallback come from settings (`SUPPORTMESH_LLM_*`). T
 deterministic provider; any LiteLLM model name (`gpt-4o-mini`, `anthropic/...`, `ollama/llama3.1`,
 `openai/<name>` with `SUPPORTMESH_LLM_API_BASE`) is one setting away. When the configured provider fails after
 its retries, the call falls back to the local model and says so (`fallback_used`, and the
-`supportmesh_llm_fallbacks_total` metric). LiteLLM is imported lazily: only processes that call a model pay for
+`supportmesh_llm_fallbacks_total` metric). Each call is a GenAI client span of ours with LiteLLM's own
+`litellm_request` span beneath it; prompts and completions are kept out of both unless
+`SUPPORTMESH_LLM_LOG_CONTENT=true`. LiteLLM is imported lazily: only processes that call a model pay for
 its import.
 """
 
@@ -19,7 +21,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from actors.base import RetryableError
 from observability import metrics
-from observability.tracing import tracer
+from observability.tracing import instrument_litellm, tracer
 from supportmesh.config import Settings
 
 log = logging.getLogger("supportmesh.llm")
@@ -54,6 +56,8 @@ class LLMClient:
 
         local_model.register()
         litellm.suppress_debug_info = True
+        # LiteLLM's `litellm_request` span under ours; message text only with SUPPORTMESH_LLM_LOG_CONTENT=true.
+        instrument_litellm(log_content=self.log_content)
         self._litellm = litellm
 
     async def warm_up(self) -> None:

@@ -6,6 +6,8 @@ The runtime and the gateway only use the OpenTelemetry *API* here; `setup_tracin
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -47,7 +49,6 @@ def setup_tracing(service_name: str, **_: Any) -> None:
     global _provider_installed
     if _provider_installed:
         return
-    import os
     import uuid
 
     from opentelemetry.sdk.resources import Resource
@@ -105,6 +106,43 @@ def instrument_fastapi(app: Any) -> None:
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
     FastAPIInstrumentor.instrument_app(app, excluded_urls="/metrics,/healthz,/readyz")
+
+
+_litellm_instrumented = False
+
+
+def instrument_litellm(*, log_content: bool) -> None:
+    """LiteLLM's own OpenTelemetry callback (`otel`), on this process's tracer provider: every completion gets a
+    `litellm_request` span (provider, tokens, cost) as a child of the caller's GenAI span, in the same trace.
+
+    Message text reaches spans only when `log_content` is true (`litellm.turn_off_message_logging` otherwise).
+    The callback is handed the global provider *object*: before `setup_tracing` that is OpenTelemetry's proxy,
+    which forwards to the SDK provider once installed, so the order of set-up does not matter (LiteLLM would
+    otherwise build a provider and exporter of its own). Idempotent; the content setting is re-applied."""
+    global _litellm_instrumented
+    import litellm
+
+    litellm.turn_off_message_logging = not log_content
+    if _litellm_instrumented:
+        return
+    # With a parent span in context and this unset, LiteLLM writes its attributes onto the *parent* span
+    # from its logging task, after our span has ended (and they are lost). Forced: a child span is the design.
+    os.environ["USE_OTEL_LITELLM_REQUEST_SPAN"] = "true"
+    from litellm.integrations.opentelemetry import OpenTelemetry, OpenTelemetryConfig
+
+    litellm_log = logging.getLogger("LiteLLM")
+    level = litellm_log.level
+    litellm_log.setLevel(logging.ERROR)  # it warns that its proxy server is not installed: not our case
+    try:
+        callback = OpenTelemetry(
+            config=OpenTelemetryConfig(exporter="console", enable_metrics=False, enable_events=False,
+                                       ignore_context_propagation=False),
+            tracer_provider=trace.get_tracer_provider(),
+        )
+    finally:
+        litellm_log.setLevel(level)
+    litellm.callbacks.append(callback)
+    _litellm_instrumented = True
 
 
 def instrument_httpx() -> None:

@@ -14,13 +14,33 @@ from typing import Any
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest, ExportTraceServiceResponse
 
 KINDS = {0: "UNSPECIFIED", 1: "INTERNAL", 2: "SERVER", 3: "CLIENT", 4: "PRODUCER", 5: "CONSUMER"}
+STATUS = {0: "UNSET", 1: "OK", 2: "ERROR"}
 
 
 def _value(v: Any) -> Any:
     which = v.WhichOneof("value")
     if which == "array_value":
         return [_value(x) for x in v.array_value.values]
+    if which == "kvlist_value":
+        return {kv.key: _value(kv.value) for kv in v.kvlist_value.values}
     return getattr(v, which) if which else None
+
+
+def _attributes(attrs: Any) -> dict[str, Any]:
+    return {a.key: _value(a.value) for a in attrs}
+
+
+def _strings(value: Any) -> list[str]:
+    """Every string inside an attribute value (arrays and key-value lists included; bytes decoded)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, bytes):
+        return [value.decode("utf-8", "replace")]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in (k, *_strings(v))]
+    return []
 
 
 @dataclass
@@ -32,6 +52,17 @@ class Span:
     kind: str
     service: str
     attributes: dict[str, Any] = field(default_factory=dict)
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    status_code: str = "UNSET"
+    status_message: str = ""
+
+    def texts(self) -> list[str]:
+        """Every string the span exports: its name, attribute keys and values, event names and attributes,
+        and its status message."""
+        out = [self.name, self.status_message, *_strings(self.attributes)]
+        for name, attrs in self.events:
+            out += [name, *_strings(attrs)]
+        return out
 
 
 class OTLPReceiver:
@@ -70,8 +101,9 @@ class OTLPReceiver:
             for ss in rs.scope_spans:
                 for s in ss.spans:
                     spans.append(Span(s.trace_id.hex(), s.span_id.hex(), s.parent_span_id.hex(), s.name,
-                                      KINDS.get(s.kind, str(s.kind)), service,
-                                      {a.key: _value(a.value) for a in s.attributes}))
+                                      KINDS.get(s.kind, str(s.kind)), service, _attributes(s.attributes),
+                                      [(e.name, _attributes(e.attributes)) for e in s.events],
+                                      STATUS.get(s.status.code, str(s.status.code)), s.status.message))
         with self._lock:
             self.spans.extend(spans)
 

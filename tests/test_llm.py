@@ -1,11 +1,16 @@
 """The provider path for real: LiteLLM against an OpenAI-compatible server on loopback — a normal completion, a
-provider error with fallback to the local model (recorded), and malformed JSON answered by a re-ask."""
+provider error with fallback to the local model (recorded), malformed JSON answered by a re-ask, and LiteLLM's
+own OpenTelemetry span under ours, exported over OTLP, with message text only when configured."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import uvicorn
@@ -17,6 +22,7 @@ from actors.llm import LLMClient
 from actors.prompts import intent_messages
 from fakes import FakeContext, make_message
 from observability import metrics
+from otlp_receiver import OTLPReceiver
 from supportmesh.config import Settings
 from supportmesh.natsserver import free_port
 
@@ -111,3 +117,77 @@ async def test_local_model_call_time() -> None:
     per_call_ms = (time.perf_counter() - started) / n * 1000
     print(f"local model through LiteLLM: {per_call_ms:.2f} ms per call")  # reported, not asserted
     assert '"delivery_complaint"' in result.text
+
+
+# One actor process's LLM call, as an actor makes it: the client is built before tracing is set up (the actor
+# is constructed first), the call runs inside a span, LiteLLM's callbacks are flushed, spans exported over OTLP.
+TRACED_CALL = """
+import asyncio, sys
+from actors.llm import LLMClient  # first: it sets LiteLLM's offline settings before LiteLLM is imported
+from opentelemetry import trace
+from opentelemetry.sdk.trace import SpanProcessor
+from observability.tracing import setup_tracing, shutdown_tracing, tracer
+from supportmesh.config import Settings
+
+class Ended(SpanProcessor):
+    names: list = []
+    def on_end(self, span) -> None:
+        self.names.append(span.name)
+
+async def main() -> None:
+    client = LLMClient(Settings(llm_model="openai/test-model", llm_api_base=sys.argv[1], llm_retries=0,
+                                llm_timeout_s=5))
+    setup_tracing("supportmesh-llm-test")
+    trace.get_tracer_provider().add_span_processor(Ended())
+    with tracer().start_as_current_span("process ecommerce.support.response_generator"):
+        await client.complete([{"role": "user", "content": sys.argv[2]}], purpose="response")
+    for _ in range(200):  # LiteLLM's success callbacks run after the call returns
+        if "litellm_request" in Ended.names:
+            break
+        await asyncio.sleep(0.05)
+
+asyncio.run(main())
+shutdown_tracing()
+"""
+SECRET = "Ticket for Zebulon Quartzfield about order 98765"
+
+
+def traced_call(base: str, *, log_content: bool) -> list:
+    """Run TRACED_CALL in a fresh process exporting to a test receiver; the spans of its one trace."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "OPENAI_API_KEY": "sk-test",
+           "SUPPORTMESH_LLM_LOG_CONTENT": "true" if log_content else "false"}
+    env.pop("USE_OTEL_LITELLM_REQUEST_SPAN", None)
+    with OTLPReceiver() as receiver:
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = receiver.url
+        out = subprocess.run([sys.executable, "-c", TRACED_CALL, base, SECRET], env=env, capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert receiver.wait_for(lambda r: any(s.name == "litellm_request" for s in r.spans), timeout=10), \
+            ([s.name for s in receiver.spans], out.stderr[-2000:])
+        return list(receiver.spans)
+
+
+def test_litellm_span_is_a_child_of_ours_without_message_text(provider) -> None:
+    fake, base = provider
+    fake.answers = [(200, "Your refund for order 98765 is on its way")]
+    spans = traced_call(base, log_content=False)
+    by_id = {s.span_id: s for s in spans}
+    ours = [s for s in spans if s.name == "chat openai/test-model"]
+    theirs = [s for s in spans if s.name == "litellm_request"]
+    assert len(ours) == 1 and len(theirs) == 1, [s.name for s in spans]
+    assert theirs[0].parent_id == ours[0].span_id and theirs[0].trace_id == ours[0].trace_id
+    assert by_id[ours[0].parent_id].name.startswith("process ")  # one tree: process span > ours > LiteLLM's
+    assert theirs[0].service == "supportmesh-llm-test"  # the process's provider, not one LiteLLM built
+    assert theirs[0].attributes["gen_ai.usage.input_tokens"] == 11
+    for span in spans:
+        leaked = [t for t in span.texts() if "Zebulon" in t or "on its way" in t]
+        assert not leaked, (span.name, leaked)
+
+
+def test_message_text_in_spans_only_when_configured(provider) -> None:
+    fake, base = provider
+    fake.answers = [(200, "Your refund for order 98765 is on its way")]
+    spans = traced_call(base, log_content=True)
+    theirs = next(s for s in spans if s.name == "litellm_request")
+    assert any("Zebulon" in t for t in theirs.texts())  # LiteLLM's message logging is on
+    assert any("on its way" in t for t in theirs.texts())
