@@ -22,11 +22,13 @@ class RedisServerError(RuntimeError):
 
 @dataclass
 class RedisServer:
-    """One redis-server process with its data in `data_dir` (no persistence: session state is a cache)."""
+    """One redis-server process with its data in `data_dir` (no persistence: session state is a cache) and its
+    output in `log_path` (default `<data_dir>/redis.log`)."""
 
     data_dir: Path
     port: int = 0
     host: str = "127.0.0.1"
+    log_path: Path | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -47,16 +49,18 @@ class RedisServer:
         self.port = self.port or free_port(self.host)
         self.data_dir = Path(self.data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.data_dir / "redis.log", "ab")  # noqa: SIM115
-        self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", self.host, "--save", "", "--appendonly", "no",
-             "--dir", str(self.data_dir), "--protected-mode", "yes"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        log_path = Path(self.log_path or self.data_dir / "redis.log")
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [binary, "--port", str(self.port), "--bind", self.host, "--save", "", "--appendonly", "no",
+                 "--dir", str(self.data_dir), "--protected-mode", "yes"],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                tail = (self.data_dir / "redis.log").read_text(errors="replace")[-1000:]
+                tail = log_path.read_text(errors="replace")[-1000:]
                 raise RedisServerError(f"redis-server exited with {self.process.returncode}: {tail}")
             if _ping(self.host, self.port):
                 return self

@@ -82,6 +82,7 @@ class LocalMesh:
         self.extra_env = env or {}
         self.supervisor = Supervisor(on_change=self.write_endpoints)
         self.started_at = time.time()
+        self._tasks: list[asyncio.Task[None]] = []
 
     @property
     def gateway_url(self) -> str:
@@ -114,12 +115,14 @@ class LocalMesh:
         return env
 
     async def start(self, ready_timeout_s: float = 90.0) -> None:
-        """Start everything and wait until the gateway and every actor report ready."""
+        """Start everything and wait until the gateway and every actor report ready. Supervision begins at
+        once: a process that crashes while the mesh starts is restarted like any other."""
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
         self.nats.log_file = self.data_dir / "logs" / "nats-server.log"
         self.nats.start()
         if not self.redis_url:
-            self.redis = RedisServer(data_dir=self.data_dir / "redis", port=_port(self.redis_port)).start()
+            self.redis = RedisServer(data_dir=self.data_dir / "redis", port=_port(self.redis_port),
+                                     log_path=self.data_dir / "logs" / "redis-server.log").start()
             self.redis_url = self.redis.url
         python = sys.executable
         logs = self.data_dir / "logs"
@@ -147,6 +150,7 @@ class LocalMesh:
         if self.observability:
             self._start_prometheus()
         self.write_endpoints()
+        self._tasks = [asyncio.create_task(self.supervisor.run()), asyncio.create_task(self._watch_servers())]
         await self.wait_ready(ready_timeout_s)
         self.write_endpoints(ready=True)
 
@@ -219,23 +223,17 @@ class LocalMesh:
         tmp.replace(self.endpoints_path)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Supervise until `stop` is set."""
-        tasks = [asyncio.create_task(self.supervisor.run()), asyncio.create_task(self._watch_servers(stop))]
+        """Supervise (started by `start`) until `stop` is set, then stop everything."""
         await stop.wait()
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
         await self.stop()
 
-    async def _watch_servers(self, stop: asyncio.Event) -> None:
+    async def _watch_servers(self) -> None:
         """Restart nats-server (same port, same store) or redis-server when one dies, as a StatefulSet would."""
-        while not stop.is_set():
+        while True:
             await asyncio.sleep(0.2)
             for name, server in (("nats-server", self.nats), ("redis-server", self.redis)):
                 proc = getattr(server, "process", None)
-                if server is None or proc is None or proc.poll() is None or stop.is_set():
+                if server is None or proc is None or proc.poll() is None:
                     continue
                 log.warning("%s exited with %s; restarting on the same store", name, proc.returncode)
                 try:
@@ -247,11 +245,19 @@ class LocalMesh:
                 self.write_endpoints()
 
     async def stop(self) -> None:
-        """Stop in order: gateway, actors, mocks, then Redis and NATS."""
+        """Stop in order: supervision, then the gateway, actors, mocks (and Prometheus), then Redis and NATS."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
         await self.supervisor.stop(STOP_ORDER)
         if self.redis:
             self.redis.stop()
+            log.info("stopped redis-server")
         self.nats.stop()
+        log.info("stopped nats-server")
         with contextlib.suppress(Exception):
             self.write_endpoints(ready=False)
 

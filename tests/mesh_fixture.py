@@ -29,6 +29,10 @@ class Mesh:
 
     def start(self, timeout_s: float = 150.0) -> Mesh:
         """Start `supportmesh up` and wait until it reports ready."""
+        return self.launch().wait_ready(timeout_s)
+
+    def launch(self) -> Mesh:
+        """Start `supportmesh up` without waiting for it."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         argv = [sys.executable, "-m", "supportmesh.cli", "up", "--data-dir", str(self.data_dir),
                 "--replicas", str(self.replicas), "--gateways", str(self.gateways), "--gateway-port", "0",
@@ -37,8 +41,13 @@ class Mesh:
             argv.append("--observability")
         env = {**os.environ, "PYTHONPATH": str(REPO), **self.env}
         env.pop("SUPPORTMESH_REDIS_URL", None)
-        log = open(self.data_dir / "up.log", "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        with open(self.data_dir / "up.log", "ab") as log:
+            self.proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        return self
+
+    def wait_ready(self, timeout_s: float = 150.0) -> Mesh:
+        """Wait until endpoints.json says ready (stopping everything if it never does)."""
+        assert self.proc is not None, "launch() first"
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -52,6 +61,14 @@ class Mesh:
             time.sleep(0.2)
         self.stop()
         raise RuntimeError(f"mesh not ready after {timeout_s}s:\n{self.log_tail()}")
+
+    def pids(self) -> dict[str, int]:
+        """Every process of the mesh by name (children, nats-server, redis-server), from endpoints.json."""
+        ep = self.endpoints
+        pids = {name: p["pid"] for name, p in ep["processes"].items() if p.get("pid")}
+        pids.update({name: ep[key] for name, key in (("nats-server", "nats_pid"), ("redis-server", "redis_pid"))
+                     if ep.get(key)})
+        return pids
 
     @property
     def endpoints_path(self) -> Path:
@@ -83,9 +100,7 @@ class Mesh:
         pids: list[int] = []
         if self.endpoints_path.exists():
             try:
-                ep = self.endpoints
-                pids = [p["pid"] for p in ep["processes"].values() if p.get("pid")]
-                pids += [pid for pid in (ep.get("nats_pid"), ep.get("redis_pid")) if pid]
+                pids = list(self.pids().values())
             except Exception:
                 pids = []
         if self.proc and self.proc.poll() is None:
