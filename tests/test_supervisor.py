@@ -41,16 +41,21 @@ async def wait_until(predicate, timeout_s: float = 30.0) -> None:  # type: ignor
         await asyncio.sleep(0.02)
 
 
+async def supervise_until_restarted(sup: Supervisor, child: Child, restarts: int) -> None:
+    """Run the supervisor until `child` was restarted `restarts` times, then stop it."""
+    task = asyncio.create_task(sup.run(poll_s=0.02))
+    try:
+        await wait_until(lambda: child.restarts >= restarts)
+    finally:
+        await sup.stop([child.kind])
+        task.cancel()
+
+
 async def test_a_crashing_process_is_restarted_with_growing_backoff_and_logged(tmp_path, caplog) -> None:
     caplog.set_level(logging.INFO, logger="supportmesh.supervisor")
     sup = Supervisor(base_backoff_s=0.1, max_backoff_s=0.8, healthy_after_s=60)
     child = sup.add(python_child("crasher", "actor", "print('boom', flush=True); raise SystemExit(3)", tmp_path))
-    task = asyncio.create_task(sup.run(poll_s=0.02))
-    try:
-        await wait_until(lambda: child.restarts >= 5)
-    finally:
-        await sup.stop(["actor"])
-        task.cancel()
+    await supervise_until_restarted(sup, child, 5)
 
     exits = [h for h in child.history if h["event"] == "exited"]
     restarts = [h for h in child.history if h["event"] == "restarted"]
@@ -68,12 +73,7 @@ async def test_a_crashing_process_is_restarted_with_growing_backoff_and_logged(t
 async def test_backoff_resets_after_a_healthy_run(tmp_path) -> None:
     sup = Supervisor(base_backoff_s=0.1, max_backoff_s=5, healthy_after_s=0.3)
     child = sup.add(python_child("flaky", "actor", "import time; time.sleep(0.5)", tmp_path))
-    task = asyncio.create_task(sup.run(poll_s=0.02))
-    try:
-        await wait_until(lambda: child.restarts >= 3)
-    finally:
-        await sup.stop(["actor"])
-        task.cancel()
+    await supervise_until_restarted(sup, child, 3)
     assert {h["restart_in_s"] for h in child.history if h["event"] == "exited"} == {0.1}
 
 
