@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import REGISTRY
 from prometheus_client.exposition import choose_encoder
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mocks.faults import Faults
 from mocks.store import Conflict, NotFound, Store, public
@@ -165,15 +165,24 @@ class FaultsAndMetrics:
         fastapi_app = scope["app"]
         route, method = _route_template(fastapi_app, scope), scope["method"]
         try:
-            if not scope["path"].startswith(self.UNFAULTED) and await fastapi_app.state.faults.inject(
-                f"{method} {route}"
-            ):
-                injected = JSONResponse({"detail": f"injected fault on {method} {route}"}, status_code=503)
+            verdict = "pass"
+            if not scope["path"].startswith(self.UNFAULTED):
+                verdict = await fastapi_app.state.faults.inject(f"{method} {route}")
+            if verdict == "fail_after_effect":
+                # The request is handled (its effect happens) but its answer is lost, as in a timeout.
+                await self.app(scope, receive, _discard)
+            if verdict != "pass":
+                where = "after the effect" if verdict == "fail_after_effect" else "before the effect"
+                injected = JSONResponse({"detail": f"injected fault on {method} {route} ({where})"}, status_code=503)
                 await injected(scope, receive, send)
                 return
             await self.app(scope, receive, send)
         finally:
             MOCK_API_LATENCY_SECONDS.labels(route, method).observe(time.perf_counter() - started)
+
+
+async def _discard(message: Message) -> None:
+    """An ASGI `send` that drops the response (see `fail_after_effect_rate`)."""
 
 
 def _route_template(app: FastAPI, scope: Scope) -> str:

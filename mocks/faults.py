@@ -1,5 +1,11 @@
-"""Fault injection for resilience tests: latency and error rate per route ("METHOD /route/{template}"), from
-`SUPPORTMESH_MOCK_FAULTS` (JSON) at start and `PUT /_admin/faults` at run time."""
+"""Fault injection for resilience tests: latency, error rate and ambiguous failures per route
+("METHOD /route/{template}"), from `SUPPORTMESH_MOCK_FAULTS` (JSON) at start and `PUT /_admin/faults` at run time.
+
+- `error_rate`: the request fails with a 503 *before* it is handled (nothing happens).
+- `fail_after_effect_rate`: the request is handled (an action is performed) and its answer is replaced by a 503,
+  like a server that does the work and then times out: the client cannot tell whether the effect happened.
+- `fail_first`: the first N requests on the route (counted from when the setting is applied) fail like
+  `error_rate` does, for deterministic tests of "fails N times, then works"."""
 
 from __future__ import annotations
 
@@ -7,7 +13,7 @@ import asyncio
 import json
 import os
 import random
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,6 +26,12 @@ class Fault(BaseModel):
     latency_ms: float = Field(default=0, ge=0, le=60_000)
     latency_jitter_ms: float = Field(default=0, ge=0, le=60_000)
     error_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    fail_after_effect_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    fail_first: int = Field(default=0, ge=0, le=1_000_000)
+
+
+# What to do with one request: handle it, fail it before handling, or handle it and then fail its answer.
+Verdict = Literal["pass", "fail_before", "fail_after_effect"]
 
 
 class Faults:
@@ -39,6 +51,7 @@ class Faults:
         """Replace every setting (validates first: a bad setting changes nothing)."""
         parsed = {route: Fault.model_validate(value) for route, value in config.items()}
         self.by_route = parsed
+        self.seen: dict[str, int] = {}  # requests per route since this setting, for `fail_first`
 
     def as_dict(self) -> dict[str, Any]:
         """The settings as JSON."""
@@ -48,12 +61,19 @@ class Faults:
         """The fault of a route (its own, else the default), or None."""
         return self.by_route.get(route) or self.by_route.get("default")
 
-    async def inject(self, route: str) -> bool:
-        """Sleep the configured latency; True when this request must fail with an injected error."""
+    async def inject(self, route: str) -> Verdict:
+        """Sleep the configured latency, then say whether this request fails (before or after its effect)."""
         fault = self.for_route(route)
         if fault is None:
-            return False
+            return "pass"
         delay = fault.latency_ms + (self.rng.uniform(0, fault.latency_jitter_ms) if fault.latency_jitter_ms else 0)
         if delay:
             await asyncio.sleep(delay / 1000)
-        return fault.error_rate > 0 and self.rng.random() < fault.error_rate
+        self.seen[route] = n = self.seen.get(route, 0) + 1
+        if n <= fault.fail_first:
+            return "fail_before"
+        if fault.error_rate > 0 and self.rng.random() < fault.error_rate:
+            return "fail_before"
+        if fault.fail_after_effect_rate > 0 and self.rng.random() < fault.fail_after_effect_rate:
+            return "fail_after_effect"
+        return "pass"
