@@ -64,6 +64,12 @@ class CommerceClient:
         path = {"refund": "refunds", "replacement": "replacements", "cancel": "cancellation"}[action]
         return await self._post(f"{self.orders_url}/orders/{order_id}/{path}", body, key)
 
+    async def order_actions(self, order_id: str) -> list[dict[str, Any]]:
+        """Every action performed on an order, with its idempotency key and status (empty for an unknown
+        order). Recovery reads it to find effects whose answer was lost."""
+        data = await self._get(f"{self.orders_url}/orders/{order_id}/actions")
+        return list(data.get("actions", [])) if data else []
+
     def undo_url(self, action_id: str) -> str:
         """Where an action is undone (recorded in the saga log for compensation)."""
         return f"{self.orders_url}/actions/{action_id}/undo"

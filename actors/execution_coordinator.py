@@ -15,7 +15,13 @@ from supportmesh.config import Settings
 
 def idempotency_key(message_id: str, action: str, order_id: str) -> str:
     """The key that makes an action happen at most once per message."""
-    return f"{message_id}:{action}:{order_id}"
+    return f"{saga_key_prefix(message_id)}{action}:{order_id}"
+
+
+def saga_key_prefix(message_id: str) -> str:
+    """What every idempotency key of one saga starts with: recovery finds the effects the API performed for
+    this saga even when their answer was lost (no `action_executed` recorded). Message ids have no colon."""
+    return f"{message_id}:"
 
 
 class ExecutionCoordinator(Actor):

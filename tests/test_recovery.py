@@ -1,19 +1,44 @@
 """Recovery from the saga log with the real execution coordinator, escalation router and response aggregator
-against the real mock APIs: a refund is executed, a later step fails for good, and the refund is undone."""
+against the real mock APIs: side effects of a failed saga are undone (retried until done, or honestly left to a
+human), the reply is built from the whole saga history, a failing answer step does not loop, and effects whose
+answer was lost are found by their idempotency keys and undone."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
 import httpx
 import pytest
+from runtime_harness import Harness, kinds, start_mocks
+from toy_actors import Flaky, note
 
+from actors.base import Actor, PermanentError, RetryableError, StepContext
 from actors.escalation_router import EscalationRouter
 from actors.execution_coordinator import ExecutionCoordinator
 from actors.response_aggregator import ResponseAggregator
-from runtime_harness import Harness, kinds, start_mocks
-from saga.protocol import ActionPlan, new_message
-from saga.results import ResultStore
+from saga.log import SagaEvent
+from saga.protocol import ActionPlan, Message, new_message
+from saga.results import ChatResult, ResultStore
 from saga.transport import start_saga
-from toy_actors import Flaky
+
+WITH_FLAKY = ["execution_coordinator", "flaky", "response_aggregator"]
+UNDO = "POST /actions/{action_id}/undo"
+REFUNDS = "POST /orders/{order_id}/refunds"
+
+
+class BrokenAggregator(Actor):
+    """A response aggregator whose store is down: fails every time (transiently when the text says so)."""
+
+    name = "response_aggregator"
+
+    async def handle(self, message: Message, ctx: StepContext) -> None:
+        note(self.name, message, ctx.attempt)
+        if "transient" in message.payload.customer_message:
+            raise RetryableError("history store unreachable")
+        raise PermanentError("history store refuses the write")
 
 
 @pytest.fixture(scope="module")
@@ -25,60 +50,202 @@ def mocks_url(tmp_path_factory):
 
 
 @pytest.fixture
-async def mesh_parts(tmp_path, mocks_url, redis_url):
+def api(mocks_url: str):
+    """A client of the mock APIs, reset to the seed data; faults are cleared after the test."""
+    with httpx.Client(base_url=mocks_url, timeout=10) as client:
+        client.post("/_admin/reset").raise_for_status()
+        client.put("/_admin/faults", json={}).raise_for_status()
+        try:
+            yield client
+        finally:
+            client.put("/_admin/faults", json={}).raise_for_status()
+
+
+@contextlib.asynccontextmanager
+async def mesh(tmp_path, mocks_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch, *,
+               aggregator: type[Actor] = ResponseAggregator, deadline_s: float = 60.0) -> AsyncIterator[Harness]:
+    """The execution coordinator, flaky, the escalation router and an aggregator on a fresh nats-server."""
+    monkeypatch.setenv("SUPPORTMESH_COMPENSATION_DEADLINE_S", str(deadline_s))
+    monkeypatch.setenv("SUPPORTMESH_COMPENSATION_BACKOFF_MAX_S", "0.5")
     h = Harness(tmp_path, customers_api_url=mocks_url, orders_api_url=mocks_url, tracking_api_url=mocks_url,
                 redis_url=redis_url, sqlite_path=str(tmp_path / "history.db"), redelivery_delay_s=0.1)
     await h.start()
-    for cls in (ExecutionCoordinator, Flaky, EscalationRouter, ResponseAggregator):
-        await h.run_actor(cls)
     try:
+        for cls in (ExecutionCoordinator, Flaky, EscalationRouter, aggregator):
+            await h.run_actor(cls)
         yield h
     finally:
         await h.close()
 
 
-async def refund_then(h: Harness, text: str, order_id: str, amount: float):
-    message = new_message(session_id="s-recovery", customer_email="user@example.com", customer_message=text,
-                          steps=["execution_coordinator", "flaky", "response_aggregator"])
+async def run_refund(h: Harness, text: str, steps: list[str], order_id: str = "44444",
+                     amount: float = 5.0) -> tuple[Message, ChatResult, list[SagaEvent], list[ChatResult]]:
+    """Start a saga that refunds, wait for its end; returns the message, the stored answer, the saga history
+    and the answers published on the reply subject."""
+    replies: list[ChatResult] = []
+    subject = f"test.reply.{id(replies)}"
+
+    async def collect(msg: Any) -> None:
+        replies.append(ChatResult.from_bytes(msg.data))
+
+    sub = await h.nc.subscribe(subject, cb=collect)
+    message = new_message(session_id="s-escalation", customer_email="user@example.com", customer_message=text,
+                          steps=steps, reply_subject=subject)
     plan = ActionPlan(action="refund", order_id=order_id, amount=amount, approved=True, reason="refund_request")
     message = message.enriched({"action_plan": plan})
     await start_saga(h.js, h.saga, message)
-    state = await h.wait_terminal(message.message_id, timeout=30)
-    return message, state
+    state = await h.wait_terminal(message.message_id, timeout=45)
+    assert state.status == "escalated", state
+    result = await (await ResultStore.open(h.js, ttl_s=3600)).get(message.message_id)
+    assert result is not None
+    await h.nc.flush()
+    await asyncio.sleep(0.2)
+    await sub.unsubscribe()
+    return message, result, await h.events(message.message_id), replies
 
 
-async def test_refund_is_undone_when_a_later_step_fails_for_good(mesh_parts: Harness, mocks_url: str) -> None:
-    h = mesh_parts
-    message, state = await refund_then(h, "fail-permanent", "44444", 5.0)
+def my_actions(api: httpx.Client, order_id: str, message: Message) -> list[dict[str, Any]]:
+    actions = api.get(f"/orders/{order_id}/actions").json()["actions"]
+    return [a for a in actions if a["idempotency_key"].startswith(f"{message.message_id}:")]
 
-    assert state.status == "escalated"
-    events = await h.events(message.message_id)
+
+def ticket_of(api: httpx.Client, message: Message) -> dict[str, Any]:
+    tickets = api.get("/tickets", params={"message_id": message.message_id}).json()["tickets"]
+    assert len(tickets) == 1
+    return tickets[0]
+
+
+def count(events: list[SagaEvent], kind: str) -> int:
+    return sum(1 for e in events if e.kind == kind)
+
+
+# ---- a later step fails: the refund is undone -----------------------------------------------------------
+
+
+async def test_refund_is_undone_when_a_later_step_fails_for_good(tmp_path, mocks_url, redis_url, monkeypatch,
+                                                                 api) -> None:
+    async with mesh(tmp_path, mocks_url, redis_url, monkeypatch) as h:
+        message, result, events, _ = await run_refund(h, "fail-permanent", WITH_FLAKY)
     order = [k[0] for k in kinds(events)]
     assert order.index("action_executed") < order.index("step_failed") < order.index("compensation_started") \
         < order.index("compensation_completed") < order.index("escalated")
-    actions = httpx.get(f"{mocks_url}/orders/44444/actions").json()["actions"]
-    mine = [a for a in actions if a["idempotency_key"].startswith(message.message_id)]
-    assert len(mine) == 1 and mine[0]["status"] == "undone"
-    results = await ResultStore.open(h.js, ttl_s=3600)
-    result = await results.get(message.message_id)
-    assert result is not None and result.status == "escalated"
+    assert [a["status"] for a in my_actions(api, "44444", message)] == ["undone"]
+    assert result.status == "escalated"
     assert "reversed" in result.response and "44444" in result.response
-    tickets = httpx.get(f"{mocks_url}/tickets", params={"message_id": message.message_id}).json()["tickets"]
-    assert len(tickets) == 1 and "Compensated" in tickets[0]["summary"]
+    assert "Compensated" in ticket_of(api, message)["summary"]
 
 
-async def test_transient_failure_is_resumed_once_then_compensated(mesh_parts: Harness, mocks_url: str) -> None:
-    h = mesh_parts
-    message, state = await refund_then(h, "fail-always", "33333", 7.0)
-
-    assert state.status == "escalated"
-    events = await h.events(message.message_id)
+async def test_transient_failure_is_resumed_once_then_compensated(tmp_path, mocks_url, redis_url, monkeypatch,
+                                                                  api) -> None:
+    async with mesh(tmp_path, mocks_url, redis_url, monkeypatch) as h:
+        message, _, events, _ = await run_refund(h, "fail-always", WITH_FLAKY, order_id="33333", amount=7.0)
     resumed = [e for e in events if e.kind == "redelivered" and e.data.get("source") == "escalation_router"]
     assert len(resumed) == 1
     # The resumed route ran flaky again (and failed again), without repeating the refund.
-    assert len([e for e in events if e.kind == "step_failed"]) == 2
-    assert len([e for e in events if e.kind == "action_executed"]) == 1
-    assert [e.kind for e in events].count("compensation_completed") == 1
-    mine = [a for a in httpx.get(f"{mocks_url}/orders/33333/actions").json()["actions"]
-            if a["idempotency_key"].startswith(message.message_id)]
-    assert len(mine) == 1 and mine[0]["status"] == "undone"
+    assert count(events, "step_failed") == 2
+    assert count(events, "action_executed") == 1
+    assert count(events, "compensation_completed") == 1
+    assert [a["status"] for a in my_actions(api, "33333", message)] == ["undone"]
+
+
+# ---- compensation retried until done ---------------------------------------------------------------------
+
+
+async def test_undo_failing_several_times_is_retried_until_it_succeeds(tmp_path, mocks_url, redis_url, monkeypatch,
+                                                                        api) -> None:
+    # More failures than the step's retry budget (3 attempts in the harness): the old design failed the saga.
+    api.put("/_admin/faults", json={UNDO: {"fail_first": 5}}).raise_for_status()
+    async with mesh(tmp_path, mocks_url, redis_url, monkeypatch) as h:
+        message, result, events, _ = await run_refund(h, "fail-permanent", WITH_FLAKY)
+    assert count(events, "compensation_completed") == 1 and count(events, "saga_failed") == 0
+    [action] = my_actions(api, "44444", message)
+    assert action["status"] == "undone"
+    assert api.get("/orders/44444").json()["refundable_amount"] == 29.0
+    assert "reversed" in result.response and "refund on order 44444" in result.response
+    assert "Compensated: refund" in ticket_of(api, message)["summary"]
+
+
+async def test_undo_that_never_succeeds_is_left_to_a_human_and_said_so(tmp_path, mocks_url, redis_url, monkeypatch,
+                                                                       api) -> None:
+    api.put("/_admin/faults", json={UNDO: {"error_rate": 1.0}}).raise_for_status()
+    async with mesh(tmp_path, mocks_url, redis_url, monkeypatch, deadline_s=2.0) as h:
+        message, result, events, _ = await run_refund(h, "fail-permanent", WITH_FLAKY)
+    [action] = my_actions(api, "44444", message)
+    assert action["status"] == "active" and count(events, "compensation_completed") == 0
+    assert "reversed it" not in result.response
+    assert "could not reverse it automatically" in result.response and "44444" in result.response
+    ticket = ticket_of(api, message)
+    assert ticket["priority"] == "high"
+    assert f"REVERSAL PENDING: refund {action['action_id']} on 44444" in ticket["summary"]
+    [escalated] = [e for e in events if e.kind == "escalated"]
+    assert escalated.data["pending_reversal"] == [action["action_id"]]
+
+
+# ---- the reply names what an earlier attempt undid -------------------------------------------------------
+
+
+async def test_ticket_failing_once_after_the_undo_still_names_the_undone_refund(tmp_path, mocks_url, redis_url,
+                                                                                monkeypatch, api) -> None:
+    api.put("/_admin/faults", json={"POST /tickets": {"fail_first": 1}}).raise_for_status()
+    async with mesh(tmp_path, mocks_url, redis_url, monkeypatch) as h:
+        message, result, events, _ = await run_refund(h, "fail-permanent", WITH_FLAKY)
+    assert count(events, "retry_scheduled") >= 1  # the router's step was retried after the ticket failed
+    assert count(events, "compensation_completed") == 1
+    assert [a["status"] for a in my_actions(api, "44444", message)] == ["undone"]
+    assert "reversed" in result.response and "refund on order 44444" in result.response
+    assert "Compensated: refund" in ticket_of(api, message)["summary"]
+
+
+# ---- a failing answer step does not loop -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["store down (permanent)", "store down (transient)"])
+async def test_aggregator_failing_for_good_ends_the_saga_without_looping(tmp_path, mocks_url, redis_url,
+                                                                        monkeypatch, api, text) -> None:
+    async with mesh(tmp_path, mocks_url, redis_url, monkeypatch, aggregator=BrokenAggregator) as h:
+        message, result, events, replies = await run_refund(h, text, ["execution_coordinator",
+                                                                      "response_aggregator"], order_id="33333")
+        calls = h.executions("response_aggregator", message.message_id)
+    # One failing aggregator step (its retries only), one escalation, and the end: no route growing to 64 steps.
+    assert {step for _, _, step, _ in calls} == {1} and len(calls) <= h.settings.max_attempts
+    assert max(e.step_index for e in events) == 2
+    assert count(events, "escalated") == 1 and count(events, "redelivered") <= len(calls)
+    [done] = [e for e in events if e.kind == "saga_completed"]
+    assert done.data["status"] == "escalated"
+    # The router answered the customer itself, honestly: the refund was reversed, a colleague takes over.
+    assert result.status == "escalated" and "refund on order 33333" in result.response
+    assert "reversed" in result.response
+    assert [r.response for r in replies] == [result.response]
+    assert [a["status"] for a in my_actions(api, "33333", message)] == ["undone"]
+
+
+# ---- effects whose answer was lost -----------------------------------------------------------------------
+
+
+async def test_ambiguous_refund_is_found_by_its_key_and_undone(tmp_path, mocks_url, redis_url, monkeypatch,
+                                                               api) -> None:
+    # The orders API performs the refund, then answers 503: the coordinator never learns its action id.
+    api.put("/_admin/faults", json={REFUNDS: {"fail_after_effect_rate": 1.0}}).raise_for_status()
+    async with mesh(tmp_path, mocks_url, redis_url, monkeypatch) as h:
+        message, result, events, _ = await run_refund(h, "refund please", ["execution_coordinator",
+                                                                           "response_aggregator"])
+    assert count(events, "action_executed") == 0 and count(events, "step_failed") >= 1
+    [action] = my_actions(api, "44444", message)  # one effect despite every retry
+    assert action["status"] == "undone"
+    assert api.get("/orders/44444").json()["refundable_amount"] == 29.0
+    [completed] = [e for e in events if e.kind == "compensation_completed"]
+    assert completed.data["action_id"] == action["action_id"] and completed.data["source"] == "orders_api"
+    assert "reversed" in result.response and "refund on order 44444" in result.response
+    assert f"Compensated: refund {action['action_id']}" in ticket_of(api, message)["summary"]
+
+
+async def test_effect_that_cannot_be_checked_is_reported_as_unverified(tmp_path, mocks_url, redis_url, monkeypatch,
+                                                                       api) -> None:
+    faults = {REFUNDS: {"fail_after_effect_rate": 1.0}, "GET /orders/{order_id}/actions": {"error_rate": 1.0}}
+    api.put("/_admin/faults", json=faults).raise_for_status()
+    async with mesh(tmp_path, mocks_url, redis_url, monkeypatch, deadline_s=2.0) as h:
+        message, result, _, _ = await run_refund(h, "refund please", ["execution_coordinator",
+                                                                      "response_aggregator"])
+    assert "may have started a refund on order 44444" in result.response and "reversed" not in result.response
+    ticket = ticket_of(api, message)
+    assert ticket["priority"] == "high" and "UNVERIFIED: a refund on 44444" in ticket["summary"]

@@ -1,0 +1,59 @@
+"""The escalation router's pure decisions: what was undone (from the whole saga history), which effects the
+orders API performed for this saga, and when a failure must not be routed back. The recovery paths themselves
+run against a real nats-server and the real mock APIs in test_recovery.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from actors.commerce import CommerceClient
+from actors.escalation_router import effects_at_api, must_not_route_back, undone_effects
+from saga.log import SagaEvent
+from saga.protocol import ErrorInfo
+from supportmesh.config import Settings
+
+# ---- pure decisions --------------------------------------------------------------------------------------
+
+
+def _event(kind: str, step: int, data: dict[str, Any], seq: int = 0) -> SagaEvent:
+    return SagaEvent(message_id="m1", kind=kind, actor="x", step_index=step, seq=seq, data=data)
+
+
+def test_undone_effects_come_from_the_whole_history_including_older_records() -> None:
+    executed = {"action": "refund", "order_id": "44444", "action_id": "act_1", "amount": 5.0,
+                "undo": {"method": "POST", "url": "http://o/actions/act_1/undo"}}
+    history = [
+        _event("action_executed", 0, executed),
+        _event("compensation_completed", 0, {"action_id": "act_1", "status": "undone"}),  # the older, terse record
+        _event("compensation_completed", 3, {"action": "cancel", "order_id": "55555", "action_id": "act_2"}, seq=9),
+        _event("compensation_completed", 5, {"action_id": "act_1", "status": "undone"}, seq=7),  # a retried step
+    ]
+    undone = undone_effects(history)
+    assert [(e.action_id, e.action, e.order_id, e.amount) for e in undone] == [
+        ("act_1", "refund", "44444", 5.0), ("act_2", "cancel", "55555", None)]
+    assert undone[0].undo_url == "http://o/actions/act_1/undo"
+
+
+def test_effects_at_api_are_this_sagas_only() -> None:
+    api = CommerceClient(Settings(orders_api_url="http://o"))
+    listed = [
+        {"action_id": "a1", "order_id": "55555", "type": "cancellation", "amount": 1.0,
+         "idempotency_key": "m1:cancel:55555", "created_at": "2024-01-02T00:00:00+00:00"},
+        {"action_id": "a2", "order_id": "55555", "type": "refund", "amount": 2.0,
+         "idempotency_key": "m10:refund:55555", "created_at": "2024-01-01T00:00:00+00:00"},
+        {"action_id": "a3", "order_id": "55555", "type": "refund", "amount": 3.0,
+         "idempotency_key": "m1:refund:55555", "created_at": "2024-01-01T00:00:00+00:00"},
+    ]
+    found = effects_at_api(listed, "m1", api)
+    assert [(e.action_id, e.action, e.source) for e in found] == [("a3", "refund", "orders_api"),
+                                                                   ("a1", "cancel", "orders_api")]
+    assert found[0].undo_url == "http://o/actions/a3/undo"
+
+
+def test_no_route_back_after_escalation_or_when_the_answer_step_failed() -> None:
+    error = ErrorInfo(actor="flaky", step_index=2, kind="retryable_exhausted", detail="x", failed_route=["flaky"])
+    assert not must_not_route_back(error, [])
+    assert must_not_route_back(error, [_event("escalated", 1, {"reason": "critical_sentiment"})])
+    assert must_not_route_back(error.model_copy(update={"actor": "response_aggregator"}), [])
+    assert not must_not_route_back(None, [_event("escalated", 1, {})])
+
