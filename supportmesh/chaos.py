@@ -28,6 +28,7 @@ class Kill:
     at_s: float
     target: str
     detail: str
+    wall: float = 0.0  # epoch seconds, to line kills up with the saga log's event times
 
 
 @dataclass
@@ -36,6 +37,7 @@ class Report:
 
     kills: list[Kill] = field(default_factory=list)
     skipped: int = 0
+    failures: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         """One paragraph for the end of the run."""
@@ -43,7 +45,12 @@ class Report:
         for k in self.kills:
             by_target[k.target] = by_target.get(k.target, 0) + 1
         parts = ", ".join(f"{name} x{n}" for name, n in sorted(by_target.items()))
-        return f"chaos: {len(self.kills)} kills ({parts or 'none'}); {self.skipped} rounds found nothing to kill"
+        return (f"chaos: {len(self.kills)} kills ({parts or 'none'}); {self.skipped} rounds found nothing to kill; "
+                f"{len(self.failures)} failed")
+
+
+class ChaosError(RuntimeError):
+    """One round could not list or kill its victim (logged and counted; the run goes on)."""
 
 
 class Backend(Protocol):
@@ -80,7 +87,9 @@ class LocalBackend:
 
     def kill(self, victim: str, dry_run: bool) -> str:
         doc = self._read()
-        pid = doc["nats_pid"] if victim == "nats-server" else doc["processes"][victim]["pid"]
+        pid = doc.get("nats_pid") if victim == "nats-server" else doc["processes"].get(victim, {}).get("pid")
+        if not pid:
+            raise ChaosError(f"{victim} has no PID (down, being restarted)")
         if not dry_run:
             try:
                 os.kill(int(pid), signal.SIGKILL)
@@ -99,20 +108,28 @@ class K8sBackend:
         self.kubectl = kubectl
 
     def _run(self, *args: str) -> str:
-        out = subprocess.run([self.kubectl, *args], capture_output=True, text=True, timeout=30)
+        try:
+            out = subprocess.run([self.kubectl, *args], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ChaosError(f"kubectl {' '.join(args)} failed: {exc}") from exc
         if out.returncode != 0:
-            raise RuntimeError(f"kubectl {' '.join(args)} failed: {out.stderr.strip()}")
+            raise ChaosError(f"kubectl {' '.join(args)} failed: {out.stderr.strip() or f'exit {out.returncode}'}")
         return out.stdout
 
     def victims(self) -> list[str]:
         raw = self._run("get", "pods", "-n", self.namespace, "-l", self.selector, "-o", "json")
-        pods = json.loads(raw).get("items", [])
+        try:
+            pods = json.loads(raw).get("items", [])
+        except (ValueError, AttributeError) as exc:
+            raise ChaosError(f"kubectl get pods printed no pod list: {exc}") from exc
         names = []
         for pod in pods:
             meta = pod.get("metadata", {})
             actor = meta.get("labels", {}).get("supportmesh.io/actor")
             running = pod.get("status", {}).get("phase") == "Running"
-            if running and (self.actors is None or actor in self.actors):
+            # A pod being deleted still says Running until it is gone: deleting it again kills nothing.
+            terminating = bool(meta.get("deletionTimestamp"))
+            if running and not terminating and (self.actors is None or actor in self.actors):
                 names.append(meta["name"])
         return names
 
@@ -134,14 +151,22 @@ def run(backend: Backend, *, interval_s: float, duration_s: float, seed: int | N
         elapsed = time.monotonic() - start
         if elapsed >= duration_s:
             break
-        victims = backend.victims()
-        if victims:
-            victim = rng.choice(sorted(victims))
-            detail = backend.kill(victim, dry_run)
-            report.kills.append(Kill(round(elapsed, 2), victim.rsplit("-", 1)[0] if "-" in victim else victim, detail))
-            print(f"[chaos +{elapsed:6.2f}s] {'(dry run) ' if dry_run else ''}{victim}: {detail}", file=out, flush=True)
-        else:
-            report.skipped += 1
+        try:
+            victims = backend.victims()
+            if victims:
+                victim = rng.choice(sorted(victims))
+                wall = time.time()
+                detail = backend.kill(victim, dry_run)
+                report.kills.append(Kill(round(elapsed, 2), victim.rsplit("-", 1)[0] if "-" in victim else victim,
+                                         detail, wall))
+                print(f"[chaos +{elapsed:6.2f}s @{wall:.3f}] {'(dry run) ' if dry_run else ''}{victim}: {detail}",
+                      file=out, flush=True)
+            else:
+                report.skipped += 1
+        except ChaosError as exc:
+            # One failed round (a pod already gone, an API server hiccup) must not end the experiment.
+            report.failures.append(str(exc))
+            print(f"[chaos +{elapsed:6.2f}s] failed: {exc}", file=out, flush=True)
         time.sleep(max(0.0, min(interval_s, duration_s - (time.monotonic() - start))))
     print(report.summary(), file=out, flush=True)
     return report
@@ -172,10 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         backend = K8sBackend(args.namespace, args.selector, actors, args.kubectl)
     try:
-        run(backend, interval_s=args.interval, duration_s=args.duration, seed=args.seed, dry_run=args.dry_run)
+        report = run(backend, interval_s=args.interval, duration_s=args.duration, seed=args.seed, dry_run=args.dry_run)
     except KeyboardInterrupt:
         return 130
-    except RuntimeError as exc:
-        print(f"supportmesh chaos: {exc}", file=sys.stderr)
+    if report.failures and not report.kills:
+        print(f"supportmesh chaos: every round failed, e.g. {report.failures[0]}", file=sys.stderr)
         return 1
     return 0

@@ -9,9 +9,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from supportmesh.procs import stop_process
-
 from supportmesh.natsserver import free_port
+from supportmesh.procs import stop_process
 
 INSTALL_HINT = "install it with: sudo apt-get install -y redis-server (or set SUPPORTMESH_REDIS_URL to an existing Redis)"
 
