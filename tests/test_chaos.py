@@ -1,4 +1,5 @@
-"""The chaos suite: the invariants of DESIGN §5 — every accepted message reaches a terminal state and is
+"""The chaos suite (each scenario under its own timeout, the whole module under 6 minutes even if every one
+ran out): the invariants of DESIGN §5 — every accepted message reaches a terminal state and is
 answered, no side effect happens twice, exactly two history rows per message, no step delivered more than the
 maximum — while actor processes are killed every second, nats-server is killed -9, the orders API fails 20 % of
 the time, and poison messages land on every actor subject."""
@@ -8,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -19,15 +21,17 @@ import httpx
 import nats
 import nats.js.errors
 import pytest
-
-from chaos_load import build_messages, check_invariants, run_load
+from chaos_load import actions_by_message, build_messages, check_invariants, run_load
 from mesh_fixture import Mesh
+
 from supportmesh.up import ACTORS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 MAX_ATTEMPTS = 4
 MAX_DELIVERIES = MAX_ATTEMPTS + 1
+MAX_REDELIVERIES, MAX_SWEEPS = 1, 2
 REPO = Path(__file__).resolve().parent.parent
+FIGURES = REPO / "test-artifacts" / "chaos-figures.json"
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +40,7 @@ def chaos_mesh(tmp_path_factory):
         "SUPPORTMESH_CHAT_DEADLINE_S": "3", "SUPPORTMESH_ACK_WAIT_S": "3", "SUPPORTMESH_MAX_ATTEMPTS": str(MAX_ATTEMPTS),
         "SUPPORTMESH_BACKOFF_BASE_S": "0.2", "SUPPORTMESH_BACKOFF_MAX_S": "1", "SUPPORTMESH_STALL_AFTER_S": "20",
         "SUPPORTMESH_SWEEP_INTERVAL_S": "2", "SUPPORTMESH_REDELIVERY_DELAY_S": "0.2",
+        "SUPPORTMESH_MAX_REDELIVERIES": str(MAX_REDELIVERIES), "SUPPORTMESH_MAX_SWEEPS": str(MAX_SWEEPS),
     }).start()
     try:
         yield m
@@ -43,31 +48,135 @@ def chaos_mesh(tmp_path_factory):
         m.stop()
 
 
-def invariants(mesh: Mesh, outcomes) -> dict:  # type: ignore[no-untyped-def]
-    return check_invariants(mesh.gateway_url, mesh.mocks_url, Path(mesh.endpoints["sqlite_path"]), outcomes,
-                            MAX_DELIVERIES)
+# ---- the k8s backend against a stand-in kubectl (first, so the mesh is torn down by the last mesh scenario)
 
 
-def resume_times(mesh: Mesh, message_ids: list[str]) -> list[float]:
-    """Seconds from the start of a killed attempt to its redelivery (the saga moving again)."""
-    delays = []
+def fake_kubectl(tmp_path: Path, pods: list[dict], failing_delete: str = "") -> tuple[Path, Path]:
+    """A stand-in kubectl on disk that records its calls, lists `pods`, and fails deleting `failing_delete`."""
+    calls = tmp_path / "calls.log"
+    (tmp_path / "pods.json").write_text(json.dumps({"items": pods}))
+    kubectl = tmp_path / "kubectl"
+    kubectl.write_text(f"""#!{sys.executable}
+import json, sys
+open({str(calls)!r}, "a").write(json.dumps(sys.argv[1:]) + "\\n")
+if sys.argv[1:3] == ["get", "pods"]:
+    print(open({str(tmp_path / "pods.json")!r}).read())
+if sys.argv[1:3] == ["delete", "pod"] and sys.argv[3] == {failing_delete!r}:
+    sys.exit('Error from server (Forbidden): pods "' + sys.argv[3] + '" is forbidden')
+""")
+    kubectl.chmod(kubectl.stat().st_mode | stat.S_IEXEC)
+    return kubectl, calls
+
+
+def pod(name: str, actor: str, terminating: bool = False) -> dict:
+    meta = {"name": name, "labels": {"supportmesh.io/actor": actor}}
+    if terminating:
+        meta["deletionTimestamp"] = "2024-01-01T00:00:00Z"  # being deleted, still reported Running
+    return {"metadata": meta, "status": {"phase": "Running"}}
+
+
+def run_k8s_chaos(kubectl: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "supportmesh.cli", "chaos", "--target", "k8s", "--kubectl", str(kubectl),
+         "--namespace", "shop", "--interval", "0.2", "--duration", "1", "--seed", "3", *args],
+        cwd=REPO, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.timeout(20)
+def test_k8s_backend_deletes_actor_pods_through_kubectl(tmp_path) -> None:
+    pods = [pod(f"{a.replace('_', '-')}-7d9f-x{i}", a) for i, a in enumerate(ACTORS)]
+    kubectl, calls = fake_kubectl(tmp_path, pods)
+    out = run_k8s_chaos(kubectl, "--actors", "intent_analyzer,context_retriever")
+    assert out.returncode == 0, out.stderr
+    recorded = [json.loads(line) for line in calls.read_text().splitlines()]
+    gets = [c for c in recorded if c[:2] == ["get", "pods"]]
+    deletes = [c for c in recorded if c[:2] == ["delete", "pod"]]
+    assert gets and all(["-n", "shop", "-l", "app.kubernetes.io/component=actor"] == c[2:6] for c in gets)
+    assert deletes and all("--grace-period=0" in c and c[3:5] == ["-n", "shop"] for c in deletes)
+    assert {c[2].rsplit("-", 2)[0] for c in deletes} <= {"intent-analyzer", "context-retriever"}
+    assert "chaos:" in out.stdout and "kills" in out.stdout and "0 failed" in out.stdout
+
+
+@pytest.mark.timeout(20)
+def test_k8s_backend_skips_terminating_pods_and_survives_failed_deletes(tmp_path) -> None:
+    pods = [pod("intent-analyzer-a", "intent_analyzer", terminating=True), pod("intent-analyzer-b", "intent_analyzer"),
+            pod("context-retriever-a", "context_retriever")]
+    kubectl, calls = fake_kubectl(tmp_path, pods, failing_delete="context-retriever-a")
+    out = run_k8s_chaos(kubectl, "--actors", "intent_analyzer,context_retriever", "--interval", "0.1")
+    assert out.returncode == 0, out.stderr  # failed deletes are reported, not fatal
+    recorded = [json.loads(line) for line in calls.read_text().splitlines()]
+    deleted = [c[2] for c in recorded if c[:2] == ["delete", "pod"]]
+    assert "intent-analyzer-a" not in deleted  # already terminating: deleting it again kills nothing
+    assert "intent-analyzer-b" in deleted and "context-retriever-a" in deleted  # it went on after a failure
+    failures = deleted.count("context-retriever-a")
+    assert out.stdout.count("failed: kubectl delete pod context-retriever-a") == failures
+    assert "forbidden" in out.stdout
+    summary = out.stdout.strip().splitlines()[-1]
+    assert f"{deleted.count('intent-analyzer-b')} kills" in summary and f"{failures} failed" in summary, summary
+
+
+@pytest.mark.timeout(20)
+def test_k8s_backend_exits_nonzero_when_every_round_fails(tmp_path) -> None:
+    out = run_k8s_chaos(tmp_path / "no-such-kubectl")
+    assert out.returncode == 1 and "every round failed" in out.stderr
+    assert "failed" in out.stdout.strip().splitlines()[-1]
+
+
+# ---- scenarios against the local mesh ----------------------------------------------------------------------
+
+
+def invariants(mesh: Mesh, outcomes, since: float) -> dict:  # type: ignore[no-untyped-def]
+    return check_invariants(mesh.endpoints, outcomes, since=since, max_deliveries=MAX_DELIVERIES,
+                            max_republishes=MAX_REDELIVERIES + MAX_SWEEPS)
+
+
+def report(scenario: str, figures: dict) -> None:
+    """Print a scenario's figures and keep them in test-artifacts/chaos-figures.json (read without -s)."""
+    print(f"\n{scenario}: {json.dumps(figures)}")
+    FIGURES.parent.mkdir(exist_ok=True)
+    doc = json.loads(FIGURES.read_text()) if FIGURES.exists() else {}
+    doc[scenario] = {**figures, "at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    FIGURES.write_text(json.dumps(doc, indent=2))
+
+
+def set_faults(mesh: Mesh, faults: dict) -> None:
+    httpx.put(f"{mesh.mocks_url}/_admin/faults", json=faults, timeout=10).raise_for_status()
+
+
+FINISHED = frozenset({"saga_completed", "saga_failed"})
+KILL_LINE = re.compile(r"@(?P<wall>\d+\.\d+)\] (?P<victim>[a-z_]+)-\d+: SIGKILL")
+
+
+def resumptions(mesh: Mesh, output: str, message_ids: list[str]) -> list[dict]:
+    """For each kill printed by `supportmesh chaos`, the sagas whose step was running on the killed process
+    (one process per actor here: a step of that actor started and not finished at the kill) and the time from
+    the kill to the saga's next event (the saga moving again)."""
     with httpx.Client(timeout=10) as client:
-        for mid in message_ids:
-            events = client.get(f"{mesh.gateway_url}/api/sagas/{mid}").json()["events"]
-            starts = {(e["step_index"], e["attempt"]): e["ts"] for e in events if e["kind"] == "step_started"}
-            for e in events:
-                if e["kind"] == "redelivered" and e["data"].get("source") == "jetstream":
-                    before = starts.get((e["step_index"], e["attempt"] - 1))
-                    if before:
-                        delays.append(e["ts"] - before)
-    return delays
+        events = {mid: client.get(f"{mesh.gateway_url}/api/sagas/{mid}").json()["events"] for mid in message_ids}
+    kills = []
+    for m in KILL_LINE.finditer(output):
+        wall, actor = float(m["wall"]), m["victim"]
+        interrupted: dict[str, float | None] = {}
+        for mid, evs in events.items():
+            before = [e for e in evs if e["ts"] < wall]
+            if not before or before[-1]["actor"] != actor or before[-1]["kind"] not in ("step_started", "redelivered"):
+                continue
+            step = before[-1]["step_index"]
+            if any(e["kind"] in FINISHED or (e["kind"] == "step_completed" and e["step_index"] == step)
+                   for e in before):
+                continue  # a late redelivery of a step already done (memoized), not work in flight
+            after = [e["ts"] for e in evs if e["ts"] >= wall]
+            interrupted[mid] = round(min(after) - wall, 3) if after else None
+        kills.append({"actor": actor, "at": wall, "interrupted": interrupted})
+    return kills
 
 
+@pytest.mark.timeout(100)
 def test_actor_kills_every_second_during_load(chaos_mesh: Mesh) -> None:
     messages = build_messages(chaos_mesh.mocks_url, 300)
     # Real commerce APIs take tens of milliseconds: with that latency, kills catch steps in flight.
-    latency = {"default": {"latency_ms": 40, "latency_jitter_ms": 80}}
-    httpx.put(f"{chaos_mesh.mocks_url}/_admin/faults", json=latency).raise_for_status()
+    set_faults(chaos_mesh, {"default": {"latency_ms": 100, "latency_jitter_ms": 200}})
+    since = time.time()
     chaos = subprocess.Popen(
         [sys.executable, "-m", "supportmesh.cli", "chaos", "--target", "local", "--data-dir",
          str(chaos_mesh.data_dir), "--interval", "1", "--duration", "30", "--seed", "7"],
@@ -76,20 +185,30 @@ def test_actor_kills_every_second_during_load(chaos_mesh: Mesh) -> None:
         outcomes = asyncio.run(run_load(chaos_mesh.gateway_url, messages, concurrency=20))
         output, _ = chaos.communicate(timeout=60)
     finally:
-        httpx.put(f"{chaos_mesh.mocks_url}/_admin/faults", json={}).raise_for_status()
-    kills = output.count("SIGKILL")
+        if chaos.poll() is None:
+            chaos.kill()
+            chaos.wait(timeout=5)
+        set_faults(chaos_mesh, {})
 
-    figures = invariants(chaos_mesh, outcomes)
-    delays = sorted(resume_times(chaos_mesh, [o.message_id for o in outcomes]))
-    print(f"\nchaos: {figures} kills={kills} resume_p50={delays[len(delays) // 2] if delays else None}"
-          f" resume_max={delays[-1] if delays else None}\n{output.splitlines()[-1]}")
-    assert kills >= 10, output
-    # How many kills caught a step in flight varies from run to run (reported above); the deterministic
-    # mid-step kills are in test_runtime_crashes.py.
+    figures = invariants(chaos_mesh, outcomes, since)
+    kills = resumptions(chaos_mesh, output, [o.message_id for o in outcomes])
+    delays = sorted(d for k in kills for d in k["interrupted"].values() if d is not None)
+    stuck = [(k["actor"], mid) for k in kills for mid, d in k["interrupted"].items() if d is None]
+    figures.update(kills=len(kills), kills_that_caught_a_step=sum(1 for k in kills if k["interrupted"]),
+                   sagas_interrupted=len(delays) + len(stuck),
+                   kill_to_moving_again_p50_s=delays[len(delays) // 2] if delays else None,
+                   kill_to_moving_again_max_s=delays[-1] if delays else None, summary=output.splitlines()[-1])
+    report("actor kills every second", figures)
+    assert len(kills) >= 10, output
+    # Sagas really were interrupted by the kills, and every one of them moved again afterwards.
+    assert delays, f"no kill caught a step in flight: {kills}"
+    assert not stuck, f"sagas that never moved again after a kill: {stuck}"
 
 
+@pytest.mark.timeout(70)
 def test_nats_server_killed_mid_load(chaos_mesh: Mesh) -> None:
     messages = build_messages(chaos_mesh.mocks_url, 200)
+    since = time.time()
 
     async def scenario():  # type: ignore[no-untyped-def]
         load = asyncio.create_task(run_load(chaos_mesh.gateway_url, messages, concurrency=10))
@@ -103,39 +222,45 @@ def test_nats_server_killed_mid_load(chaos_mesh: Mesh) -> None:
     assert chaos_mesh.endpoints["nats_pid"] != old_pid  # the runner restarted it on its store
     across = [o for o in outcomes if o.started_at < killed_at < o.started_at + o.seconds]
     assert across, "no chat was in flight when nats-server was killed"
-    figures = invariants(chaos_mesh, outcomes)
+    figures = invariants(chaos_mesh, outcomes, since)
     figures["in_flight_at_kill"] = len(across)
-    print(f"\nnats kill: {figures}")
+    report("nats-server killed -9", figures)
 
 
+@pytest.mark.timeout(70)
 def test_flaky_orders_api_compensates_and_escalates(chaos_mesh: Mesh) -> None:
-    fault = {"error_rate": 0.2, "latency_ms": 20, "latency_jitter_ms": 300}
-    faults = {route: fault for route in ("GET /orders/{order_id}", "GET /customers/{email}/orders",
-                                         "POST /orders/{order_id}/refunds", "POST /orders/{order_id}/cancellation",
-                                         "POST /orders/{order_id}/replacements", "POST /actions/{action_id}/undo")}
-    httpx.post(f"{chaos_mesh.mocks_url}/_admin/reset").raise_for_status()
+    # Actions are performed and then answered with a 503 (the client cannot tell they happened), lookups fail
+    # 20 % of the time with latency spikes, and undo fails too: the execution step runs out of attempts with
+    # the effect done, so recovery must find it, undo it and say so.
+    spiky = {"error_rate": 0.2, "latency_ms": 20, "latency_jitter_ms": 300}
+    effect_then_503 = {"fail_after_effect_rate": 0.9, "latency_ms": 20, "latency_jitter_ms": 300}
+    faults = {"GET /orders/{order_id}": spiky, "GET /customers/{email}/orders": spiky,
+              "POST /actions/{action_id}/undo": spiky,
+              "POST /orders/{order_id}/refunds": effect_then_503,
+              "POST /orders/{order_id}/cancellation": effect_then_503,
+              "POST /orders/{order_id}/replacements": effect_then_503}
+    httpx.post(f"{chaos_mesh.mocks_url}/_admin/reset", timeout=10).raise_for_status()
     messages = [m for m in build_messages(chaos_mesh.mocks_url, 400) if "refund" in m[1] or "cancel" in m[1]][:80]
-    httpx.put(f"{chaos_mesh.mocks_url}/_admin/faults", json=faults).raise_for_status()
+    since = time.time()
+    set_faults(chaos_mesh, faults)
     try:
         outcomes = asyncio.run(run_load(chaos_mesh.gateway_url, messages, concurrency=10))
     finally:
-        httpx.put(f"{chaos_mesh.mocks_url}/_admin/faults", json={}).raise_for_status()
-    figures = invariants(chaos_mesh, outcomes)
-    # An escalated saga keeps no side effect unless its reply tells the customer so.
-    with httpx.Client(timeout=10) as client:
-        for o in outcomes:
-            if o.status != "escalated":
-                continue
-            saga = client.get(f"{chaos_mesh.gateway_url}/api/sagas/{o.message_id}").json()
-            for e in saga["events"]:
-                if e["kind"] != "action_executed":
-                    continue
-                actions = client.get(f"{chaos_mesh.mocks_url}/orders/{e['data']['order_id']}/actions").json()
-                action = next(a for a in actions["actions"] if a["action_id"] == e["data"]["action_id"])
-                assert action["status"] == "undone" or e["data"]["order_id"] in o.response, (o, action)
-    print(f"\nflaky orders API: {figures}")
+        set_faults(chaos_mesh, {})
+    figures = invariants(chaos_mesh, outcomes, since)
+    # An escalated saga keeps no side effect unless its reply tells the customer so: every action the orders
+    # API performed for it (found by idempotency key, whether or not the saga log saw it) is undone or named.
+    actions = actions_by_message(chaos_mesh.mocks_url, {m for _, text in messages for m in re.findall(r"\d{5}", text)})
+    escalated = [o for o in outcomes if o.status == "escalated"]
+    for o in escalated:
+        for action in actions.get(o.message_id, []):
+            assert action["status"] == "undone" or action["order_id"] in o.response, (o, action)
+    figures["escalated_with_an_action"] = sum(1 for o in escalated if actions.get(o.message_id))
+    report("orders API: effects then 503s, errors and latency spikes", figures)
+    assert figures["compensations"] >= 1, "no action was ever compensated: the scenario tested nothing"
 
 
+@pytest.mark.timeout(55)
 def test_poison_on_every_actor_subject(chaos_mesh: Mesh) -> None:
     async def scenario() -> tuple[list[str], list[str]]:
         nc = await nats.connect(chaos_mesh.endpoints["nats_url"])
@@ -169,31 +294,3 @@ def test_poison_on_every_actor_subject(chaos_mesh: Mesh) -> None:
     poisoned, handled = asyncio.run(scenario())
     assert len(poisoned) == len(ACTORS)  # recorded by every actor's runtime
     assert len(handled) == len(ACTORS)  # and seen by the escalation router's runtime (MSG_TERMINATED)
-
-
-def test_k8s_backend_deletes_actor_pods_through_kubectl(tmp_path) -> None:
-    calls = tmp_path / "calls.log"
-    pods = {"items": [{"metadata": {"name": f"{a.replace('_', '-')}-7d9f-x{i}",
-                                    "labels": {"supportmesh.io/actor": a}}, "status": {"phase": "Running"}}
-                      for i, a in enumerate(ACTORS)]}
-    (tmp_path / "pods.json").write_text(json.dumps(pods))
-    kubectl = tmp_path / "kubectl"  # a stand-in that records its calls and lists the pods above
-    kubectl.write_text(f"""#!{sys.executable}
-import json, sys
-open({str(calls)!r}, "a").write(json.dumps(sys.argv[1:]) + "\\n")
-if sys.argv[1:3] == ["get", "pods"]:
-    print(open({str(tmp_path / "pods.json")!r}).read())
-""")
-    kubectl.chmod(kubectl.stat().st_mode | stat.S_IEXEC)
-    out = subprocess.run(
-        [sys.executable, "-m", "supportmesh.cli", "chaos", "--target", "k8s", "--kubectl", str(kubectl),
-         "--namespace", "shop", "--actors", "intent_analyzer,context_retriever", "--interval", "0.2",
-         "--duration", "1", "--seed", "3"], cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    recorded = [json.loads(line) for line in calls.read_text().splitlines()]
-    gets = [c for c in recorded if c[:2] == ["get", "pods"]]
-    deletes = [c for c in recorded if c[:2] == ["delete", "pod"]]
-    assert gets and all(["-n", "shop", "-l", "app.kubernetes.io/component=actor"] == c[2:6] for c in gets)
-    assert deletes and all("--grace-period=0" in c and c[3:5] == ["-n", "shop"] for c in deletes)
-    assert {c[2].rsplit("-", 2)[0] for c in deletes} <= {"intent-analyzer", "context-retriever"}
-    assert "chaos:" in out.stdout and "kills" in out.stdout
