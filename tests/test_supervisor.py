@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from mesh_fixture import Mesh
+
 from supportmesh.supervisor import Child, Supervisor
 from supportmesh.up import ACTORS
 
@@ -149,7 +149,7 @@ def test_up_heals_a_crash_during_start_logs_every_process_and_stops_on_sigterm(t
 
     left = {name: pid for name, pid in pids.items() if alive(pid)}
     assert not left, f"still running after SIGTERM: {left}"
-    stopped = re.findall(r"stopped (\S+)$", (mesh.data_dir / "up.log").read_text(), flags=re.M)
+    stopped = re.findall(r"stopped (\S+)$", (mesh.data_dir / "up.log").read_text(), flags=re.MULTILINE)
     rank = {"gateway": 0, "mocks": 2, "redis-server": 3, "nats-server": 4}
     ranks = [rank.get(name.rsplit("-", 1)[0] if name.startswith("gateway") else name, 1) for name in stopped]
     assert ranks == sorted(ranks), stopped
