@@ -14,10 +14,12 @@ import uuid
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 SUBJECT_PREFIX = "ecommerce.support"
 ERROR_HANDLER = "escalation_router"
+# The longest route a message may carry (routers that keep inserting steps hit it and fail the step).
+MAX_STEPS = 64
 
 HAPPY_PATH: tuple[str, ...] = (
     "sentiment_analyzer",
@@ -51,6 +53,12 @@ class RouteError(ValueError):
     """A route change that would rewrite steps already taken, or an invalid route."""
 
 
+def _check_actor_name(name: str) -> str:
+    if not ACTOR_NAME.match(name):
+        raise ValueError(f"invalid actor name in route: {name!r}")
+    return name
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
 
@@ -58,7 +66,7 @@ class _Strict(BaseModel):
 class Route(_Strict):
     """The steps of a message and where it is. `steps[:current_step]` are taken and never rewritten."""
 
-    steps: list[str] = Field(min_length=1, max_length=64)
+    steps: list[str] = Field(min_length=1, max_length=MAX_STEPS)
     current_step: int = Field(default=0, ge=0)
     error_handler: str = ERROR_HANDLER
 
@@ -66,9 +74,14 @@ class Route(_Strict):
     @classmethod
     def _names(cls, steps: list[str]) -> list[str]:
         for name in steps:
-            if not ACTOR_NAME.match(name):
-                raise ValueError(f"invalid actor name in route: {name!r}")
+            _check_actor_name(name)
         return steps
+
+    @field_validator("error_handler")
+    @classmethod
+    def _handler_name(cls, name: str) -> str:
+        # It becomes a publish subject (`ecommerce.support.<handler>`): no dots, spaces or wildcards.
+        return _check_actor_name(name)
 
     @property
     def current(self) -> str:
@@ -92,9 +105,17 @@ class Route(_Strict):
         return self.model_copy(update={"current_step": self.current_step + 1})
 
     def with_remaining(self, steps: list[str] | tuple[str, ...]) -> Route:
-        """Replace every step after the current one. Taken steps and the current one stay as they are."""
+        """Replace every step after the current one. Taken steps and the current one stay as they are.
+
+        Raises RouteError (never a pydantic ValidationError) when the new route is invalid: longer than
+        MAX_STEPS, or naming something that is not an actor."""
         new = list(self.steps[: self.current_step + 1]) + list(steps)
-        return Route(steps=new, current_step=self.current_step, error_handler=self.error_handler)
+        if len(new) > MAX_STEPS:
+            raise RouteError(f"route of {len(new)} steps is longer than the limit of {MAX_STEPS}")
+        try:
+            return Route(steps=new, current_step=self.current_step, error_handler=self.error_handler)
+        except ValidationError as exc:
+            raise RouteError(f"invalid route {new!r}: {exc.errors()[0]['msg']}") from None
 
     def inserted_after_current(self, *steps: str) -> Route:
         """Insert steps right after the current one, keeping the rest of the route."""
@@ -283,8 +304,9 @@ class Message(_Strict):
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Message:
-        """Parse and validate a message from the wire; raises pydantic.ValidationError or ValueError."""
-        return cls.model_validate(orjson.loads(data), strict=False)
+        """Parse and validate a message from the wire, strictly (a number sent as a string is refused);
+        raises pydantic.ValidationError (a ValueError) on bad JSON or a bad message."""
+        return cls.model_validate_json(data, strict=True)
 
     def enriched(self, fields: dict[str, Any]) -> Message:
         """A copy with payload fields added or replaced (validated as payload fields)."""
@@ -292,7 +314,7 @@ class Message(_Strict):
             return self
         merged = self.payload.model_dump(mode="json")
         merged.update(_jsonable(fields))
-        payload = MessagePayload.model_validate(merged, strict=False)
+        payload = MessagePayload.model_validate(merged, strict=True)
         if payload.customer_message != self.payload.customer_message or (
             payload.customer_email != self.payload.customer_email
         ):

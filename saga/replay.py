@@ -28,7 +28,7 @@ def initial_message(history: list[SagaEvent]) -> Message | None:
     """The message the saga started with (recorded in `saga_started`)."""
     for event in history:
         if event.kind == "saga_started" and "message" in event.data:
-            return Message.model_validate(event.data["message"], strict=False)
+            return Message.model_validate(event.data["message"], strict=True)
     return None
 
 
