@@ -4,6 +4,7 @@ pull consumers, and publishing a message to its current step."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
 from nats.js import JetStreamContext
@@ -15,7 +16,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import APIError, BadRequestError, NotFoundError, ServiceUnavailableError
 
 from saga.log import SagaEvent, SagaLog
 from saga.protocol import SUBJECT_PREFIX, Message, subject_for
@@ -81,17 +82,48 @@ def consumer_config(actor: str, *, ack_wait_s: float, max_deliver: int, max_ack_
     )
 
 
+# JetStream's answers to an update of a consumer that does not exist (yet, or any more).
+_CONSUMER_MISSING = frozenset({10014, 10149})
+
+
+async def update_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig) -> None:
+    """Change an existing durable consumer in place (JetStream API `action: update`), keeping its delivery
+    state: pending acks and delivery counts. Raises an APIError when the consumer does not exist or the
+    server refuses the change (e.g. a new deliver policy). nats-py 2.16 has no call for it."""
+    name = config.durable_name or ""
+    request = {"stream_name": stream, "config": config.as_dict(), "action": "update"}
+    await js._api_request(f"{js._prefix}.CONSUMER.CREATE.{stream}.{name}", json.dumps(request).encode(),
+                          timeout=js._timeout)
+
+
 async def ensure_consumer(js: JetStreamContext, settings: Settings, config: ConsumerConfig) -> None:
-    """Create or update the actor's durable consumer (so a deleted consumer heals on the next call)."""
+    """Bring the actor's durable consumer to `config`: updated in place when it exists (two replicas started
+    with different settings, e.g. during a rolling deploy, then never delete each other's consumer and its
+    delivery counts), created when it is missing (so a deleted consumer heals on the next call), and deleted
+    and recreated only when the server refuses the update."""
+    stream, name = settings.stream_name, config.durable_name or ""
     try:
-        await js.add_consumer(settings.stream_name, config)
-    except BadRequestError:
-        # An existing consumer with an incompatible config (e.g. another filter): replace it.
+        await update_consumer(js, stream, config)
+        return
+    except ServiceUnavailableError:
+        raise  # JetStream is not ready: nothing was refused, try again later
+    except APIError as exc:
+        refused: APIError | None = None if exc.err_code in _CONSUMER_MISSING else exc
+    if refused is None:
         try:
-            await js.delete_consumer(settings.stream_name, config.durable_name or "")
-        except NotFoundError:
-            pass
-        await js.add_consumer(settings.stream_name, config)
+            # Create, or update if another replica created it in the meantime.
+            await js.add_consumer(stream, config)
+            return
+        except ServiceUnavailableError:
+            raise
+        except APIError as exc:
+            refused = exc
+    log.warning("consumer %s: the server refused to update it (%s); replacing it", name, refused)
+    try:
+        await js.delete_consumer(stream, name)
+    except NotFoundError:
+        pass
+    await js.add_consumer(stream, config)
 
 
 def msg_id(message: Message) -> str:

@@ -200,3 +200,32 @@ async def test_replaying_the_saga_log_rebuilds_the_message(harness: Harness) -> 
     assert rebuilt.payload.api_data["catcher"] == "permanent"
     assert rebuilt.metadata.outcome == "escalated"
     assert rebuilt.payload.error is not None and rebuilt.payload.error.actor == "flaky"
+
+
+async def test_consumer_is_updated_in_place_and_replaced_only_when_the_update_is_refused(harness: Harness) -> None:
+    from saga.transport import consumer_config, ensure_consumer
+
+    settings, js = harness.settings, harness.js
+    await ensure_consumer(js, settings, consumer_config("upper", ack_wait_s=2, max_deliver=4, max_ack_pending=8))
+    await js.publish(subject_for("upper"), b"in flight")
+    sub = await js.pull_subscribe_bind("upper", stream=settings.stream_name)
+    assert len(await sub.fetch(1, timeout=5)) == 1  # delivered, not acked yet
+    before = await harness.consumer("upper")
+
+    # A replica of another version (a rolling deploy) binds with another ack wait: same consumer, state kept.
+    await ensure_consumer(js, settings, consumer_config("upper", ack_wait_s=30, max_deliver=4, max_ack_pending=8))
+    updated = await harness.consumer("upper")
+    assert updated.config.ack_wait == 30
+    assert updated.created == before.created
+    assert updated.num_ack_pending == 1 and updated.delivered.consumer_seq == before.delivered.consumer_seq == 1
+
+    await sub.unsubscribe()
+
+    # A change JetStream refuses to make in place (a push consumer left by an old deployment becoming a pull
+    # consumer): only then is the consumer replaced.
+    legacy = consumer_config("count", ack_wait_s=2, max_deliver=4, max_ack_pending=8)
+    legacy.deliver_subject = "legacy.count"
+    await js.add_consumer(settings.stream_name, legacy)
+    await ensure_consumer(js, settings, consumer_config("count", ack_wait_s=2, max_deliver=4, max_ack_pending=8))
+    replaced = await harness.consumer("count")
+    assert replaced.config.deliver_subject is None
