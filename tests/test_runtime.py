@@ -12,7 +12,7 @@ from nats.js.errors import NoKeysError
 
 from runtime_harness import Harness, kinds
 from saga.protocol import subject_for
-from toy_actors import Catcher, Count, Done, Flaky, Upper
+from toy_actors import Catcher, Count, Done, Flaky, Slow, Upper
 
 pytestmark = pytest.mark.asyncio
 
@@ -158,17 +158,21 @@ async def test_misrouted_message_goes_to_the_error_handler(harness: Harness) -> 
 
 
 async def test_two_replicas_share_the_work_and_process_each_message_once(harness: Harness) -> None:
-    a = await harness.run_actor(Upper, concurrency=2)
-    b = await harness.run_actor(Upper, concurrency=2)
+    # Steps of 50 ms, at most two in flight per replica: one replica alone cannot take the whole burst.
+    a = await harness.run_actor(Slow, concurrency=2)
+    b = await harness.run_actor(Slow, concurrency=2)
     await harness.run_actor(Done)
-    messages = [await harness.submit(["upper", "done"], f"message {i}") for i in range(40)]
+    messages = await asyncio.gather(*(harness.submit(["slow", "done"], f"message {i} sleep:0.05")
+                                      for i in range(40)))
 
     for m in messages:
         assert (await harness.wait_terminal(m.message_id)).status == "completed"
 
-    rows = harness.executions("upper")
-    assert sorted(m for (_, m, _, _) in rows) == sorted(m.message_id for m in messages)
-    assert a is not b
+    ids = sorted(m.message_id for m in messages)
+    handled_a, handled_b = a.actor.handled, b.actor.handled  # type: ignore[attr-defined]
+    assert handled_a and handled_b, (len(handled_a), len(handled_b))  # both replicas took part
+    assert sorted(handled_a + handled_b) == ids  # every message handled exactly once, by one of them
+    assert sorted(m for (_, m, _, _) in harness.executions("slow")) == ids
 
 
 async def test_deleted_consumer_heals(harness: Harness) -> None:

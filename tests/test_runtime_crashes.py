@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 
@@ -134,6 +135,56 @@ async def test_message_whose_process_always_dies_becomes_a_dead_letter(harness: 
     # The dead message is gone from the work queue: nothing left to deliver to `upper`.
     info = await harness.consumer("upper")
     assert info.num_pending == 0
+
+
+async def test_lost_publish_after_the_record_is_redone_from_the_record(harness: Harness) -> None:
+    """`step_completed` is recorded, but the next hop is never published (the process died between the two, or
+    the publish failed), and the step is not acked: the redelivery publishes the next hop from the record,
+    without calling the handler again, and the next step runs exactly once."""
+    from prometheus_client import REGISTRY
+
+    from actors.runtime import ActorRuntime
+    from saga.protocol import Message
+
+    class PublishLostOnce(ActorRuntime):
+        """Loses the first publish of a next hop, once the step's result is safely recorded."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.lost: list[str] = []
+
+        async def _forward(self, message: Message) -> None:
+            if not self.lost:
+                self.lost.append(message.message_id)
+                while await self.saga.get_event(message.message_id, 0, "step_completed") is None:
+                    await asyncio.sleep(0.02)  # the record and the publish run concurrently
+                raise ConnectionError("connection lost before the publish")
+            await super()._forward(message)
+
+    def memoized() -> float:
+        return REGISTRY.get_sample_value("supportmesh_actor_messages_total",
+                                         {"actor": "upper", "outcome": "memoized"}) or 0.0
+
+    runtime = PublishLostOnce(Upper(), harness.settings)
+    await runtime.start()
+    harness.runtimes.append(runtime)
+    await harness.run_actor(Done)
+    before = memoized()
+    message = await harness.submit(["upper", "done"], "remember me")
+
+    state = await harness.wait_terminal(message.message_id, timeout=30)
+
+    assert state.status == "completed" and runtime.lost == [message.message_id]
+    assert [a for (_, _, _, a) in harness.executions("upper", message.message_id)] == [1]  # the handler ran once
+    assert len(harness.executions("done", message.message_id)) == 1  # the next step ran exactly once
+    assert memoized() - before == 1  # the redelivery was answered from the record
+    events = await harness.events(message.message_id)
+    assert [(e.actor, e.attempt) for e in events if e.kind == "step_completed"] == [("upper", 1), ("done", 1)]
+    assert [(e.actor, e.attempt, e.data["source"]) for e in events if e.kind == "redelivered"] == [
+        ("upper", 2, "jetstream")]
+    assert [(e.actor, e.attempt) for e in events if e.kind == "step_started" and e.actor == "done"] == [("done", 1)]
+    done = next(e for e in events if e.kind == "step_completed" and e.actor == "done")
+    assert done.data["enrichment"]["api_data"]["upper"] == "REMEMBER ME"  # the recorded enrichment, forwarded
 
 
 async def test_side_effect_happens_once_when_its_process_dies_before_recording(harness: Harness, tmp_path) -> None:

@@ -27,48 +27,60 @@ def note(actor: str, message: Message, attempt: int) -> None:
             f.write(f"{actor} {message.message_id} {message.route.current_step} {attempt}\n")
 
 
+class ToyActor(Actor):
+    """A toy actor that also keeps the ids of the messages it handled, per instance (one per replica)."""
+
+    def __init__(self) -> None:
+        self.handled: list[str] = []
+
+    def note(self, message: Message, ctx: StepContext) -> None:
+        """Count one handler call, in the shared log and on this replica."""
+        self.handled.append(message.message_id)
+        note(self.name, message, ctx.attempt)
+
+
 def stamped(message: Message, actor: str, value: Any) -> dict[str, Any]:
     """A toy enrichment: the actor's mark added to `api_data`."""
     return {"api_data": {**message.payload.api_data, actor: value}}
 
 
-class Upper(Actor):
+class Upper(ToyActor):
     """Upper-cases the customer's message into api_data."""
 
     name = "upper"
 
     async def handle(self, message: Message, ctx: StepContext) -> dict[str, Any]:
-        note(self.name, message, ctx.attempt)
+        self.note(message, ctx)
         return stamped(message, self.name, message.payload.customer_message.upper())
 
 
-class Count(Actor):
+class Count(ToyActor):
     """Counts the words."""
 
     name = "count"
 
     async def handle(self, message: Message, ctx: StepContext) -> dict[str, Any]:
-        note(self.name, message, ctx.attempt)
+        self.note(message, ctx)
         return stamped(message, self.name, len(message.payload.customer_message.split()))
 
 
-class Done(Actor):
+class Done(ToyActor):
     """Marks the message done."""
 
     name = "done"
 
     async def handle(self, message: Message, ctx: StepContext) -> dict[str, Any]:
-        note(self.name, message, ctx.attempt)
+        self.note(message, ctx)
         return stamped(message, self.name, True)
 
 
-class Flaky(Actor):
+class Flaky(ToyActor):
     """Fails as the customer message says."""
 
     name = "flaky"
 
     async def handle(self, message: Message, ctx: StepContext) -> dict[str, Any]:
-        note(self.name, message, ctx.attempt)
+        self.note(message, ctx)
         text = message.payload.customer_message
         if m := re.search(r"fail-retry:(\d+)", text):
             if ctx.attempt <= int(m.group(1)):
@@ -80,19 +92,19 @@ class Flaky(Actor):
         return stamped(message, self.name, ctx.attempt)
 
 
-class Slow(Actor):
+class Slow(ToyActor):
     """Sleeps as the customer message says (to be killed mid-step)."""
 
     name = "slow"
 
     async def handle(self, message: Message, ctx: StepContext) -> dict[str, Any]:
-        note(self.name, message, ctx.attempt)
+        self.note(message, ctx)
         if m := re.search(r"sleep:([\d.]+)", message.payload.customer_message):
             await asyncio.sleep(float(m.group(1)))
         return stamped(message, self.name, "slept")
 
 
-class Catcher(Actor):
+class Catcher(ToyActor):
     """A toy error handler: keeps the error and ends the saga as escalated."""
 
     name = "catcher"
@@ -101,7 +113,7 @@ class Catcher(Actor):
     sweeps_stalled_sagas = True
 
     async def handle(self, message: Message, ctx: StepContext) -> StepResult:
-        note(self.name, message, ctx.attempt)
+        self.note(message, ctx)
         error = message.payload.error
         return StepResult(
             enrichment=stamped(message, self.name, error.kind if error else None),
