@@ -251,21 +251,23 @@ class ActorRuntime:
         started = time.perf_counter()
         outcome = "error"
         try:
-            outcome = await self._handle_delivery(msg)
+            outcome = await self._handle_delivery(msg, started)
         except Exception:
             # Infrastructure trouble (NATS down mid-step): leave the message un-acked; JetStream redelivers
             # it after ack_wait and memoization makes the retry cheap.
             log.exception("step aborted; JetStream will redeliver", extra={"actor": self.name})
         finally:
-            metrics.observe(metrics.ACTOR_PROCESSING_SECONDS.labels(self.name), time.perf_counter() - started)
             metrics.ACTOR_MESSAGES.labels(self.name, outcome).inc()
 
-    async def _handle_delivery(self, msg: Msg) -> str:
+    async def _handle_delivery(self, msg: Msg, started: float) -> str:
         attempt = msg.metadata.num_delivered
         try:
             message = Message.from_bytes(msg.data)
         except Exception as exc:
-            await self._poison(msg, exc)
+            try:
+                await self._poison(msg, exc)
+            finally:
+                self._observe(started)
             return "poison"
 
         parent = extract_context(dict(msg.headers or {}))
@@ -277,7 +279,14 @@ class ActorRuntime:
         ) as span:
             span.set_attribute("supportmesh.step_index", message.step_index)
             span.set_attribute("supportmesh.attempt", attempt)
-            return await self._run_step(msg, message, attempt, span)
+            try:
+                return await self._run_step(msg, message, attempt, span)
+            finally:
+                # Inside the span: the observation's exemplar carries the step's trace id.
+                self._observe(started)
+
+    def _observe(self, started: float) -> None:
+        metrics.observe(metrics.ACTOR_PROCESSING_SECONDS.labels(self.name), time.perf_counter() - started)
 
     async def _run_step(self, msg: Msg, message: Message, attempt: int, span: trace.Span) -> str:
         route = message.route
@@ -419,7 +428,6 @@ class ActorRuntime:
                 data={"status": status},
             )
         )
-        metrics.SAGA_EVENTS.labels("saga_completed").inc()
         await self.saga.set_state(
             message.message_id, status=status, step_index=last, actor=self.name, allow_reopen=True
         )
@@ -530,7 +538,6 @@ class ActorRuntime:
                 },
             )
         )
-        metrics.SAGA_EVENTS.labels("poison_message").inc()
         log.error("poison message terminated: %s", detail, extra={"actor": self.name, "message_id": message_id})
         await msg.term()
 
@@ -596,7 +603,6 @@ class ActorRuntime:
                 step_index=message.route.current_step, trace_id=message.metadata.trace_id,
                 data={"stream_seq": seq, "reason": "max_deliveries", "deliveries": adv.get("deliveries")},
             ))
-            metrics.SAGA_EVENTS.labels("dead_lettered").inc()
             if message.route.current_step < len(message.route.steps) and (
                 message.route.current != message.route.error_handler
             ):
@@ -624,7 +630,6 @@ class ActorRuntime:
         message_id = (_salvage_message_id(data) if data else None) or f"poison-{consumer}-{seq}"
         await self.saga.record(SagaEvent(message_id=message_id, kind="dead_lettered", actor=consumer, step_index=0,
                                          data={"stream_seq": seq, "reason": "terminated"}))
-        metrics.SAGA_EVENTS.labels("dead_lettered").inc()
         doc: Any = None
         with contextlib.suppress(Exception):
             doc = orjson.loads(data) if data else None
@@ -700,10 +705,7 @@ class ActorRuntime:
         """Record an event of the message's current step; False when it was already recorded."""
         if not self.durable:
             return True
-        created = await self.saga.record(self._event(message, kind, attempt, seq, data, duration_ms))
-        if created:
-            metrics.SAGA_EVENTS.labels(kind).inc()
-        return created
+        return await self.saga.record(self._event(message, kind, attempt, seq, data, duration_ms))
 
     async def record_nowait(
         self, message: Message, kind: str, *, attempt: int = 1, data: dict[str, Any] | None = None
@@ -712,7 +714,6 @@ class ActorRuntime:
         if not self.durable:
             return
         await self.saga.record_nowait(self._event(message, kind, attempt, 0, data, None))
-        metrics.SAGA_EVENTS.labels(kind).inc()
 
     def _event(self, message: Message, kind: str, attempt: int, seq: int, data: dict[str, Any] | None,
                duration_ms: float | None) -> SagaEvent:

@@ -21,9 +21,21 @@ from typing import Any, Literal
 
 import orjson
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    KeyValueConfig,
+    StorageType,
+)
+from nats.js.errors import (
+    BucketNotFoundError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+)
 from pydantic import BaseModel, ConfigDict, Field
+
+from observability import metrics
 
 LOG_BUCKET = "saga_log"
 STATE_BUCKET = "saga_state"
@@ -127,13 +139,17 @@ class SagaLog:
     # ---- events ---------------------------------------------------------------------------------
 
     async def record(self, event: SagaEvent) -> bool:
-        """Write an event once. Returns False when the same fact was already recorded."""
+        """Write an event once. Returns False when the same fact was already recorded.
+
+        Every writer of the saga log goes through here (or `record_nowait`), so this is where
+        `supportmesh_saga_events_total` is counted: once per record created."""
         payload = event.model_dump(mode="json", exclude={"revision"}, exclude_none=True)
         try:
             await self._log.create(event.key, orjson.dumps(payload))
-            return True
         except KeyWrongLastSequenceError:
             return False
+        metrics.SAGA_EVENTS.labels(event.kind).inc()
+        return True
 
     async def record_nowait(self, event: SagaEvent) -> None:
         """Write an informational event without waiting for the ack. It carries the same "create only"
@@ -144,6 +160,9 @@ class SagaLog:
             f"$KV.{LOG_BUCKET}.{event.key}", orjson.dumps(payload),
             headers={"Nats-Expected-Last-Subject-Sequence": "0"},
         )
+        # Counted when sent: the server's verdict is not awaited (a duplicate of these informational
+        # events, a redelivery's step_started, is rare and harmless in a rate).
+        metrics.SAGA_EVENTS.labels(event.kind).inc()
 
     async def get_event(
         self, message_id: str, step_index: int, kind: str, attempt: int = 1, seq: int = 0

@@ -233,3 +233,54 @@ async def test_consumer_is_updated_in_place_and_replaced_only_when_the_update_is
     await ensure_consumer(js, settings, consumer_config("count", ack_wait_s=2, max_deliver=4, max_ack_pending=8))
     replaced = await harness.consumer("count")
     assert replaced.config.deliver_subject is None
+
+
+async def test_saga_events_are_counted_once_where_they_are_recorded(harness: Harness) -> None:
+    from prometheus_client import REGISTRY
+
+    from saga.log import SagaEvent
+
+    kinds_counted = ("saga_started", "step_started", "step_completed", "saga_completed", "compensation_started")
+
+    def counts() -> dict[str, float]:
+        return {k: REGISTRY.get_sample_value("supportmesh_saga_events_total", {"kind": k}) or 0.0
+                for k in kinds_counted}
+
+    for cls in (Upper, Done):
+        await harness.run_actor(cls)
+    before = counts()
+    message = await harness.submit(["upper", "done"], "count me")
+    await harness.wait_terminal(message.message_id)
+    # An event written straight to the saga log (as the escalation router writes compensations) counts too;
+    # writing the same fact again does not.
+    compensation = SagaEvent(message_id=message.message_id, kind="compensation_started",
+                             actor="escalation_router", step_index=0, seq=1)
+    assert await harness.saga.record(compensation)
+    assert not await harness.saga.record(compensation)
+
+    after = counts()
+    assert {k: after[k] - before[k] for k in kinds_counted} == {
+        "saga_started": 1, "step_started": 2, "step_completed": 2, "saga_completed": 1, "compensation_started": 1}
+
+
+async def test_actor_metrics_carry_trace_exemplars(harness: Harness) -> None:
+    import httpx
+
+    from supportmesh.natsserver import free_port
+
+    port = free_port()
+    harness.spawn_actor("toy_actors:Upper", env={"SUPPORTMESH_METRICS_PORT": str(port)})
+    await harness.run_actor(Done)
+    message = await harness.submit(["upper", "done"], "trace my latency")
+    assert (await harness.wait_terminal(message.message_id, timeout=30)).status == "completed"
+    step = next(e for e in await harness.events(message.message_id) if e.kind == "step_completed")
+    assert step.actor == "upper" and step.trace_id
+
+    async with httpx.AsyncClient() as client:
+        response = await client.get(f"http://127.0.0.1:{port}/metrics",
+                                    headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    assert response.headers["content-type"].startswith("application/openmetrics-text")
+    exemplars = [line.split(" # ", 1)[1] for line in response.text.splitlines()
+                 if line.startswith('supportmesh_actor_processing_seconds_bucket{actor="upper"') and " # " in line]
+    # The step's latency links to the step's trace.
+    assert any(f'trace_id="{step.trace_id}"' in e for e in exemplars), exemplars
