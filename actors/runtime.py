@@ -33,6 +33,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import NotFoundError
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -47,10 +48,17 @@ from observability.tracing import (
     tracer,
 )
 from saga import transport
-from saga.log import SagaEvent, SagaLog
-from saga.protocol import SESSION_ID, ErrorInfo, Message, RouteError, subject_for
+from saga.log import TERMINAL, SagaEvent, SagaLog
+from saga.protocol import (
+    MESSAGE_ID,
+    SESSION_ID,
+    ErrorInfo,
+    Message,
+    RouteError,
+    subject_for,
+)
 from saga.replay import apply_step, replay
-from saga.results import ChatResult, ResultStore
+from saga.results import ResultStore, fallback_result
 from saga.retry import RetryPolicy, is_retryable
 from supportmesh.config import Settings
 
@@ -432,12 +440,13 @@ class ActorRuntime:
             message.message_id, status=status, step_index=last, actor=self.name, allow_reopen=True
         )
 
-    async def _publish(self, message: Message) -> None:
+    async def _publish(self, message: Message, *, resume: int = 0) -> None:
+        """Publish the message to its current step (`resume` > 0: a resumption by recovery, see msg_id)."""
         subject = subject_for(message.route.current)
-        attrs = messaging_attributes("publish", subject, message.message_id, transport.msg_id(message))
+        attrs = messaging_attributes("publish", subject, message.message_id, transport.msg_id(message, resume))
         with tracer().start_as_current_span(messaging_span_name("publish", subject), kind=SpanKind.PRODUCER,
                                             attributes=attrs):
-            await transport.publish(self.js, message, inject_headers())
+            await transport.publish(self.js, message, inject_headers(), resume=resume)
 
     # ---- failures ---------------------------------------------------------------------------------
 
@@ -483,16 +492,15 @@ class ActorRuntime:
         failed = message.enriched({"error": error})
         if actor == handler:
             # The error handler itself failed for good: nobody else can decide, so the saga is failed.
-            await self.record(message, "saga_failed", attempt=attempts, data={"error": detail})
-            await self.saga.set_state(
-                message.message_id, status="failed", step_index=route.current_step, actor=self.name,
-                allow_reopen=True,
-            )
+            await self._fail_saga(message, actor=actor, detail=detail, attempt=attempts)
             return
         try:
             new_route = route.with_remaining([handler])
-        except RouteError:
-            new_route = route
+        except RouteError as exc:
+            # The route cannot take one more step (MAX_STEPS): the error handler is out of reach.
+            await self._fail_saga(message, actor=actor, detail=f"{detail}; no way to the error handler: {exc}",
+                                  attempt=attempts)
+            return
         await self.record(
             message,
             "route_changed",
@@ -501,6 +509,25 @@ class ActorRuntime:
                   "error": error.model_dump(mode="json")},
         )
         await self._publish(failed.model_copy(update={"route": new_route.advanced()}))
+
+    async def _fail_saga(self, message: Message, *, actor: str, detail: str, attempt: int = 1,
+                         data: dict[str, Any] | None = None) -> None:
+        """The saga cannot go on (its error handler failed for good or keeps dying on it, or recovery gave
+        up): record `saga_failed`, mark it failed, and answer the customer honestly (a colleague follows up):
+        the answer is stored for `GET /api/chat/{id}` and published to the waiting gateway. Nothing here
+        publishes into the stream, so it can never loop."""
+        step = message.route.current_step
+        await self.saga.record(SagaEvent(
+            message_id=message.message_id, kind="saga_failed", actor=actor, step_index=step, attempt=attempt,
+            trace_id=current_trace_id() or message.metadata.trace_id, data={"error": detail, **(data or {})}))
+        await self.saga.set_state(message.message_id, status="failed", step_index=step, actor=actor,
+                                  allow_reopen=True)
+        log.error("saga failed: %s", detail, extra={"actor": self.name, "message_id": message.message_id})
+        result = fallback_result(message, trace_id=current_trace_id())
+        # Create-only: a saga that already has an answer keeps it, and the customer is told once.
+        if await self.results.save(result) and message.metadata.reply_subject:
+            with contextlib.suppress(Exception):  # core NATS, best effort: the stored answer is the durable one
+                await self.nc.publish(message.metadata.reply_subject, result.to_bytes(), headers=inject_headers())
 
     async def _misrouted(self, msg: Msg, message: Message, attempt: int) -> None:
         route = message.route
@@ -519,13 +546,17 @@ class ActorRuntime:
         await msg.ack()
 
     async def _poison(self, msg: Msg, exc: Exception) -> None:
-        """A delivery that is not a valid Message: record it, terminate it (never redelivered)."""
+        """A delivery that is not a valid Message: record it, terminate it (never redelivered).
+
+        The record is filed under `poison-<actor>-<stream seq>`: the work queue drops a terminated message,
+        and the dead-letter handler finds the record from the MSG_TERMINATED advisory alone. It keeps what
+        could be salvaged (the message id and session the message claims) so its saga can be answered."""
         seq = msg.metadata.sequence.stream
-        message_id = _salvage_message_id(msg.data) or f"poison-{self.name}-{seq}"
+        salvaged = _salvage_ids(msg.data)
         detail = f"{type(exc).__name__}: {exc}"[:500]
         await self.saga.record(
             SagaEvent(
-                message_id=message_id,
+                message_id=poison_id(self.name, seq),
                 kind="poison_message",
                 actor=self.name,
                 step_index=0,
@@ -535,10 +566,12 @@ class ActorRuntime:
                     "subject": msg.subject,
                     "error": detail,
                     "sample": msg.data[:POISON_SAMPLE_BYTES].decode("utf-8", "replace"),
+                    **salvaged,
                 },
             )
         )
-        log.error("poison message terminated: %s", detail, extra={"actor": self.name, "message_id": message_id})
+        log.error("poison message terminated: %s", detail,
+                  extra={"actor": self.name, "message_id": salvaged.get("message_id", poison_id(self.name, seq))})
         await msg.term()
 
     async def _backlog_loop(self, interval_s: float = 5.0) -> None:
@@ -583,68 +616,87 @@ class ActorRuntime:
 
     async def _dead_letter(self, advisory: Msg) -> None:
         """A message JetStream gave up on (MAX_DELIVERIES: its process died on every delivery) or one an
-        actor terminated (poison). Route a real message to the error handler; never let anything loop."""
+        actor terminated (poison). Route a real message to the error handler, answer what cannot go on, and
+        never let anything loop."""
         adv = orjson.loads(advisory.data)
         seq, consumer = int(adv.get("stream_seq", 0)), str(adv.get("consumer", "?"))
-        terminated = ".MSG_TERMINATED." in advisory.subject
+        deliveries = int(adv.get("deliveries") or 0)
         metrics.DEAD_LETTERS.labels(consumer).inc()
         try:
             raw = await self.js.get_msg(self.settings.stream_name, seq)
         except NotFoundError:
             raw = None  # a work-queue stream already dropped it (e.g. a terminated message)
-        message: Message | None = None
-        if raw is not None and raw.data:
+        terminated = ".MSG_TERMINATED." in advisory.subject
+        if terminated:
+            await self._poison_handled(consumer, seq, deliveries)
+        elif raw is not None and raw.data:
+            message: Message | None = None
             with contextlib.suppress(Exception):
                 message = Message.from_bytes(raw.data)
-        if message is not None and not terminated:
-            reason = f"{adv.get('deliveries', '?')} deliveries to {consumer} ended without an answer"
-            await self.saga.record(SagaEvent(
-                message_id=message.message_id, kind="dead_lettered", actor=consumer,
-                step_index=message.route.current_step, trace_id=message.metadata.trace_id,
-                data={"stream_seq": seq, "reason": "max_deliveries", "deliveries": adv.get("deliveries")},
-            ))
-            if message.route.current_step < len(message.route.steps) and (
-                message.route.current != message.route.error_handler
-            ):
-                await self._to_error_handler(message, kind="dead_letter", detail=reason,
-                                             attempts=int(adv.get("deliveries", 0)), actor=consumer)
-            else:
-                # The error handler itself keeps dying on it: stop here rather than loop.
-                await self.saga.record(SagaEvent(
-                    message_id=message.message_id, kind="saga_failed", actor=consumer,
-                    step_index=message.route.current_step, data={"error": reason}))
-                await self.saga.set_state(message.message_id, status="failed",
-                                          step_index=message.route.current_step, actor=consumer,
-                                          allow_reopen=True)
-        if terminated:
-            await self._poison_handled(consumer, seq, raw.data if raw is not None else None)
+            if message is not None:
+                # Continue the customer message's trace: the dead hop's own headers carry it.
+                parent = await self._saga_context(message.message_id, headers=dict(raw.headers or {}))
+                with tracer().start_as_current_span(f"dead_letter {subject_for(consumer)}", context=parent):
+                    await self._max_deliveries(message, consumer, seq, deliveries)
         if raw is not None:
             with contextlib.suppress(Exception):
                 await self.js.delete_msg(self.settings.stream_name, seq)
         log.warning("dead letter from %s (stream seq %s, %s) handled", consumer, seq,
                     "terminated" if terminated else "max deliveries", extra={"actor": self.name})
 
-    async def _poison_handled(self, consumer: str, seq: int, data: bytes | None) -> None:
-        """A terminated (poison) message: note that recovery saw it, and when it names a waiting gateway and a
-        message id, answer the customer instead of leaving them waiting."""
-        message_id = (_salvage_message_id(data) if data else None) or f"poison-{consumer}-{seq}"
-        await self.saga.record(SagaEvent(message_id=message_id, kind="dead_lettered", actor=consumer, step_index=0,
+    async def _max_deliveries(self, message: Message, consumer: str, seq: int, deliveries: int) -> None:
+        """Every delivery of this step died with its process: the error handler decides, unless the error
+        handler is the one dying (then the saga is failed and answered rather than looped)."""
+        reason = f"{deliveries or '?'} deliveries to {consumer} ended without an answer"
+        route = message.route
+        await self.saga.record(SagaEvent(
+            message_id=message.message_id, kind="dead_lettered", actor=consumer, step_index=route.current_step,
+            trace_id=message.metadata.trace_id,
+            data={"stream_seq": seq, "reason": "max_deliveries", "deliveries": deliveries or None},
+        ))
+        if route.current_step < len(route.steps) and route.current != route.error_handler:
+            await self._to_error_handler(message, kind="dead_letter", detail=reason, attempts=deliveries,
+                                         actor=consumer)
+        else:
+            await self._fail_saga(message, actor=consumer, detail=reason, attempt=max(deliveries, 1))
+
+    async def _poison_handled(self, consumer: str, seq: int, deliveries: int) -> None:
+        """A terminated (poison) message: note that recovery saw it. When its record (see `_poison`) names a
+        saga that is still running, that saga lost its message and can never finish: it is failed and the
+        customer answered, with the session and reply subject the saga log recorded at its start."""
+        record_id = poison_id(consumer, seq)
+        await self.saga.record(SagaEvent(message_id=record_id, kind="dead_lettered", actor=consumer, step_index=0,
                                          data={"stream_seq": seq, "reason": "terminated"}))
-        doc: Any = None
-        with contextlib.suppress(Exception):
-            doc = orjson.loads(data) if data else None
-        if not isinstance(doc, dict) or message_id.startswith("poison-"):
+        record = await self.saga.get_event(record_id, 0, "poison_message", attempt=max(deliveries, 1))
+        message_id = record.data.get("message_id") if record else None
+        if not isinstance(message_id, str) or not MESSAGE_ID.match(message_id):
+            return  # nothing names a saga: no one to answer
+        state = await self.saga.state(message_id)
+        if state is None or state.status in TERMINAL:
+            return  # no saga of ours, or one that already ended (and was answered)
+        history = await self.saga.history(message_id)
+        message = replay(history)
+        if message is None:
             return
-        meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
-        session = doc.get("session_id")
-        if not isinstance(session, str) or not SESSION_ID.match(session):
-            return
-        result = ChatResult(message_id=message_id, session_id=session, status="escalated",
-                            response="We could not process your message automatically; a colleague will look "
-                                     "into it and get back to you.")
-        if await self.results.save(result) and isinstance(meta.get("reply_subject"), str):
-            with contextlib.suppress(Exception):
-                await self.nc.publish(meta["reply_subject"], result.to_bytes())
+        parent = await self._saga_context(message_id, history=history)
+        with tracer().start_as_current_span(f"dead_letter {subject_for(consumer)}", context=parent):
+            await self._fail_saga(message, actor=consumer, attempt=max(deliveries, 1),
+                                  detail=f"poison message on {consumer}: {record.data.get('error', '')}"[:500],
+                                  data={"reason": "poison", "poison_record": record.key})
+
+    async def _saga_context(self, message_id: str, *, headers: dict[str, str] | None = None,
+                            history: list[SagaEvent] | None = None) -> otel_context.Context | None:
+        """The trace context in which recovery moves a saga, so that it stays one trace: the W3C context of
+        the hop's own headers, else the one recorded with `saga_started`; None when neither is known."""
+        carrier = {k: v for k, v in (headers or {}).items() if k in transport.TRACE_HEADERS}
+        if "traceparent" not in carrier:
+            if history is not None:
+                started = next((e for e in history if e.kind == "saga_started"), None)
+            else:
+                started = await self.saga.get_event(message_id, 0, "saga_started")
+            data = started.data if started else {}
+            carrier = {k: data[k] for k in transport.TRACE_HEADERS if isinstance(data.get(k), str)}
+        return extract_context(carrier) if "traceparent" in carrier else None
 
     # ---- stalled sagas (error handler only) --------------------------------------------------------
 
@@ -657,9 +709,10 @@ class ActorRuntime:
                 log.exception("sweep failed", extra={"actor": self.name})
 
     async def sweep_once(self, now: float | None = None) -> list[str]:
-        """Resume sagas that stopped moving: rebuild the message from the saga log and publish its next step
-        again (deduplicated by Nats-Msg-Id if it is still in flight). After `max_sweeps` the saga goes to
-        the error handler. Returns the ids of the sagas it acted on."""
+        """Resume sagas that stopped moving: rebuild the message from the saga log and publish its current
+        step again, under an id of its own (the lost hop's id may still be in the duplicate window). After
+        `max_sweeps` resumptions of one step the saga goes to the error handler, or, when it is stuck at the
+        error handler itself, is failed and answered. Returns the ids of the sagas it acted on."""
         now = now or time.time()
         stall = self.settings.stall_after_s
         acted: list[str] = []
@@ -672,23 +725,39 @@ class ActorRuntime:
             message = replay(history)
             if message is None or message.route.current_step >= len(message.route.steps):
                 continue
-            sweeps = sum(1 for e in history if e.kind == "redelivered" and e.data.get("source") == "sweeper")
             acted.append(state.message_id)
-            if sweeps >= self.settings.max_sweeps and message.route.current != message.route.error_handler:
-                await self._to_error_handler(message, kind="stalled", attempts=sweeps, actor=message.route.current,
-                                             detail=f"no progress for {stall:.0f}s after {sweeps} resumptions")
-                continue
-            await self.saga.record(SagaEvent(
-                message_id=message.message_id, kind="redelivered", actor=message.route.current,
-                step_index=message.route.current_step, seq=sweeps + 1, trace_id=message.metadata.trace_id,
-                data={"source": "sweeper", "stalled_s": round(now - max(e.ts for e in history), 1)}))
-            metrics.REDELIVERIES.labels(message.route.current, "sweeper").inc()
-            await self.saga.set_state(message.message_id, status="running", step_index=message.route.current_step,
-                                      actor=message.route.current)
-            await self._publish(message)
-            log.warning("resumed stalled saga at step %s (%s)", message.route.current_step, message.route.current,
-                        extra={"actor": self.name, "message_id": message.message_id})
+            # One trace per customer message: the resumption continues the trace the saga started in.
+            parent = await self._saga_context(message.message_id, history=history)
+            subject = subject_for(message.route.current)
+            with tracer().start_as_current_span(f"resume {subject}", context=parent,
+                                                attributes={"messaging.message.conversation_id": message.message_id,
+                                                            "supportmesh.step_index": message.step_index}):
+                await self._resume_stalled(message, history, now - max(e.ts for e in history))
         return acted
+
+    async def _resume_stalled(self, message: Message, history: list[SagaEvent], stalled_s: float) -> None:
+        route = message.route
+        step = route.current_step
+        sweeps = sum(1 for e in history if e.kind == "redelivered" and e.data.get("source") == "sweeper"
+                     and e.step_index == step)
+        if sweeps >= self.settings.max_sweeps:
+            detail = f"no progress for {self.settings.stall_after_s:.0f}s after {sweeps} resumptions"
+            if route.current == route.error_handler:
+                # Not even the error handler moves it: nobody else can, so fail it and answer.
+                await self._fail_saga(message, actor=route.current, detail=detail, attempt=sweeps)
+            else:
+                await self._to_error_handler(message, kind="stalled", attempts=sweeps, actor=route.current,
+                                             detail=detail)
+            return
+        await self.saga.record(SagaEvent(
+            message_id=message.message_id, kind="redelivered", actor=route.current, step_index=step,
+            seq=sweeps + 1, trace_id=current_trace_id() or message.metadata.trace_id,
+            data={"source": "sweeper", "stalled_s": round(stalled_s, 1)}))
+        metrics.REDELIVERIES.labels(route.current, "sweeper").inc()
+        await self.saga.set_state(message.message_id, status="running", step_index=step, actor=route.current)
+        await self._publish(message, resume=sweeps + 1)
+        log.warning("resumed stalled saga at step %s (%s)", step, route.current,
+                    extra={"actor": self.name, "message_id": message.message_id})
 
     # ---- saga events ------------------------------------------------------------------------------
 
@@ -744,17 +813,22 @@ def _crash_point(actor: str, point: str, attempt: int) -> None:
         os._exit(137)
 
 
-def _salvage_message_id(data: bytes) -> str | None:
-    """The message id of a malformed message, when one can be read safely (to file the poison record
-    under the saga it belongs to)."""
+def poison_id(actor: str, stream_seq: int) -> str:
+    """Where the record of a poison message is filed: found again from the stream sequence alone."""
+    return f"poison-{actor}-{stream_seq}"
+
+
+def _salvage_ids(data: bytes) -> dict[str, str]:
+    """The message id and session id a malformed message claims, when they can be read safely."""
     try:
         doc = orjson.loads(data)
     except Exception:
-        return None
-    mid = doc.get("message_id") if isinstance(doc, dict) else None
-    if isinstance(mid, str):
-        from saga.protocol import MESSAGE_ID
-
-        if MESSAGE_ID.match(mid):
-            return mid
-    return None
+        return {}
+    if not isinstance(doc, dict):
+        return {}
+    found: dict[str, str] = {}
+    for key, pattern in (("message_id", MESSAGE_ID), ("session_id", SESSION_ID)):
+        value = doc.get(key)
+        if isinstance(value, str) and pattern.match(value):
+            found[key] = value
+    return found

@@ -13,8 +13,14 @@ from typing import Any, Literal
 import orjson
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import (
+    BucketNotFoundError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+)
 from pydantic import BaseModel, ConfigDict, Field
+
+from saga.protocol import Message
 
 RESULTS_BUCKET = "chat_results"
 
@@ -75,3 +81,29 @@ class ResultStore:
         except KeyNotFoundError:
             return None
         return ChatResult.from_bytes(entry.value) if entry.value else None
+
+
+FALLBACK_REPLY = (
+    "I'm sorry, I couldn't finish handling your message automatically, so I've passed it to a colleague, who "
+    "will follow up with you by email within one business day."
+)
+
+
+def fallback_result(message: Message, *, trace_id: str | None = None) -> ChatResult:
+    """The honest answer of a saga that cannot finish (status `escalated`: a colleague follows up). It
+    keeps the action plan and any side effects already executed, and says so, so nothing is hidden."""
+    p = message.payload
+    executed = p.execution_result
+    text = FALLBACK_REPLY
+    if executed is not None and executed.actions:
+        done = ", ".join(f"{a.action} on order {a.order_id}" for a in executed.actions)
+        text += f" Already done before the interruption: {done}; my colleague will confirm it with you."
+    return ChatResult(
+        message_id=message.message_id,
+        session_id=message.session_id,
+        status="escalated",
+        response=text,
+        action_plan=p.action_plan.model_dump(mode="json") if p.action_plan else None,
+        execution_result=executed.model_dump(mode="json") if executed else None,
+        trace_id=message.metadata.trace_id or trace_id,
+    )

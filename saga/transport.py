@@ -16,13 +16,22 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import APIError, BadRequestError, NotFoundError, ServiceUnavailableError
+from nats.js.errors import (
+    APIError,
+    BadRequestError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
 
+from observability.tracing import inject_headers
 from saga.log import SagaEvent, SagaLog
 from saga.protocol import SUBJECT_PREFIX, Message, subject_for
 from supportmesh.config import Settings
 
 log = logging.getLogger("supportmesh.transport")
+
+# The W3C trace context headers (kept with `saga_started`, so that recovery continues the saga's trace).
+TRACE_HEADERS = ("traceparent", "tracestate")
 
 
 def stream_config(settings: Settings) -> StreamConfig:
@@ -126,15 +135,22 @@ async def ensure_consumer(js: JetStreamContext, settings: Settings, config: Cons
     await js.add_consumer(stream, config)
 
 
-def msg_id(message: Message) -> str:
-    """The dedup id of a hop: the same step published twice (after a crash) is stored once."""
-    return f"{message.message_id}:{message.route.current_step}"
+def msg_id(message: Message, resume: int = 0) -> str:
+    """The dedup id of a hop: the same step published twice (after a crash) is stored once.
+
+    A resumption by recovery (`resume` > 0, the sweeper's n-th) has an id of its own: it must not be
+    dropped as a duplicate of the hop it replaces, which may still be inside the duplicate window. Should
+    the original still be in flight, the step runs once anyway (the second delivery is memoized)."""
+    base = f"{message.message_id}:{message.route.current_step}"
+    return f"{base}:s{resume}" if resume else base
 
 
-async def publish(js: JetStreamContext, message: Message, headers: dict[str, str] | None = None) -> int:
+async def publish(
+    js: JetStreamContext, message: Message, headers: dict[str, str] | None = None, *, resume: int = 0
+) -> int:
     """Publish a message to the actor of its current step, with a publish ack; returns the stream seq."""
     hdrs = dict(headers or {})
-    hdrs["Nats-Msg-Id"] = msg_id(message)
+    hdrs["Nats-Msg-Id"] = msg_id(message, resume)
     ack = await js.publish(subject_for(message.route.current), message.to_bytes(), headers=hdrs)
     return ack.seq
 
@@ -149,9 +165,10 @@ async def record_start(saga: SagaLog, message: Message) -> None:
                 actor="gateway",
                 step_index=message.route.current_step,
                 trace_id=message.metadata.trace_id,
-                # The whole first message: recovery replays the recorded step results on it.
+                # The whole first message: recovery replays the recorded step results on it. The trace
+                # context too: a resumption by recovery continues the customer message's trace.
                 data={"route": message.route.steps, "session_id": message.session_id,
-                      "message": message.model_dump(mode="json")},
+                      "message": message.model_dump(mode="json"), **_trace_context()},
             )
         ),
         saga.set_state(
@@ -163,6 +180,11 @@ async def record_start(saga: SagaLog, message: Message) -> None:
             trace_id=message.metadata.trace_id,
         ),
     )
+
+
+def _trace_context() -> dict[str, str]:
+    """The current W3C trace context (`traceparent`, `tracestate`), when there is one."""
+    return {k: v for k, v in inject_headers().items() if k in TRACE_HEADERS}
 
 
 async def start_saga(

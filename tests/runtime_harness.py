@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import nats
 from nats.js.api import ConsumerInfo
+from opentelemetry import context as otel_context
 
 from actors.base import Actor
 from actors.runtime import ActorRuntime
 from saga.log import SagaEvent, SagaLog, SagaState
 from saga.protocol import Message, new_message
-from saga.transport import ensure_stream, start_saga
+from saga.results import ChatResult, ResultStore
+from saga.transport import ensure_stream, record_start, start_saga
 from supportmesh.config import Settings
 from supportmesh.natsserver import NatsServer
 
@@ -56,6 +61,7 @@ class Harness:
         self.js = self.nc.jetstream(timeout=10)
         await ensure_stream(self.js, self.settings)
         self.saga = await SagaLog.open(self.js, ttl_s=3600)
+        self.results = await ResultStore.open(self.js, ttl_s=3600)
 
     async def close(self) -> None:
         for rt in self.runtimes:
@@ -111,13 +117,29 @@ class Harness:
 
     # ---- messages -------------------------------------------------------------------------------
 
-    async def submit(self, steps: list[str], text: str = "hello mesh", *, error_handler: str = "catcher") -> Message:
-        """Start a saga with the given route."""
+    async def submit(self, steps: list[str], text: str = "hello mesh", *, error_handler: str = "catcher",
+                     reply_subject: str | None = None, publish: bool = True) -> Message:
+        """Start a saga with the given route (as the gateway does). `publish=False` records its start but
+        "loses" its first hop."""
         message = new_message(session_id="s1", customer_email="user@example.com", customer_message=text,
-                              steps=steps)
+                              steps=steps, reply_subject=reply_subject)
         message = message.model_copy(update={"route": message.route.model_copy(update={"error_handler": error_handler})})
-        await start_saga(self.js, self.saga, message)
+        if publish:
+            await start_saga(self.js, self.saga, message)
+        else:
+            await record_start(self.saga, message)
         return message
+
+    async def reply_inbox(self) -> tuple[str, list[ChatResult]]:
+        """A core NATS subject standing for a waiting gateway, and the answers published to it."""
+        subject = f"supportmesh.test.replies.{uuid.uuid4().hex}"
+        got: list[ChatResult] = []
+
+        async def collect(msg: Any) -> None:
+            got.append(ChatResult.from_bytes(msg.data))
+
+        await self.nc.subscribe(subject, cb=collect)
+        return subject, got
 
     async def wait_terminal(self, message_id: str, timeout: float = 20.0) -> SagaState:
         """Wait until the saga is completed, escalated or failed."""
@@ -169,6 +191,19 @@ def start_mocks(log_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
             time.sleep(0.1)
     proc.kill()
     raise RuntimeError(f"the mock APIs did not start (see {log_dir / 'mocks.log'})")
+
+
+@contextlib.contextmanager
+def in_trace() -> Iterator[str]:
+    """Run the block inside a fresh W3C trace (as the gateway's request span would); yields its trace id."""
+    from observability.tracing import extract_context
+
+    trace_id = os.urandom(16).hex()
+    token = otel_context.attach(extract_context({"traceparent": f"00-{trace_id}-{os.urandom(8).hex()}-01"}))
+    try:
+        yield trace_id
+    finally:
+        otel_context.detach(token)
 
 
 def kinds(events: list[SagaEvent]) -> list[tuple[str, str, int]]:

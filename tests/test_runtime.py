@@ -127,11 +127,15 @@ async def test_malformed_message_is_terminated_recorded_and_not_redelivered(harn
         poison = [k for k in keys if k.endswith(".poison_message.1")]
         await asyncio.sleep(0.1)
     assert len(poison) == 1
-    if b"abc" in body:
-        assert poison[0].startswith("abc.")  # filed under the saga it claims to belong to
+    # Filed under the stream sequence, so the dead-letter handler finds it from the advisory alone.
+    assert poison[0] == f"poison-upper-{ack.seq}.0000.poison_message.1"
     entry = await harness.saga._log.get(poison[0])
     record = orjson.loads(entry.value)
     assert record["data"]["stream_seq"] == ack.seq and record["data"]["error"]
+    if b"abc" in body:
+        assert record["data"]["message_id"] == "abc"  # what could be salvaged: the saga it claims
+    else:
+        assert "message_id" not in record["data"]
     await asyncio.sleep(harness.settings.ack_wait_s + 0.5)
     info = await harness.consumer("upper")
     assert info.num_redelivered == 0 and info.num_ack_pending == 0
@@ -284,3 +288,70 @@ async def test_actor_metrics_carry_trace_exemplars(harness: Harness) -> None:
                  if line.startswith('supportmesh_actor_processing_seconds_bucket{actor="upper"') and " # " in line]
     # The step's latency links to the step's trace.
     assert any(f'trace_id="{step.trace_id}"' in e for e in exemplars), exemplars
+
+
+async def test_saga_whose_error_handler_fails_for_good_is_failed_and_answered(harness: Harness) -> None:
+    await harness.run_actor(Flaky)
+    subject, replies = await harness.reply_inbox()
+    # The failing step is the error handler itself: nobody is left to decide.
+    message = await harness.submit(["flaky"], "fail-permanent", error_handler="flaky", reply_subject=subject)
+
+    state = await harness.wait_terminal(message.message_id)
+
+    assert state.status == "failed"
+    events = await harness.events(message.message_id)
+    assert [e.kind for e in events if e.kind == "saga_failed"] == ["saga_failed"]
+    # The customer is answered (GET /api/chat/{id} reads the stored result; the waiting gateway gets it too).
+    result = await harness.results.get(message.message_id)
+    assert result is not None and result.status == "escalated" and "colleague" in result.response
+    await wait_until(lambda: len(replies) >= 1)
+    assert [r.message_id for r in replies] == [message.message_id]
+    await asyncio.sleep(harness.settings.ack_wait_s + 0.5)
+    assert len(harness.executions("flaky", message.message_id)) == 1  # no loop
+    assert len(replies) == 1
+
+
+async def test_poison_message_of_a_running_saga_answers_its_customer_once(harness: Harness) -> None:
+    await harness.run_actor(Upper)
+    await harness.run_actor(Catcher)  # the error handler: also consumes the MSG_TERMINATED advisories
+    subject, replies = await harness.reply_inbox()
+    waiting = await harness.submit(["upper", "done"], "my hop gets corrupted", reply_subject=subject, publish=False)
+    # The saga's hop arrives corrupted (say, from a replica of another version): it can never run.
+    corrupted = orjson.dumps({"message_id": waiting.message_id, "session_id": "s1", "route": "corrupted",
+                              "metadata": {"reply_subject": subject}})
+    ack = await harness.js.publish(subject_for("upper"), corrupted)
+    stranger = await harness.js.publish(subject_for("upper"), orjson.dumps({"message_id": "nobody", "route": 1}))
+
+    state = await harness.wait_terminal(waiting.message_id)
+
+    assert state.status == "failed"
+    failed = [e for e in await harness.events(waiting.message_id) if e.kind == "saga_failed"]
+    assert len(failed) == 1 and failed[0].data["reason"] == "poison"
+    assert failed[0].data["poison_record"] == f"poison-upper-{ack.seq}.0000.poison_message.1"
+    result = await harness.results.get(waiting.message_id)
+    assert result is not None and result.status == "escalated"
+    await wait_until(lambda: len(replies) >= 1)
+    # A poison message that names no saga of ours is recorded and seen by recovery, and answers no one.
+    await wait_until_async(lambda: harness.saga.get_event(f"poison-upper-{stranger.seq}", 0, "dead_lettered"))
+    assert await harness.results.get("nobody") is None
+    await asyncio.sleep(harness.settings.ack_wait_s + 0.5)
+    assert [r.message_id for r in replies] == [waiting.message_id]  # answered once
+    info = await harness.consumer("upper")  # never looped: delivered once each, nothing pending
+    assert info.num_redelivered == 0 and info.num_ack_pending == 0 and info.num_pending == 0
+    assert harness.executions("upper") == []
+
+
+async def wait_until(predicate, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
+    """Wait for a condition (no fixed sleeps: the machine may be busy)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+async def wait_until_async(fetch, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
+    """Wait until an async lookup returns something."""
+    deadline = time.monotonic() + timeout
+    while not await fetch():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.1)

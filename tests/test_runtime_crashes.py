@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from runtime_harness import Harness, kinds
+from runtime_harness import Harness, in_trace, kinds
 from toy_actors import Catcher, Count, Done, Upper
 
 pytestmark = pytest.mark.asyncio
@@ -103,24 +103,32 @@ async def test_nats_server_killed_and_restarted_loses_nothing(harness: Harness) 
         assert [e.actor for e in events if e.kind == "step_completed"] == ["upper", "count", "done"]
 
 
-async def test_message_whose_process_always_dies_becomes_a_dead_letter(harness: Harness) -> None:
-    await harness.run_actor(Done)
-    await harness.run_actor(Catcher)  # the error handler: also consumes dead-letter advisories
-    crash_env = {"SUPPORTMESH_CRASH_POINT": "upper:before_handler:always"}
-    proc = harness.spawn_actor("toy_actors:Upper", env=crash_env)
-    message = await harness.submit(["upper", "done"], "this kills upper every time")
-
-    # Play the supervisor: restart the process each time it dies, until JetStream gives up.
-    deadline = time.monotonic() + 40
+async def keep_restarting_until_terminal(harness: Harness, spec: str, env: dict[str, str], message_id: str,
+                                         timeout: float = 40.0) -> int:
+    """Play the supervisor: restart the actor process each time it dies, until the saga leaves `running`.
+    Returns how often it died."""
+    proc = harness.spawn_actor(spec, env=env)
+    deadline = time.monotonic() + timeout
     deaths = 0
     while time.monotonic() < deadline:
-        state = await harness.saga.state(message.message_id)
+        state = await harness.saga.state(message_id)
         if state and state.status != "running":
             break
         if proc.poll() is not None:
             deaths += 1
-            proc = harness.spawn_actor("toy_actors:Upper", env=crash_env)
+            proc = harness.spawn_actor(spec, env=env)
         await asyncio.sleep(0.1)
+    return deaths
+
+
+async def test_message_whose_process_always_dies_becomes_a_dead_letter(harness: Harness) -> None:
+    await harness.run_actor(Done)
+    await harness.run_actor(Catcher)  # the error handler: also consumes dead-letter advisories
+    crash_env = {"SUPPORTMESH_CRASH_POINT": "upper:before_handler:always"}
+    with in_trace() as trace_id:
+        message = await harness.submit(["upper", "done"], "this kills upper every time")
+
+    deaths = await keep_restarting_until_terminal(harness, "toy_actors:Upper", crash_env, message.message_id)
 
     state = await harness.wait_terminal(message.message_id, timeout=5)
     assert state.status == "escalated"
@@ -131,10 +139,34 @@ async def test_message_whose_process_always_dies_becomes_a_dead_letter(harness: 
     assert len(dead) == 1 and dead[0].actor == "upper" and dead[0].data["deliveries"] == max_deliver
     caught = [e for e in events if e.kind == "step_completed" and e.actor == "catcher"]
     assert caught and caught[0].data["enrichment"]["api_data"]["catcher"] == "dead_letter"
+    assert caught[0].trace_id == trace_id  # the dead letter's detour stays in the customer message's trace
     assert harness.executions("done", message.message_id) == []
     # The dead message is gone from the work queue: nothing left to deliver to `upper`.
     info = await harness.consumer("upper")
     assert info.num_pending == 0
+
+
+async def test_error_handler_whose_process_always_dies_fails_the_saga_and_answers(harness: Harness) -> None:
+    """The dead letter is the error handler's own step: rather than loop, the saga is failed, and the customer
+    still gets an answer."""
+    await harness.run_actor(Catcher)  # consumes the dead-letter advisories (the route's handler is `upper`)
+    subject, replies = await harness.reply_inbox()
+    crash_env = {"SUPPORTMESH_CRASH_POINT": "upper:before_handler:always"}
+    message = await harness.submit(["upper", "done"], "this kills upper every time", error_handler="upper",
+                                   reply_subject=subject)
+
+    deaths = await keep_restarting_until_terminal(harness, "toy_actors:Upper", crash_env, message.message_id)
+
+    state = await harness.wait_terminal(message.message_id, timeout=5)
+    assert state.status == "failed"
+    assert deaths == harness.settings.max_attempts + 1
+    events = await harness.events(message.message_id)
+    assert [e.kind for e in events if e.kind in ("dead_lettered", "saga_failed")] == ["dead_lettered", "saga_failed"]
+    result = await harness.results.get(message.message_id)
+    assert result is not None and result.status == "escalated"
+    await wait_for(lambda: len(replies) >= 1)
+    assert [r.message_id for r in replies] == [message.message_id]
+    assert harness.executions("done", message.message_id) == []
 
 
 async def test_lost_publish_after_the_record_is_redone_from_the_record(harness: Harness) -> None:
@@ -259,3 +291,78 @@ async def test_sweeper_resumes_a_saga_whose_message_was_lost_then_gives_up(tmp_p
         assert caught[0].data["enrichment"]["api_data"]["catcher"] == "stalled"
     finally:
         await h.close()
+
+
+@pytest.fixture
+async def sweeping(tmp_path):
+    """A harness whose sweeper (in the error handler, `catcher`) acts after one second of silence."""
+    h = Harness(tmp_path, stall_after_s=1.0, sweep_interval_s=0.3, max_sweeps=2)
+    await h.start()
+    try:
+        yield h
+    finally:
+        await h.close()
+
+
+async def test_sweeper_resumes_a_hop_lost_inside_the_duplicate_window(sweeping: Harness) -> None:
+    """The first hop reached the stream and was lost there: its `Nats-Msg-Id` is still inside the duplicate
+    window (2 minutes), so a resumption under the same id would be dropped by nats-server."""
+    from saga.protocol import subject_for
+
+    h = sweeping
+    for cls in (Done, Catcher):
+        await h.run_actor(cls)
+    message = await h.submit(["upper", "done"], "lost in the stream")
+    lost = await h.js.get_last_msg(h.settings.stream_name, subject_for("upper"))
+    await h.js.delete_msg(h.settings.stream_name, lost.seq)
+    await h.run_actor(Upper)
+
+    state = await h.wait_terminal(message.message_id, timeout=30)
+
+    assert state.status == "completed"
+    events = await h.events(message.message_id)
+    sweeps = [e for e in events if e.kind == "redelivered" and e.data["source"] == "sweeper"]
+    assert len(sweeps) == 1 and sweeps[0].actor == "upper"
+    assert len(h.executions("upper", message.message_id)) == 1
+
+
+async def test_saga_stuck_at_its_error_handler_is_failed_and_answered_after_the_cap(sweeping: Harness) -> None:
+    h = sweeping
+    await h.run_actor(Catcher)  # sweeps; the stuck saga's error handler is `ghost`, which nobody serves
+    subject, replies = await h.reply_inbox()
+    message = await h.submit(["ghost"], "nobody serves my handler", error_handler="ghost", reply_subject=subject)
+
+    state = await h.wait_terminal(message.message_id, timeout=30)
+
+    assert state.status == "failed"
+    events = await h.events(message.message_id)
+    sweeps = [e for e in events if e.kind == "redelivered" and e.data["source"] == "sweeper"]
+    assert len(sweeps) == h.settings.max_sweeps
+    assert events[-1].kind == "saga_failed"
+    result = await h.results.get(message.message_id)
+    assert result is not None and result.status == "escalated"
+    await wait_for(lambda: len(replies) >= 1)
+    await asyncio.sleep(1.5)  # more sweep rounds than the stall time: it is not swept again
+    events = await h.events(message.message_id)
+    assert len([e for e in events if e.kind == "redelivered"]) == h.settings.max_sweeps
+    assert len(replies) == 1
+
+
+async def test_sweeper_resumption_continues_the_trace_of_the_customer_message(sweeping: Harness) -> None:
+    """Actors in their own processes (with tracing on): the step the sweeper resumes is in the trace the
+    customer message started, not in a new one."""
+    h = sweeping
+    env = {"SUPPORTMESH_STALL_AFTER_S": "1", "SUPPORTMESH_SWEEP_INTERVAL_S": "0.3"}
+    for spec in ("toy_actors:Upper", "toy_actors:Done", "toy_actors:Catcher"):
+        h.spawn_actor(spec, env=env)
+    # The gateway records the saga's start inside the request's trace; here the first hop is lost.
+    with in_trace() as trace_id:
+        message = await h.submit(["upper", "done"], "resume me in my trace", publish=False)
+
+    state = await h.wait_terminal(message.message_id, timeout=40)
+
+    assert state.status == "completed"
+    events = await h.events(message.message_id)
+    assert any(e.kind == "redelivered" and e.data["source"] == "sweeper" for e in events)
+    traced = [(e.kind, e.actor, e.trace_id) for e in events if e.actor in ("upper", "done")]
+    assert traced and all(t == trace_id for (_, _, t) in traced), traced
