@@ -107,8 +107,11 @@ def proc_usage(pids: dict[str, int]) -> dict[str, tuple[float, int]]:
 
 # ---- (a) raw floor: the same hops, one KV write each, no logic -------------------------------------------------
 
-async def raw_floor(nats_url: str, hops: int, count: int) -> list[float]:
-    """One message at a time through `hops` pull consumers that each write one KV key and publish on."""
+async def raw_floor(nats_url: str, hops: int, count: int, inflight: int = 16,
+                    nats_pid: int | None = None) -> dict[str, Any]:
+    """`hops` pull consumers that each write one KV key and publish on (no logic, no tracing, no models), in
+    this one process: messages one at a time, then `inflight` at once. Returns the serial latencies, the
+    throughput in flight and the CPU per message (this process plus nats-server) of the in-flight run."""
     from nats.js.api import AckPolicy, ConsumerConfig, KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
 
     nc = await nats.connect(nats_url)
@@ -116,8 +119,18 @@ async def raw_floor(nats_url: str, hops: int, count: int) -> list[float]:
     await js.add_stream(StreamConfig(name="FLOOR", subjects=["floor.>"], retention=RetentionPolicy.WORK_QUEUE,
                                      storage=StorageType.FILE))
     kv = await js.create_key_value(KeyValueConfig(bucket="floor_log", storage=StorageType.FILE))
-    done: asyncio.Queue[float] = asyncio.Queue()
+    done: dict[str, asyncio.Future[float]] = {}
     stop = asyncio.Event()
+
+    async def step(i: int, m: Any) -> None:
+        await kv.put(f"m.{m.headers['id']}.{i}", m.data)
+        if i + 1 < hops:
+            await js.publish(f"floor.{i + 1}", m.data, headers=m.headers)
+        else:
+            fut = done.get(m.headers["id"])
+            if fut is not None and not fut.done():
+                fut.set_result(time.perf_counter())
+        await m.ack()
 
     async def hop(i: int) -> None:
         await js.add_consumer("FLOOR", ConsumerConfig(durable_name=f"h{i}", filter_subject=f"floor.{i}",
@@ -125,34 +138,51 @@ async def raw_floor(nats_url: str, hops: int, count: int) -> list[float]:
         sub = await js.pull_subscribe_bind(f"h{i}", stream="FLOOR")
         while not stop.is_set():
             try:
-                msgs = await sub.fetch(1, timeout=1)
+                msgs = await sub.fetch(inflight, timeout=1)
             except (asyncio.TimeoutError, nats.errors.TimeoutError):
                 continue
-            for m in msgs:
-                await kv.put(f"m.{m.headers['id']}.{i}", m.data)
-                if i + 1 < hops:
-                    await js.publish(f"floor.{i + 1}", m.data, headers=m.headers)
-                else:
-                    done.put_nowait(time.perf_counter())
-                await m.ack()
+            await asyncio.gather(*(step(i, m) for m in msgs))
 
     tasks = [asyncio.create_task(hop(i)) for i in range(hops)]
     await asyncio.sleep(0.5)
     payload = json.dumps(body()).encode() * 3
-    latencies = []
-    for n in range(count + 10):
+
+    async def one(n: int) -> float:
+        done[str(n)] = asyncio.get_running_loop().create_future()
         t0 = time.perf_counter()
         await js.publish("floor.0", payload, headers={"id": str(n)})
-        end = await asyncio.wait_for(done.get(), 10)
-        if n >= 10:
-            latencies.append(end - t0)
+        end = await asyncio.wait_for(done[str(n)], 30)
+        return end - t0
+
+    for n in range(10):
+        await one(n)
+    serial = [await one(10 + n) for n in range(count)]
+    sem = asyncio.Semaphore(inflight)
+
+    async def limited(n: int) -> float:
+        async with sem:
+            return await one(n)
+
+    cpu0, nats0, t0 = time.process_time(), _cpu_s(nats_pid), time.perf_counter()
+    await asyncio.gather(*(limited(100_000 + n) for n in range(count)))
+    wall, cpu, nats_cpu = time.perf_counter() - t0, time.process_time() - cpu0, _cpu_s(nats_pid) - nats0
     stop.set()
     for t in tasks:
         t.cancel()
     await js.delete_stream("FLOOR")
     await js.delete_key_value("floor_log")
     await nc.close()
-    return latencies
+    return {"serial": serial, "inflight": inflight, "msgs_per_s": round(count / wall, 1),
+            "cpu_ms_per_msg": round((cpu + nats_cpu) * 1000 / count, 3),
+            "nats_cpu_ms_per_msg": round(nats_cpu * 1000 / count, 3)}
+
+
+def _cpu_s(pid: int | None) -> float:
+    """CPU seconds of a process (0 when unknown)."""
+    if not pid:
+        return 0.0
+    usage = proc_usage({"p": pid}).get("p")
+    return usage[0] if usage else 0.0
 
 
 # ---- (b) in-process baseline: the same actor logic, called directly ----------------------------------------------
@@ -212,7 +242,14 @@ def write_report(results: dict[str, Any], out_dir: Path) -> None:
         f"| in-process baseline (same logic, no mesh) | {b['p50_ms']} | {b['p95_ms']} | {b['p99_ms']} |",
         "", f"Mesh / raw floor (p50): **{results['ratio_mesh_to_floor']}×**; mesh / in-process: "
         f"**{results['ratio_mesh_to_in_process']}×**; hop p50 {results['actors']['hop_ms_p50']} ms.", "",
-        "| concurrency | chats/s | p50 ms | p99 ms |", "|---|---|---|---|",
+        f"CPU per chat, all processes: **{results['mesh_cpu_ms_per_chat']} ms**; raw floor: "
+        f"**{f['cpu_ms_per_msg']} ms** per message (nats-server {f['nats_cpu_ms_per_msg']} ms), "
+        f"{f['msgs_per_s']} messages/s at {f['inflight']} in flight; mesh / floor CPU: "
+        f"**{results['ratio_cpu_mesh_to_floor']}×**.", "",
+        "| target | goal | measured | met |", "|---|---|---|---|",
+        *[f"| {t['target']} | {t['goal']} | {t['measured']} | {'yes' if t['met'] else 'no'} |"
+          for t in results["targets"]],
+        "", "| concurrency | chats/s | p50 ms | p99 ms |", "|---|---|---|---|",
     ]
     for c in results["concurrency"]:
         lines.append(f"| {c['concurrency']} | {c['chats_per_s']} | {c['p50_ms']} | {c['p99_ms']} |")
@@ -258,10 +295,12 @@ async def run(endpoints: dict[str, Any], serial_n: int, levels: list[int], per_l
     after = proc_usage(pids)
     processes = {name: {"cpu_ms_per_chat": round((after[name][0] - before[name][0]) * 1000 / total, 3),
                         "peak_rss_mib": round(after[name][1] / 1024, 1)} for name in after if name in before}
-    floor = await raw_floor(endpoints["nats_url"], HOPS, floor_n)
+    floor = await raw_floor(endpoints["nats_url"], HOPS, floor_n, nats_pid=endpoints.get("nats_pid"))
     baseline = await in_process(endpoints, floor_n)
     summary = lambda v: {"p50_ms": pct(v, 50), "p95_ms": pct(v, 95), "p99_ms": pct(v, 99)}  # noqa: E731
     s = summary(serial)
+    mesh_cpu = round(sum(p["cpu_ms_per_chat"] for p in processes.values()), 2)
+    at16 = next((c["chats_per_s"] for c in sweep if c["concurrency"] == 16), None)
     return {
         "machine": f"{os.cpu_count()} cores",
         "chats_serial": serial_n,
@@ -269,10 +308,24 @@ async def run(endpoints: dict[str, Any], serial_n: int, levels: list[int], per_l
         "concurrency": sweep,
         "actors": per_actor(base, ids[-50:]),
         "processes": processes,
-        "raw_floor": summary(floor),
+        "mesh_cpu_ms_per_chat": mesh_cpu,
+        "raw_floor": {**summary(floor["serial"]), "inflight": floor["inflight"], "msgs_per_s": floor["msgs_per_s"],
+                      "cpu_ms_per_msg": floor["cpu_ms_per_msg"], "nats_cpu_ms_per_msg": floor["nats_cpu_ms_per_msg"]},
         "in_process": summary(baseline),
-        "ratio_mesh_to_floor": round(s["p50_ms"] / max(pct(floor, 50), 0.001), 2),
+        "ratio_mesh_to_floor": round(s["p50_ms"] / max(pct(floor["serial"], 50), 0.001), 2),
+        "ratio_cpu_mesh_to_floor": round(mesh_cpu / max(floor["cpu_ms_per_msg"], 0.001), 2),
         "ratio_mesh_to_in_process": round(s["p50_ms"] / max(pct(baseline, 50), 0.001), 2),
+        "targets": [
+            {"target": "chat p50 one at a time", "goal": "<= 20 ms", "measured": f"{s['p50_ms']} ms",
+             "met": s["p50_ms"] <= 20},
+            {"target": "chat p99 one at a time", "goal": "<= 50 ms", "measured": f"{s['p99_ms']} ms",
+             "met": s["p99_ms"] <= 50},
+            {"target": "throughput at 16 in flight", "goal": ">= 150 chats/s", "measured": f"{at16} chats/s",
+             "met": at16 is not None and at16 >= 150},
+            {"target": "mesh cost per chat (CPU) vs raw floor", "goal": "<= 2x",
+             "measured": f"{round(mesh_cpu / max(floor['cpu_ms_per_msg'], 0.001), 2)}x",
+             "met": mesh_cpu <= 2 * floor["cpu_ms_per_msg"]},
+        ],
     }
 
 
