@@ -1,21 +1,66 @@
 """Structured JSON logs: one object per line with time, level, logger, message and, where known,
-message id, actor and trace id (passed through `extra=`)."""
+message id, actor and trace id (passed through `extra=`).
+
+A line gets a `trace_id` when it is logged inside a span, or when it is about a customer message (`message_id`
+in `extra`) whose trace this process has seen (or was told with `remember_trace`). Other lines (start-up,
+shutdown, background work on no message) have none: an invented id would point at no trace."""
 
 from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
+from collections import OrderedDict
 
 import orjson
 
 _FIELDS = ("message_id", "actor", "trace_id", "span_id", "session_id", "step", "attempt", "event")
+_KNOWN_TRACES = 10_000  # message ids remembered per process (bounded: an LRU)
+
+
+class TraceIndex:
+    """message id -> trace id of the messages this process logged about inside their trace (bounded LRU)."""
+
+    def __init__(self, size: int = _KNOWN_TRACES) -> None:
+        self.size = size
+        self._ids: OrderedDict[str, str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def remember(self, message_id: str, trace_id: str) -> None:
+        """Note the trace of a message."""
+        with self._lock:
+            self._ids[message_id] = trace_id
+            self._ids.move_to_end(message_id)
+            while len(self._ids) > self.size:
+                self._ids.popitem(last=False)
+
+    def get(self, message_id: str) -> str | None:
+        """The trace of a message, when known."""
+        with self._lock:
+            return self._ids.get(message_id)
+
+
+TRACES = TraceIndex()
+
+
+def remember_trace(message_id: str, trace_id: str | None) -> None:
+    """Tell the logs a message's trace id, for lines about it logged outside its span (e.g. recovery work
+    that reads the trace id from the saga log)."""
+    if message_id and trace_id:
+        TRACES.remember(message_id, trace_id)
 
 
 class TraceContextFilter(logging.Filter):
-    """Puts the current trace and span ids on every record logged inside a span."""
+    """Puts the trace id on every record logged inside a span (with the span id), and on records about a
+    message whose trace is known; remembers the trace of every message logged inside a span."""
+
+    def __init__(self, index: TraceIndex | None = None) -> None:
+        super().__init__()
+        self.index = index or TRACES
 
     def filter(self, record: logging.LogRecord) -> bool:
+        message_id = getattr(record, "message_id", None)
         if getattr(record, "trace_id", None) is None:
             from opentelemetry import trace
 
@@ -23,6 +68,12 @@ class TraceContextFilter(logging.Filter):
             if ctx.is_valid:
                 record.trace_id = format(ctx.trace_id, "032x")
                 record.span_id = format(ctx.span_id, "016x")
+            elif isinstance(message_id, str):
+                known = self.index.get(message_id)
+                if known:
+                    record.trace_id = known
+        if isinstance(message_id, str) and isinstance(getattr(record, "trace_id", None), str):
+            self.index.remember(message_id, record.trace_id)
         return True
 
 

@@ -65,8 +65,19 @@ def observe(histogram_child, value: float) -> None:  # type: ignore[no-untyped-d
     histogram_child.observe(value, exemplar={"trace_id": trace_id} if trace_id else None)
 
 
+def init_saga_event_series() -> None:
+    """Every saga event kind, at zero, in every process that writes saga events. A counter series that first
+    appears at 1 hides that first event from `increase()` and `rate()` (there is no earlier sample)."""
+    from saga.log import EVENT_KINDS
+
+    for kind in sorted(EVENT_KINDS):
+        SAGA_EVENTS.labels(kind)
+
+
 def init_actor_series(actor: str) -> None:
-    """Create an actor's label sets at start, so dashboards show zeros instead of no data."""
+    """Create an actor's label sets at start, so dashboards show zeros instead of no data (and so that the
+    first increment of a counter is seen by `increase()`)."""
+    init_saga_event_series()
     for outcome in ("completed", "memoized", "retried", "failed", "poison", "misrouted", "error"):
         ACTOR_MESSAGES.labels(actor, outcome)
     RETRIES.labels(actor)
@@ -79,17 +90,22 @@ def init_actor_series(actor: str) -> None:
 
 
 def init_recovery_series() -> None:
-    """Label sets of the recovery counters (escalation router)."""
+    """Label sets of the recovery counters (escalation router). Dead letters and sweeper redeliveries of every
+    actor are counted here (the router consumes JetStream's advisories and sweeps stalled sagas): without a zero
+    to start from, an actor's first one would be a new series at 1, and `increase()` would show 0."""
+    from saga.protocol import ERROR_HANDLER, ESCALATION, WITH_ACTION
+
+    for actor in dict.fromkeys([*WITH_ACTION, *ESCALATION, ERROR_HANDLER]):
+        DEAD_LETTERS.labels(actor)
+        REDELIVERIES.labels(actor, "sweeper")
     for action in ("refund", "cancel", "replacement"):
         COMPENSATIONS.labels(action)
-    for reason in ("critical_sentiment", "low_confidence", "guardrail_failed", "needs_approval", "error"):
+    for reason in ("critical_sentiment", "low_confidence", "guardrail_failed", "needs_approval", "handoff", "error"):
         ESCALATIONS.labels(reason)
-    for kind in ("saga_completed", "saga_failed", "escalated", "redelivered", "compensation_completed",
-                 "dead_lettered", "retry_scheduled", "step_failed", "poison_message"):
-        SAGA_EVENTS.labels(kind)
 
 
 def init_gateway_series() -> None:
-    """Label sets of the gateway's chat latency."""
+    """Label sets of the gateway's chat latency (and of the saga events it writes)."""
+    init_saga_event_series()
     for status in ("resolved", "escalated", "processing"):
         CHAT_LATENCY_SECONDS.labels(status)
