@@ -22,8 +22,11 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# `make run ARGS=--observability` also needs Prometheus: system-deps.sh installs it when told so.
+OBSERVABILITY := $(if $(filter --observability,$(ARGS)),1,0)
+
 run: $(STAMP)
-	@scripts/system-deps.sh run
+	@SUPPORTMESH_OBSERVABILITY=$(OBSERVABILITY) scripts/system-deps.sh run
 	$(BIN)/supportmesh up $(ARGS)
 
 test: $(STAMP)

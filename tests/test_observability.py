@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import re
+import shutil
 import subprocess
 import time
 import urllib.parse
@@ -179,6 +180,40 @@ def test_provisioning_references_every_dashboard() -> None:
     assert {s["type"] for s in sources} == {"prometheus", "jaeger"}
     # The folder provider loads every JSON of grafana/dashboards/ (k8s mounts exactly that folder there).
     assert DASHBOARDS and all(p.parent.name == "dashboards" for p in DASHBOARDS)
+
+
+def fake_command(path: Path, body: str) -> None:
+    path.write_text(f"#!/bin/bash\n{body}\n")
+    path.chmod(0o755)
+
+
+@pytest.mark.parametrize("args", ["--observability", ""])
+def test_make_run_installs_prometheus_only_for_observability(tmp_path, args: str) -> None:
+    """`make run ARGS=--observability` on a machine without Prometheus asks apt for it (and only then), as the
+    local Prometheus is what --observability starts. apt, sudo and the mesh itself are stand-ins here."""
+    bin_dir, venv = tmp_path / "bin", tmp_path / "venv"
+    bin_dir.mkdir()
+    (venv / "bin").mkdir(parents=True)
+    (venv / ".installed-stamp").touch()  # newer than pyproject.toml: nothing to install
+    calls = tmp_path / "calls.log"
+    fake_command(bin_dir / "apt-get", f'echo "apt-get $*" >> {calls}')
+    fake_command(bin_dir / "sudo", 'exec "$@"')
+    fake_command(bin_dir / "redis-server", "exit 0")  # present: only Prometheus is missing
+    fake_command(venv / "bin" / "supportmesh", f'echo "supportmesh $*" >> {calls}')
+    for tool in ("bash", "id"):  # PATH has these and the stand-ins only: no prometheus on it
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    out = subprocess.run([shutil.which("make"), "-C", str(GRAFANA.parent), "run", f"VENV={venv}", f"ARGS={args}"],
+                         env={"PATH": str(bin_dir), "HOME": str(tmp_path)}, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    recorded = calls.read_text().splitlines()
+    assert recorded[-1].split() == ["supportmesh", "up", *args.split()]
+    installs = [line for line in recorded if line.startswith("apt-get install")]
+    if args:
+        assert len(installs) == 1 and "prometheus" in installs[0].split(), recorded
+        assert "--no-install-recommends" in installs[0]
+    else:
+        assert not installs, recorded
 
 
 def test_generated_scrape_config_passes_promtool(tmp_path) -> None:
