@@ -4,18 +4,47 @@ committed file is what this script writes."""
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from actors.llm import LOCAL_MODEL  # noqa: E402
+from supportmesh.config import Settings  # noqa: E402
 from supportmesh.up import ACTORS  # noqa: E402
 
 IMAGE = "supportmesh:0.1.0"
-LLM_ACTORS = {"intent_analyzer", "response_generator"}
-OUT = Path(__file__).resolve().parent / "base" / "actors.yaml"
+# LLM calls one step can make: the intent analyzer asks again when the model's JSON is malformed.
+LLM_CALLS_PER_STEP = {"intent_analyzer": 2, "response_generator": 1}
+LLM_ACTORS = set(LLM_CALLS_PER_STEP)
+# Time to finish a step after its last LLM call (ack, saga writes, next hop) and close the connections.
+DRAIN_MARGIN_S = 15
+MIN_GRACE_S = 30
+BASE = Path(__file__).resolve().parent / "base"
+OUT = BASE / "actors.yaml"
 KEDA_OUT = Path(__file__).resolve().parent / "overlays" / "keda" / "scaledobjects.yaml"
+
+
+def setting(name: str) -> str:
+    """A setting as the pods see it: the ConfigMap's value, else the code's default (never this machine's
+    environment, so the output does not depend on who runs the script)."""
+    data = yaml.safe_load((BASE / "config.yaml").read_text())["data"]
+    return str(data.get(f"SUPPORTMESH_{name.upper()}", Settings.model_fields[name].default))
+
+
+def worst_llm_step_s(actor: str) -> float:
+    """The longest an actor's step can spend in LLM calls: each call tries `llm_retries + 1` times for up to
+    `llm_timeout_s`, plus one more try on the fallback model when that is a provider too (the local model
+    answers at once)."""
+    tries = int(setting("llm_retries")) + 1 + (setting("llm_fallback_model") != LOCAL_MODEL)
+    return LLM_CALLS_PER_STEP.get(actor, 0) * tries * float(setting("llm_timeout_s"))
+
+
+def termination_grace_s(actor: str) -> int:
+    """Long enough for the step in flight to finish on SIGTERM (the runtime stops fetching, then drains)."""
+    return max(MIN_GRACE_S, math.ceil(worst_llm_step_s(actor)) + DRAIN_MARGIN_S)
 
 
 def deployment(actor: str) -> dict:
@@ -44,7 +73,7 @@ def deployment(actor: str) -> dict:
         "template": {
             "metadata": {"labels": labels, "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": "9090",
                                                            "prometheus.io/path": "/metrics"}},
-            "spec": {"terminationGracePeriodSeconds": 30, "containers": [container]},
+            "spec": {"terminationGracePeriodSeconds": termination_grace_s(actor), "containers": [container]},
         },
     }
     if actor == "response_aggregator":

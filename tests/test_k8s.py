@@ -4,12 +4,21 @@ every dashboard; the Prometheus configuration is valid; the Dockerfile's install
 
 from __future__ import annotations
 
+import importlib.metadata
+import json
+import os
+import re
+import shutil
 import subprocess
 import sys
+import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from supportmesh.config import Settings
 from supportmesh.up import ACTORS
@@ -17,6 +26,9 @@ from supportmesh.up import ACTORS
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 OVERLAYS = ["k8s/base", "k8s/overlays/k3d", "k8s/overlays/keda"]
+# Validated against this Kubernetes release, named here so that a kubernetes-validate upgrade (whose default is
+# its newest schema) never changes what the test checks unnoticed.
+KUBERNETES_VERSION = "1.37.0"
 # Custom resources have no bundled schema (KEDA is optional and installed by the user).
 NO_SCHEMA = {"ScaledObject"}
 NEEDED = {"SUPPORTMESH_NATS_URL", "SUPPORTMESH_REDIS_URL", "SUPPORTMESH_CUSTOMERS_API_URL",
@@ -44,9 +56,47 @@ def test_overlay_builds_and_validates_strictly(overlay: str, tmp_path) -> None:
     docs = [d for d in render(overlay) if d["kind"] not in NO_SCHEMA]
     path = tmp_path / "rendered.yaml"
     path.write_text(yaml.safe_dump_all(docs))
-    out = subprocess.run([str(BIN / "kubernetes-validate"), "--strict", "--quiet", str(path)],
-                         capture_output=True, text=True)
+    out = subprocess.run([str(BIN / "kubernetes-validate"), "--strict", "--quiet", "--kubernetes-version",
+                          KUBERNETES_VERSION, str(path)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_everything_lands_in_one_namespace(overlay: str) -> None:
+    cluster_scoped = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
+    namespaces = {d["metadata"].get("namespace") for d in render(overlay) if d["kind"] not in cluster_scoped}
+    assert namespaces == {"supportmesh"}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_statefulsets_are_governed_by_headless_services(overlay: str) -> None:
+    """A StatefulSet's serviceName must be a headless Service (its pods' stable DNS names); the clients keep a
+    ClusterIP Service of the name the configuration uses."""
+    docs = render(overlay)
+    services = by_kind(docs, "Service")
+    for name, sts in by_kind(docs, "StatefulSet").items():
+        governing = services[sts["spec"]["serviceName"]]
+        assert governing["spec"].get("clusterIP") == "None", (name, governing["metadata"]["name"])
+        assert governing["spec"]["selector"].items() <= sts["spec"]["template"]["metadata"]["labels"].items()
+    config = by_kind(docs, "ConfigMap")["supportmesh-config"]["data"]
+    for url in (config["SUPPORTMESH_NATS_URL"], config["SUPPORTMESH_REDIS_URL"]):
+        client = services[url.split("://")[1].split(":")[0]]
+        assert client["spec"].get("clusterIP") != "None", url
+
+
+def test_keda_leaves_replicas_to_the_autoscaler(k3d) -> None:
+    """Under KEDA a Deployment that a ScaledObject scales has no `replicas` (each `kubectl apply` would reset
+    what the autoscaler chose); the others keep theirs."""
+    keda = render("k8s/overlays/keda")
+    scaled = {o["spec"]["scaleTargetRef"]["name"] for o in by_kind(keda, "ScaledObject").values()}
+    deployments, before = by_kind(keda, "Deployment"), by_kind(k3d, "Deployment")
+    assert scaled and scaled <= set(deployments)
+    assert "response-aggregator" not in scaled  # the single SQLite writer
+    for name, d in deployments.items():
+        if name in scaled:
+            assert "replicas" not in d["spec"], name
+        else:
+            assert d["spec"]["replicas"] == before[name]["spec"]["replicas"], name
 
 
 def test_generated_manifests_are_up_to_date() -> None:
@@ -82,7 +132,12 @@ def test_actors_have_probes_resources_and_settings(k3d) -> None:
         assert pod["metadata"]["labels"]["app.kubernetes.io/component"] == "actor"
         assert pod["metadata"]["labels"]["supportmesh.io/actor"] == actor
         assert pod["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
-        assert pod["spec"]["terminationGracePeriodSeconds"] >= 20
+        # SIGTERM lets the step in flight finish: its LLM calls can take timeout x tries each (the intent
+        # analyzer asks a second time when the answer is malformed), then the ack and the saga writes.
+        calls = {"intent_analyzer": 2, "response_generator": 1}.get(actor, 0)
+        tries = int(config.get("SUPPORTMESH_LLM_RETRIES", Settings.model_fields["llm_retries"].default)) + 1
+        timeout = float(config.get("SUPPORTMESH_LLM_TIMEOUT_S", Settings.model_fields["llm_timeout_s"].default))
+        assert pod["spec"]["terminationGracePeriodSeconds"] >= max(20, calls * tries * timeout + 10), actor
         assert NEEDED - {"SUPPORTMESH_SQLITE_PATH"} <= set(config)
     aggregator = deployments["response-aggregator"]
     assert aggregator["spec"]["replicas"] == 1 and aggregator["spec"]["strategy"]["type"] == "Recreate"
@@ -139,28 +194,130 @@ def test_dockerfile_image_is_pinned_and_runs_unprivileged() -> None:
                 assert (REPO / src).exists(), f"Dockerfile copies missing {src}"
 
 
-def test_dockerfile_install_and_entry_point(tmp_path) -> None:
-    """The image's `pip install .` and entry point, without Docker: build the wheel, install it into a fresh
-    virtualenv (dependencies from the project's environment, so nothing is downloaded), run `supportmesh`."""
+def dockerfile_build_context() -> list[str]:
+    """What the Dockerfile has copied when it runs `pip install`: the sources of its COPY lines up to there."""
+    sources: list[str] = []
+    for line in (REPO / "Dockerfile").read_text().splitlines():
+        words = line.split()
+        if words[:1] == ["COPY"] and not words[1].startswith("--"):
+            sources += words[1:-1]
+        if words[:1] == ["RUN"] and "pip install" in line:
+            assert re.search(r"pip install (--?[\w-]+ )*\.(\s|$)", line), line  # `.` itself: no extras
+            return sources
+    raise AssertionError("the Dockerfile installs nothing")
+
+
+def requirement_key(req: Requirement) -> tuple[str, str, str, str]:
+    return (canonicalize_name(req.name), ",".join(sorted(str(s) for s in req.specifier)),
+            ",".join(sorted(req.extras)), str(req.marker or ""))
+
+
+def dependency_closure(requirements: list[Requirement]) -> dict[str, importlib.metadata.Distribution]:
+    """The installed distributions that `requirements` need, transitively (markers evaluated here, extras
+    followed), each checked against the version it is asked for."""
+    found: dict[str, importlib.metadata.Distribution] = {}
+    seen: set[tuple[str, frozenset[str]]] = set()
+    todo = list(requirements)
+    while todo:
+        req = todo.pop()
+        key = (canonicalize_name(req.name), frozenset(req.extras))
+        if key in seen:
+            continue
+        seen.add(key)
+        dist = importlib.metadata.distribution(req.name)
+        assert req.specifier.contains(dist.version, prereleases=True), (str(req), dist.version)
+        found[key[0]] = dist
+        for raw in dist.requires or []:
+            sub = Requirement(raw)
+            envs = [{"extra": ""}, *({"extra": e} for e in req.extras)]
+            if sub.marker is None or any(sub.marker.evaluate(env) for env in envs):
+                todo.append(sub)
+    return found
+
+
+def test_dockerfile_install_and_entry_points(tmp_path) -> None:
+    """The image's `pip install .`, without Docker and without the network: the wheel is built (in tmp_path)
+    from exactly what the Dockerfile has copied by then; it requires exactly pyproject's runtime dependencies
+    (no test or bench package); installed into a fresh virtualenv whose only other packages are those
+    dependencies' closure (linked file by file from the dev environment, so a dev-only package is absent, as
+    in the image), every module of every package imports and the `supportmesh` entry point runs."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in dockerfile_build_context():
+        copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy2
+        copy(REPO / name, src / name, **({"ignore": shutil.ignore_patterns("__pycache__")}
+                                         if (REPO / name).is_dir() else {}))
     wheels = tmp_path / "wheels"
     out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                          "-w", str(wheels), str(REPO)], capture_output=True, text=True)
+                          "-w", str(wheels), str(src)], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
-    # The project's environment provides the dependencies, but not the project itself.
-    site = subprocess.run([sys.executable, "-c", "import site; print(site.getsitepackages()[0])"],
-                          capture_output=True, text=True, check=True).stdout.strip()
-    (venv / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages" /
-     "project-deps.pth").write_text(site + "\n")
     wheel = next(wheels.glob("supportmesh-*.whl"))
-    out = subprocess.run([str(venv / "bin" / "pip"), "install", "--no-deps", "--no-index", "-q", str(wheel)],
-                         capture_output=True, text=True)
+
+    # Requires-Dist: pyproject's runtime dependencies, and the extras only behind their `extra ==` marker.
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    with zipfile.ZipFile(wheel) as zf:
+        meta = zf.read(next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+        packages = {n.split("/")[0] for n in zf.namelist() if n.endswith("/__init__.py") and n.count("/") == 1}
+    declared = [Requirement(line.split(":", 1)[1].strip()) for line in meta.splitlines()
+                if line.startswith("Requires-Dist:")]
+    unconditional = [r for r in declared if "extra" not in str(r.marker or "")]
+    runtime = [Requirement(r) for r in project["dependencies"]]
+    assert {requirement_key(r) for r in unconditional} == {requirement_key(r) for r in runtime}
+    dev_only = {canonicalize_name(Requirement(r).name) for extra in ("test", "bench")
+                for r in project["optional-dependencies"][extra]}
+    closure = dependency_closure([r for r in unconditional if r.marker is None or r.marker.evaluate()])
+    leaked = dev_only & {canonicalize_name(r.name) for r in unconditional}
+    assert not leaked, leaked
+    assert packages == {"supportmesh", "actors", "saga", "gateway", "mocks", "observability"}
+
+    # The runtime closure only, file by file (a namespace package such as `opentelemetry` gets only the
+    # modules of the distributions in the closure).
+    deps = tmp_path / "runtime-deps"
+    for dist in closure.values():
+        assert dist.files is not None, dist.metadata["Name"]
+        for f in dist.files:
+            if f.parts[0] == ".." or f.suffix == ".pyc":
+                continue
+            target = deps / f
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if not target.exists():
+                target.symlink_to(dist.locate_file(f))
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    (Path(site) / "runtime-deps.pth").write_text(f"{deps}\n")
+    out = subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "--no-index",
+                          "-q", str(wheel)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+    out = subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "check"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr  # every requirement met by the closure alone
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     out = subprocess.run([str(venv / "bin" / "supportmesh"), "--help"], capture_output=True, text=True,
-                         cwd=tmp_path)
+                         cwd=tmp_path, env=env, timeout=120)
     assert out.returncode == 0 and "actor" in out.stdout and "gateway" in out.stdout, out.stderr
-    probe = subprocess.run([str(venv / "bin" / "python"), "-c",
-                            "import actors.runtime, gateway.app, mocks.app, saga.log; print(gateway.app.__file__)"],
-                           capture_output=True, text=True, cwd=tmp_path)
-    assert probe.returncode == 0 and str(venv) in probe.stdout, probe.stderr + probe.stdout
+    probe = subprocess.run([str(py), "-c", IMPORT_EVERYTHING, *sorted(packages)], capture_output=True, text=True,
+                           cwd=tmp_path, env=env, timeout=300)
+    assert probe.returncode == 0, probe.stdout + probe.stderr[-3000:]
+    imported = json.loads(probe.stdout)
+    assert len(imported) >= 50 and all(path.startswith(str(venv)) for path in imported.values()), imported
+
+
+# Imports every module of the given packages; prints {module: file}; fails listing what did not import.
+IMPORT_EVERYTHING = """
+import importlib, json, pkgutil, sys
+done, failed = {}, {}
+for top in sys.argv[1:]:
+    package = importlib.import_module(top)
+    done[top] = package.__file__
+    for info in pkgutil.walk_packages(package.__path__, top + "."):
+        try:
+            done[info.name] = importlib.import_module(info.name).__file__
+        except Exception as exc:
+            failed[info.name] = f"{type(exc).__name__}: {exc}"
+if failed:
+    sys.exit(json.dumps(failed, indent=1))
+print(json.dumps(done))
+"""
