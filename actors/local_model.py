@@ -37,6 +37,15 @@ INTENT_RULES: list[tuple[str, re.Pattern[str], float]] = [
     ("account_question", re.compile(r"\baccount\b|\bpassword\b|\blog ?in\b|\bsign ?in\b|\bmembership\b|"
                                     r"\btier\b|\bemail address\b|\bmy address\b|\bprofile\b"), 0.82),
 ]
+ACTIONS = frozenset({"cancel_order", "refund_request", "replacement_request"})
+# "I don't want a refund", "no need to cancel": an action the customer declines is not a request for it.
+NEGATED_ACTION = re.compile(
+    r"\b(?:don'?t|do not|didn'?t|never|no need to|not|no)\s+(?:(?:want|need|ask(?:ed)?\s+for|asking\s+for)\s+)?"
+    r"(?:a\s+|an\s+|to\s+|the\s+)?(?:refund|cancel|replace|exchange)\w*"
+)
+# Below the decision router's threshold: two different actions in one message go to a person, who can ask
+# which is meant, rather than the first rule deciding.
+MIXED_ACTIONS_CONFIDENCE = 0.5
 COMMON_WORDS = frozenset(
     "a an the i my me you your we our is are was were be been am do does did have has had can could will would "
     "please thanks thank hi hello hey help what when where why how which who it this that there here not no yes "
@@ -55,11 +64,15 @@ def analyze_intent(text: str) -> dict[str, Any]:
         "product": entities.product(text),
         "amount": entities.amount(text),
     }
-    for name, pattern, confidence in INTENT_RULES:
-        if pattern.search(lowered):
-            if name == "order_status" and found["tracking_number"] is None and found["order_number"] is None:
-                confidence -= 0.1  # a follow-up such as "and when will it arrive?" leans on session context
-            return {"intent": name, "entities": found, "confidence": round(confidence, 2)}
+    asked = NEGATED_ACTION.sub(" ", lowered)
+    matched = [(name, confidence) for name, pattern, confidence in INTENT_RULES if pattern.search(asked)]
+    if matched:
+        name, confidence = matched[0]
+        if len({n for n, _ in matched} & ACTIONS) > 1:
+            confidence = MIXED_ACTIONS_CONFIDENCE
+        elif name == "order_status" and found["tracking_number"] is None and found["order_number"] is None:
+            confidence -= 0.1  # a follow-up such as "and when will it arrive?" leans on session context
+        return {"intent": name, "entities": found, "confidence": round(confidence, 2)}
     if found["tracking_number"] or found["order_number"]:
         return {"intent": "order_status", "entities": found, "confidence": 0.7}
     words = re.findall(r"[a-z']+", lowered)

@@ -99,7 +99,14 @@ LOCAL_TABLE = [
     ("Can I exchange the shoes?", "replacement_request", {"product": "shoes"}),
     ("How do I reset my password?", "account_question", {}),
     ("asdf qwer zxcv", "general_inquiry", {}),
+    ("I don't want a refund, just tell me where order 12345 is", "order_status", {"order_number": "12345"}),
+    ("No need to cancel order 55555, when will it ship?", "order_status", {"order_number": "55555"}),
 ]
+
+
+def test_two_different_actions_in_one_message_are_not_decided_by_a_rule() -> None:
+    result = analyze_intent("Refund order 12345 and cancel order 55555")
+    assert result["confidence"] < 0.6  # below the decision router's threshold: a person asks which is meant
 
 
 @pytest.mark.parametrize("text,intent,found", LOCAL_TABLE)

@@ -75,6 +75,9 @@ SCENARIOS = [
     Scenario("Please cancel order 99999999", "cancel_order", ANSWER, "resolved", action="cancel",
              says=("couldn't find order 99999999", "Which order")),
     Scenario("I was charged twice, I want a chargeback", "refund_request", HUMAN, "escalated"),
+    Scenario("I don't want a refund, just tell me where order 12345 is", "order_status", ANSWER, "resolved",
+             says=("Distribution Center",), never_says=("refund",)),
+    Scenario("Refund order 12345 and cancel order 55555", "cancel_order", HUMAN, "escalated"),
 ]
 
 
