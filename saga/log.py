@@ -4,7 +4,8 @@ JetStream KV.
 - Bucket `saga_log`: one key per event, `<message_id>.<step:04d>.<kind>[.<n>]`. Keys are deterministic and
   written with KV `create`, so recording the same fact twice is a no-op (never a second record). Kinds that
   happen once per step (`step_completed`, `route_changed`, ...) have no counter; repeatable kinds carry the
-  attempt (or the action's sequence number) as `<n>`. A saga's history is read in write order with the
+  attempt (or the action's sequence number) as `<n>`; a resumption decided by recovery is keyed
+  `redelivered.<source>.<n>`, one counter per source. A saga's history is read in write order with the
   subject filter `<message_id>.>`.
 - Bucket `saga_state`: one key per message with its status, written on status transitions (started,
   compensating, completed / escalated / failed, resumed by recovery) with compare-and-set on the KV revision so
@@ -15,6 +16,7 @@ JetStream KV.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any, Literal
@@ -50,6 +52,7 @@ EventKind = Literal[
     "action_executed",
     "compensation_started",
     "compensation_completed",
+    "compensation_failed",
     "redelivered",
     "escalated",
     "poison_message",
@@ -87,20 +90,31 @@ class SagaEvent(BaseModel):
     @property
     def key(self) -> str:
         """The deterministic KV key of this event."""
-        return event_key(self.message_id, self.step_index, self.kind, self.attempt, self.seq)
+        source = self.data.get("source")
+        return event_key(self.message_id, self.step_index, self.kind, self.attempt, self.seq,
+                         source if isinstance(source, str) else None)
 
 
-def event_key(message_id: str, step_index: int, kind: str, attempt: int = 1, seq: int = 0) -> str:
+# Kinds counted per side effect (`seq` names the action), not per delivery attempt.
+PER_ACTION: frozenset[str] = frozenset(
+    {"action_executed", "compensation_started", "compensation_completed", "compensation_failed"}
+)
+_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def event_key(message_id: str, step_index: int, kind: str, attempt: int = 1, seq: int = 0,
+              source: str | None = None) -> str:
     """Key of an event: `<message_id>.<step>.<kind>` for once-per-step facts, else with a counter."""
     base = f"{message_id}.{step_index:04d}.{kind}"
     if kind in ONCE_PER_STEP:
         return base
-    # action and compensation events count actions (seq); the others count delivery attempts. A redelivery
-    # decided by recovery (seq > 0) has its own counter, apart from JetStream's redeliveries of the step.
-    if kind in ("action_executed", "compensation_started", "compensation_completed"):
+    if kind in PER_ACTION:
         return f"{base}.{seq}"
     if kind == "redelivered" and seq:
-        return f"{base}.r{seq}"
+        # A resumption decided by recovery (seq > 0) is counted apart from JetStream's redeliveries, and per
+        # source: the sweeper and the escalation router may resume the same step, and neither record may
+        # hide the other's (each budget is counted from its own events).
+        return f"{base}.{_KEY_UNSAFE.sub('_', source or 'recovery')}.{seq}"
     return f"{base}.{attempt}"
 
 

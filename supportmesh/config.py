@@ -59,6 +59,11 @@ class Settings(BaseSettings):
     # Recovery (escalation router): how often a failed saga is resumed before it is compensated and escalated.
     max_redeliveries: int = 1
     redelivery_delay_s: float = 1.0
+    # How long compensation keeps retrying an undo (undo calls are idempotent, so retrying is safe), counted
+    # from the saga's first `compensation_started`, and the longest pause between two tries. Past the
+    # deadline the reversal is left to a human (`compensation_failed`, named in the reply and the ticket).
+    compensation_deadline_s: float = Field(default=900.0, gt=0, le=7 * 24 * 3600)
+    compensation_backoff_max_s: float = Field(default=30.0, gt=0, le=3600)
     # The sweeper (in the error handler's process) resumes sagas with no event for `stall_after_s`, at most
     # `max_sweeps` times, then hands them to the error handler.
     sweep_interval_s: float = 5.0

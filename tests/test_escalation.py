@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+from pydantic import ValidationError
+
 from actors.commerce import CommerceClient
 from actors.escalation_router import effects_at_api, must_not_route_back, undone_effects
 from saga.log import SagaEvent
@@ -57,3 +60,15 @@ def test_no_route_back_after_escalation_or_when_the_answer_step_failed() -> None
     assert must_not_route_back(error.model_copy(update={"actor": "response_aggregator"}), [])
     assert not must_not_route_back(None, [_event("escalated", 1, {})])
 
+
+# ---- settings --------------------------------------------------------------------------------------------
+
+
+def test_compensation_settings_are_read_with_every_other_setting(monkeypatch) -> None:
+    monkeypatch.setenv("SUPPORTMESH_COMPENSATION_DEADLINE_S", "12.5")
+    monkeypatch.setenv("SUPPORTMESH_COMPENSATION_BACKOFF_MAX_S", "2")
+    settings = Settings()
+    assert (settings.compensation_deadline_s, settings.compensation_backoff_max_s) == (12.5, 2.0)
+    monkeypatch.setenv("SUPPORTMESH_COMPENSATION_DEADLINE_S", "0")
+    with pytest.raises(ValidationError, match="compensation_deadline_s"):
+        Settings()

@@ -11,6 +11,7 @@ import pytest
 from nats.js.errors import NoKeysError
 
 from runtime_harness import Harness, kinds
+from saga.log import SagaEvent
 from saga.protocol import subject_for
 from toy_actors import Catcher, Count, Done, Flaky, Slow, Upper
 
@@ -339,6 +340,20 @@ async def test_poison_message_of_a_running_saga_answers_its_customer_once(harnes
     info = await harness.consumer("upper")  # never looped: delivered once each, nothing pending
     assert info.num_redelivered == 0 and info.num_ack_pending == 0 and info.num_pending == 0
     assert harness.executions("upper") == []
+
+
+async def test_resumptions_of_one_step_by_the_sweeper_and_the_router_are_both_kept(harness: Harness) -> None:
+    """Both recovery sources may resume the same step for the first time: each keeps its record, so neither
+    budget is undercounted."""
+    from actors.escalation_router import redeliveries
+
+    for source in ("sweeper", "escalation_router"):
+        event = SagaEvent(message_id="m5", kind="redelivered", actor="escalation_router", step_index=3, seq=1,
+                          data={"source": source})
+        assert await harness.saga.record(event) is True
+    history = await harness.events("m5")
+    assert sorted(e.data["source"] for e in history) == ["escalation_router", "sweeper"]
+    assert redeliveries(history) == 1
 
 
 async def wait_until(predicate, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
