@@ -5,7 +5,8 @@
 - Otherwise the side effects the saga performed are *compensated* in reverse order (`compensation_started` /
   `compensation_completed`): the ones recorded in the saga log (`action_executed`) and the ones the orders API
   performed under this saga's idempotency keys whose answer was lost. An undo is retried with backoff until it
-  succeeds or the compensation deadline passes; then a human takes the reversal over.
+  succeeds or the compensation deadline passes (`SUPPORTMESH_COMPENSATION_DEADLINE_S`); then a human takes the
+  reversal over (`compensation_failed`).
 - A handoff ticket is opened for a human, and the customer gets an honest holding reply saying what was undone,
   what is still pending with a colleague and what happens next. What was undone comes from the whole saga
   history, so a retried step still names a refund an earlier attempt reversed.
@@ -24,38 +25,21 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
-
 from actors.base import Actor, StepContext, StepResult
 from actors.commerce import CommerceClient
 from actors.execution_coordinator import saga_key_prefix
-from actors.response_aggregator import build_result
 from observability import metrics
 from saga.log import SagaEvent
-from saga.protocol import AgentResponse, ErrorInfo, Message
+from saga.protocol import ANSWERING_ACTOR, AgentResponse, ErrorInfo, Message
+from saga.results import action_noun, build_result
 from saga.retry import is_retryable
 from supportmesh.config import Settings
 
 TRANSIENT = frozenset({"retryable_exhausted", "dead_letter", "stalled"})
-# The last step: when it fails there is nobody downstream to route the message back to.
-ANSWERING_ACTOR = "response_aggregator"
 # The orders API names cancellations "cancellation"; the saga's action plans say "cancel".
 API_ACTION = {"cancellation": "cancel"}
-ACTION_NOUN = {"refund": "refund", "cancel": "cancellation", "replacement": "replacement"}
 
 T = TypeVar("T")
-
-
-class CompensationSettings(BaseSettings):
-    """How long compensation keeps trying (`SUPPORTMESH_COMPENSATION_DEADLINE_S`,
-    `SUPPORTMESH_COMPENSATION_BACKOFF_MAX_S`). Undo calls are idempotent, so retrying them is safe; past the
-    deadline a human takes the reversal over."""
-
-    model_config = SettingsConfigDict(env_prefix="SUPPORTMESH_", extra="ignore")
-
-    compensation_deadline_s: float = Field(default=900.0, gt=0, le=7 * 24 * 3600)
-    compensation_backoff_max_s: float = Field(default=30.0, gt=0, le=3600)
 
 
 class GaveUp(Exception):
@@ -180,10 +164,6 @@ def escalation_reason(message: Message, min_confidence: float = 0.6) -> str:
     return "handoff"
 
 
-def _noun(action: str) -> str:
-    return ACTION_NOUN.get(action, action)
-
-
 def _opening(reason: str) -> str:
     if reason == "critical_sentiment":
         return ("I'm sorry about this experience. This needs a person's attention, so I've handed your "
@@ -198,11 +178,11 @@ def _opening(reason: str) -> str:
 
 def effect_sentences(comp: Compensation) -> list[str]:
     """One honest sentence per side effect: reversed, pending reversal, unverified, or done."""
-    parts = [f"I had started a {_noun(e.action)} on order {e.order_id}, and I've reversed it so nothing happens "
+    parts = [f"I had started a {action_noun(e.action)} on order {e.order_id}, and I've reversed it so nothing happens "
              "twice; my colleague will complete it with you." for e in comp.undone]
-    parts += [f"I had started a {_noun(e.action)} on order {e.order_id} and could not reverse it automatically; "
+    parts += [f"I had started a {action_noun(e.action)} on order {e.order_id} and could not reverse it automatically; "
               "a colleague will reverse it by hand and confirm with you." for e in comp.pending]
-    parts += [f"I may have started a {_noun(u['action'])} on order {u['order_id']} but could not confirm it with "
+    parts += [f"I may have started a {action_noun(u['action'])} on order {u['order_id']} but could not confirm it with "
               "our systems; a colleague will check it and make sure nothing happens twice." for u in comp.unverified]
     parts += [f"The {e.action} on order {e.order_id} has been done." for e in comp.kept]
     return parts
@@ -258,7 +238,6 @@ class EscalationRouter(Actor):
     async def start(self, settings: Settings) -> None:
         self.api = CommerceClient(settings)
         self.settings = settings
-        self.compensation = CompensationSettings()
 
     async def stop(self) -> None:
         await self.api.close()
@@ -342,7 +321,7 @@ class EscalationRouter(Actor):
         """Undo every effect of the saga not undone yet, newest first; what cannot be undone before the
         deadline is left to a human."""
         began = compensation_began(history)
-        deadline = (began or time.time()) + self.compensation.compensation_deadline_s
+        deadline = (began or time.time()) + self.settings.compensation_deadline_s
         comp = Compensation(undone=undone_effects(history))
         effects = await self._effects(message, history, deadline, ctx, comp)
         gone = {e.action_id for e in comp.undone}
@@ -395,6 +374,9 @@ class EscalationRouter(Actor):
                                          f"undoing {effect.action} {effect.action_id}")
         except GaveUp as exc:
             ctx.log.error("reversal of %s %s left to a human: %s", effect.action, effect.action_id, exc)
+            # The log says the undo was given up on (not just that it started): the answer of a saga that
+            # fails later, and whoever reads the timeline, see the reversal is a human's to do.
+            await ctx.record("compensation_failed", {**effect.as_data(), "error": str(exc)[:500]}, seq=seq)
             return False
         metrics.COMPENSATIONS.labels(effect.action).inc()
         await ctx.record("compensation_completed", {**effect.as_data(), "status": result.get("status")}, seq=seq)
@@ -412,7 +394,7 @@ class EscalationRouter(Actor):
                 detail = f"{type(exc).__name__}: {exc}"[:300]
                 if not is_retryable(exc):
                     raise GaveUp(f"{what} failed for good: {detail}") from exc
-                delay = min(self.compensation.compensation_backoff_max_s,
+                delay = min(self.settings.compensation_backoff_max_s,
                             self.settings.backoff_base_s * 2 ** (attempt - 1))
                 if time.time() + delay > deadline:
                     raise GaveUp(f"{what} still failing after {attempt} attempts: {detail}") from exc

@@ -1,5 +1,8 @@
 """response_aggregator: the last step. Writes the history rows and the session state, stores the outcome in
-KV and answers the waiting gateway. Every write is idempotent: the step may run twice after a crash."""
+KV and answers the waiting gateway. Every write is idempotent: the step may run twice after a crash.
+
+It also delivers the answer of a saga that failed elsewhere (the runtime routes it here with the reply set
+and the outcome `failed`), so that answer is in the history like any other."""
 
 from __future__ import annotations
 
@@ -13,26 +16,10 @@ from actors.base import Actor, StepContext
 from gateway.history import HistoryStore
 from gateway.sessions import SessionStore
 from saga.protocol import Message
-from saga.results import ChatResult
+from saga.results import build_result
 from supportmesh.config import Settings
 
 log = logging.getLogger("supportmesh.actor.response_aggregator")
-FALLBACK_REPLY = "Thanks for your message. A colleague will look into it and get back to you shortly."
-
-
-def build_result(message: Message, trace_id: str | None) -> ChatResult:
-    """The customer's answer from the finished message."""
-    p = message.payload
-    status = "escalated" if message.metadata.outcome == "escalated" else "resolved"
-    return ChatResult(
-        message_id=message.message_id,
-        session_id=message.session_id,
-        status=status,
-        response=p.response.text if p.response else FALLBACK_REPLY,
-        action_plan=p.action_plan.model_dump(mode="json") if p.action_plan else None,
-        execution_result=p.execution_result.model_dump(mode="json") if p.execution_result else None,
-        trace_id=trace_id,
-    )
 
 
 class ResponseAggregator(Actor):

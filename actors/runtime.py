@@ -50,6 +50,7 @@ from observability.tracing import (
 from saga import transport
 from saga.log import TERMINAL, SagaEvent, SagaLog
 from saga.protocol import (
+    ANSWERING_ACTOR,
     MESSAGE_ID,
     SESSION_ID,
     ErrorInfo,
@@ -57,8 +58,8 @@ from saga.protocol import (
     RouteError,
     subject_for,
 )
-from saga.replay import apply_step, replay
-from saga.results import ResultStore, fallback_result
+from saga.replay import FAILED_DETOUR, apply_redirect, apply_step, replay
+from saga.results import ResultStore, failed_enrichment, fallback_result
 from saga.retry import RetryPolicy, is_retryable
 from supportmesh.config import Settings
 
@@ -481,6 +482,11 @@ class ActorRuntime:
         route = message.route
         handler = route.error_handler
         actor = actor or self.name
+        if actor == handler or message.metadata.outcome == "failed":
+            # The error handler itself failed for good, or the saga had already failed and this is the delivery
+            # of its answer: nobody else can decide, so the saga is failed (and answered here).
+            await self._fail_saga(message, actor=actor, detail=detail, attempt=attempts)
+            return
         error = ErrorInfo(
             actor=actor,
             step_index=route.current_step,
@@ -489,11 +495,6 @@ class ActorRuntime:
             attempts=attempts,
             failed_route=list(route.steps[route.current_step :]) if route.current_step < len(route.steps) else [],
         )
-        failed = message.enriched({"error": error})
-        if actor == handler:
-            # The error handler itself failed for good: nobody else can decide, so the saga is failed.
-            await self._fail_saga(message, actor=actor, detail=detail, attempt=attempts)
-            return
         try:
             new_route = route.with_remaining([handler])
         except RouteError as exc:
@@ -501,33 +502,59 @@ class ActorRuntime:
             await self._fail_saga(message, actor=actor, detail=f"{detail}; no way to the error handler: {exc}",
                                   attempt=attempts)
             return
-        await self.record(
-            message,
-            "route_changed",
-            attempt=attempts,
-            data={"from": route.steps, "to": new_route.steps, "reason": f"error:{kind}",
-                  "error": error.model_dump(mode="json")},
-        )
-        await self._publish(failed.model_copy(update={"route": new_route.advanced()}))
+        detour = {"from": route.steps, "to": new_route.steps, "reason": f"error:{kind}",
+                  "error": error.model_dump(mode="json")}
+        await self.record(message, "route_changed", attempt=attempts, data=detour)
+        await self._publish(apply_redirect(message, detour))
 
     async def _fail_saga(self, message: Message, *, actor: str, detail: str, attempt: int = 1,
-                         data: dict[str, Any] | None = None) -> None:
-        """The saga cannot go on (its error handler failed for good or keeps dying on it, or recovery gave
-        up): record `saga_failed`, mark it failed, and answer the customer honestly (a colleague follows up):
-        the answer is stored for `GET /api/chat/{id}` and published to the waiting gateway. Nothing here
-        publishes into the stream, so it can never loop."""
+                         data: dict[str, Any] | None = None, history: list[SagaEvent] | None = None) -> None:
+        """The saga cannot go on (its error handler failed for good or keeps dying on it, recovery gave up, or
+        it cannot reach its error handler): record `saga_failed` and answer the customer honestly, naming each
+        side effect as the saga history has it (kept, reversed, or left to a colleague).
+
+        The answer goes through the response aggregator like any other (history rows, session state, result,
+        reply; the route then ends with the saga `failed`), unless the aggregator is what fails: then it is
+        stored for `GET /api/chat/{id}` and published to the waiting gateway from here, and the saga is marked
+        failed. A failure of that delivery comes back here with the outcome `failed` and is answered directly,
+        so nothing loops."""
         step = message.route.current_step
+        if history is None:
+            history = await self.saga.history(message.message_id)
         await self.saga.record(SagaEvent(
             message_id=message.message_id, kind="saga_failed", actor=actor, step_index=step, attempt=attempt,
             trace_id=current_trace_id() or message.metadata.trace_id, data={"error": detail, **(data or {})}))
+        log.error("saga failed: %s", detail, extra={"actor": self.name, "message_id": message.message_id})
+        if not _answering_fails(message, actor) and await self._answer_through_aggregator(message, history, attempt):
+            return
         await self.saga.set_state(message.message_id, status="failed", step_index=step, actor=actor,
                                   allow_reopen=True)
-        log.error("saga failed: %s", detail, extra={"actor": self.name, "message_id": message.message_id})
-        result = fallback_result(message, trace_id=current_trace_id())
+        result = fallback_result(message, history, trace_id=current_trace_id())
         # Create-only: a saga that already has an answer keeps it, and the customer is told once.
         if await self.results.save(result) and message.metadata.reply_subject:
             with contextlib.suppress(Exception):  # core NATS, best effort: the stored answer is the durable one
                 await self.nc.publish(message.metadata.reply_subject, result.to_bytes(), headers=inject_headers())
+
+    async def _answer_through_aggregator(self, message: Message, history: list[SagaEvent], attempt: int) -> bool:
+        """Route the failed saga to the response aggregator with its answer set and the outcome `failed`,
+        recorded as a detour (`route_changed`, reason `saga_failed`) so recovery can replay it. False when the
+        route cannot take the step, or this step's route already changed another way."""
+        route = message.route
+        try:
+            new_route = route.with_remaining([ANSWERING_ACTOR])
+        except RouteError:
+            return False
+        detour = {"from": route.steps, "to": new_route.steps, "reason": FAILED_DETOUR, "outcome": "failed",
+                  "enrichment": failed_enrichment(message, history)}
+        if not await self.record(message, "route_changed", attempt=attempt, data=detour):
+            # Already recorded (this failure is handled a second time, e.g. after a crash): publish the
+            # recorded detour again (its Nats-Msg-Id makes that a no-op when the first publish got through).
+            recorded = await self.saga.get_event(message.message_id, route.current_step, "route_changed")
+            if recorded is None or recorded.data.get("reason") != FAILED_DETOUR:
+                return False
+            detour = recorded.data
+        await self._publish(apply_redirect(message, detour))
+        return True
 
     async def _misrouted(self, msg: Msg, message: Message, attempt: int) -> None:
         route = message.route
@@ -682,7 +709,7 @@ class ActorRuntime:
         with tracer().start_as_current_span(f"dead_letter {subject_for(consumer)}", context=parent):
             await self._fail_saga(message, actor=consumer, attempt=max(deliveries, 1),
                                   detail=f"poison message on {consumer}: {record.data.get('error', '')}"[:500],
-                                  data={"reason": "poison", "poison_record": record.key})
+                                  data={"reason": "poison", "poison_record": record.key}, history=history)
 
     async def _saga_context(self, message_id: str, *, headers: dict[str, str] | None = None,
                             history: list[SagaEvent] | None = None) -> otel_context.Context | None:
@@ -744,7 +771,7 @@ class ActorRuntime:
             detail = f"no progress for {self.settings.stall_after_s:.0f}s after {sweeps} resumptions"
             if route.current == route.error_handler:
                 # Not even the error handler moves it: nobody else can, so fail it and answer.
-                await self._fail_saga(message, actor=route.current, detail=detail, attempt=sweeps)
+                await self._fail_saga(message, actor=route.current, detail=detail, attempt=sweeps, history=history)
             else:
                 await self._to_error_handler(message, kind="stalled", attempts=sweeps, actor=route.current,
                                              detail=detail)
@@ -801,6 +828,16 @@ class ActorRuntime:
     def _extra(self, message: Message, attempt: int) -> dict[str, Any]:
         return {"actor": self.name, "message_id": message.message_id, "step": message.step_index,
                 "attempt": attempt}
+
+
+def _answering_fails(message: Message, actor: str) -> bool:
+    """True when the failed saga's answer cannot go through the response aggregator: it is the one failing
+    (now, or in the failure the error handler was handling), its answer is already being delivered, or the
+    route has no current step to detour from."""
+    error = message.payload.error
+    return (actor == ANSWERING_ACTOR or message.metadata.outcome == "failed"
+            or (error is not None and error.actor == ANSWERING_ACTOR)
+            or message.route.current_step >= len(message.route.steps))
 
 
 def _crash_point(actor: str, point: str, attempt: int) -> None:

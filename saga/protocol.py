@@ -18,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 SUBJECT_PREFIX = "ecommerce.support"
 ERROR_HANDLER = "escalation_router"
+# The last step of every route: it writes the history, the session and the result, and answers the customer.
+ANSWERING_ACTOR = "response_aggregator"
 # The longest route a message may carry (routers that keep inserting steps hit it and fail the step).
 MAX_STEPS = 64
 

@@ -8,6 +8,7 @@ subject; the KV copy means a reply is never lost when the gateway restarts or it
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
@@ -20,7 +21,10 @@ from nats.js.errors import (
 )
 from pydantic import BaseModel, ConfigDict, Field
 
-from saga.protocol import Message
+from saga.log import SagaEvent
+from saga.protocol import AgentResponse, Message
+
+COMPENSATION_KINDS = ("compensation_started", "compensation_completed", "compensation_failed")
 
 RESULTS_BUCKET = "chat_results"
 
@@ -83,27 +87,108 @@ class ResultStore:
         return ChatResult.from_bytes(entry.value) if entry.value else None
 
 
-FALLBACK_REPLY = (
+# The answer when a finished route produced no reply text (should not happen; never an empty answer).
+NO_RESPONSE_REPLY = "Thanks for your message. A colleague will look into it and get back to you shortly."
+FAILED_REPLY = (
     "I'm sorry, I couldn't finish handling your message automatically, so I've passed it to a colleague, who "
     "will follow up with you by email within one business day."
 )
+# The orders API and the action plans name actions; the customer reads nouns.
+ACTION_NOUN = {"refund": "refund", "cancel": "cancellation", "cancellation": "cancellation",
+               "replacement": "replacement"}
 
 
-def fallback_result(message: Message, *, trace_id: str | None = None) -> ChatResult:
-    """The honest answer of a saga that cannot finish (status `escalated`: a colleague follows up). It
-    keeps the action plan and any side effects already executed, and says so, so nothing is hidden."""
+def action_noun(action: str) -> str:
+    """How the customer reads an action's name ("cancel" is a "cancellation")."""
+    return ACTION_NOUN.get(action, action)
+
+
+def build_result(message: Message, trace_id: str | None = None) -> ChatResult:
+    """The customer's answer from the finished message. A saga that was escalated or failed answers
+    `escalated` (a colleague follows up); the API knows no other status."""
     p = message.payload
-    executed = p.execution_result
-    text = FALLBACK_REPLY
-    if executed is not None and executed.actions:
-        done = ", ".join(f"{a.action} on order {a.order_id}" for a in executed.actions)
-        text += f" Already done before the interruption: {done}; my colleague will confirm it with you."
+    status = "escalated" if message.metadata.outcome in ("escalated", "failed") else "resolved"
     return ChatResult(
         message_id=message.message_id,
         session_id=message.session_id,
-        status="escalated",
-        response=text,
+        status=status,
+        response=p.response.text if p.response else NO_RESPONSE_REPLY,
         action_plan=p.action_plan.model_dump(mode="json") if p.action_plan else None,
-        execution_result=executed.model_dump(mode="json") if executed else None,
-        trace_id=message.metadata.trace_id or trace_id,
+        execution_result=p.execution_result.model_dump(mode="json") if p.execution_result else None,
+        trace_id=trace_id or message.metadata.trace_id,
     )
+
+
+@dataclass
+class SagaEffects:
+    """The side effects of a saga, from its history: each one exactly once, in the order they happened."""
+
+    kept: list[dict[str, Any]] = field(default_factory=list)  # done, and still in effect
+    undone: list[dict[str, Any]] = field(default_factory=list)  # reversed (`compensation_completed`)
+    reversing: list[dict[str, Any]] = field(default_factory=list)  # undo started; its outcome is unknown
+    not_reversed: list[dict[str, Any]] = field(default_factory=list)  # undo given up (`compensation_failed`)
+
+
+def saga_effects(message: Message, history: list[SagaEvent]) -> SagaEffects:
+    """What the saga did and undid: effects recorded (`action_executed`, compensations of effects found at the
+    API) or carried by the message, each classified by its last compensation fact."""
+    effects: dict[str, dict[str, Any]] = {}
+    for event in history:
+        if event.kind in ("action_executed", *COMPENSATION_KINDS) and event.data.get("action_id"):
+            effects.setdefault(str(event.data["action_id"]), event.data)
+    if message.payload.execution_result is not None:
+        for action in message.payload.execution_result.actions:
+            effects.setdefault(action.action_id, action.model_dump(mode="json"))
+    facts = {kind: {str(e.data.get("action_id")) for e in history if e.kind == kind} for kind in COMPENSATION_KINDS}
+    out = SagaEffects()
+    for action_id, data in effects.items():
+        if action_id in facts["compensation_completed"]:
+            out.undone.append(data)
+        elif action_id in facts["compensation_failed"]:
+            out.not_reversed.append(data)
+        elif action_id in facts["compensation_started"]:
+            out.reversing.append(data)
+        else:
+            out.kept.append(data)
+    return out
+
+
+def _named(effect: dict[str, Any]) -> str:
+    return f"{action_noun(str(effect.get('action', 'action')))} on order {effect.get('order_id', '?')}"
+
+
+def failed_reply(effects: SagaEffects) -> str:
+    """The honest answer of a saga that cannot finish: a colleague follows up, and each side effect is named
+    as it really stands (done, reversed, being reversed, or left to the colleague to reverse)."""
+    parts = [FAILED_REPLY]
+    if effects.kept:
+        done = ", ".join(_named(e) for e in effects.kept)
+        parts.append(f"Already done before the interruption: {done}; my colleague will confirm it with you.")
+    parts += [f"I had started a {_named(e)} and reversed it, so nothing happens twice." for e in effects.undone]
+    parts += [f"I was reversing a {_named(e)} when this happened; my colleague will make sure it is reversed and "
+              "confirm with you." for e in effects.reversing]
+    parts += [f"I had started a {_named(e)} and could not reverse it automatically; my colleague will reverse it "
+              "by hand and confirm with you." for e in effects.not_reversed]
+    return " ".join(parts)
+
+
+def failed_enrichment(message: Message, history: list[SagaEvent]) -> dict[str, Any]:
+    """The payload fields of a failed saga's answer (JSON, as recorded in the saga log): the reply, and the
+    execution result with every reversed action marked `undone`."""
+    effects = saga_effects(message, history)
+    response = AgentResponse(text=failed_reply(effects), model="supportmesh-runtime", fallback_used=True)
+    enrichment: dict[str, Any] = {"response": response.model_dump(mode="json")}
+    executed = message.payload.execution_result
+    if executed is not None and executed.actions:
+        undone = {str(e.get("action_id")) for e in effects.undone}
+        actions = [a.model_copy(update={"status": "undone"}) if a.action_id in undone else a
+                   for a in executed.actions]
+        enrichment["execution_result"] = executed.model_copy(update={"actions": actions}).model_dump(mode="json")
+    return enrichment
+
+
+def fallback_result(message: Message, history: list[SagaEvent], *, trace_id: str | None = None) -> ChatResult:
+    """The answer of a failed saga, given directly (when its answering step is what fails)."""
+    failed = message.enriched(failed_enrichment(message, history))
+    failed = failed.model_copy(update={"metadata": failed.metadata.model_copy(update={"outcome": "failed"})})
+    return build_result(failed, trace_id)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -43,15 +44,10 @@ class Harness:
 
     async def start(self) -> Harness:
         self.server.start()
-        self.settings = Settings(
-            nats_url=self.server.url,
-            ack_wait_s=2.0,
-            backoff_base_s=0.2,
-            backoff_max_s=1.0,
-            max_attempts=3,
-            saga_ttl_s=3600,
-            **self.overrides,
-        )
+        defaults: dict[str, Any] = {"ack_wait_s": 2.0, "backoff_base_s": 0.2, "backoff_max_s": 1.0,
+                                    "max_attempts": 3, "saga_ttl_s": 3600,
+                                    "sqlite_path": str(self.tmp / "history.db")}
+        self.settings = Settings(nats_url=self.server.url, **{**defaults, **self.overrides})
         os.environ["SUPPORTMESH_TOY_LOG"] = str(self.toy_log)
         await self.connect()
         return self
@@ -88,6 +84,21 @@ class Harness:
         await rt.start()
         self.runtimes.append(rt)
         return rt
+
+    async def run_aggregator(self) -> ActorRuntime:
+        """The real response aggregator (SQLite history, Redis session state, stored result, reply): the
+        answering step, of failed sagas too. The harness must be given a `redis_url`."""
+        from actors.response_aggregator import ResponseAggregator
+
+        assert "redis_url" in self.overrides, "run_aggregator needs Harness(..., redis_url=...)"
+        return await self.run_actor(ResponseAggregator)
+
+    def history_rows(self, message_id: str) -> list[tuple[str, str]]:
+        """(sender, content) of the SQLite history rows of one message, the customer's first."""
+        with contextlib.closing(sqlite3.connect(self.settings.sqlite_path)) as db:
+            rows = db.execute("SELECT sender, content FROM messages WHERE message_id IN (?, ?) ORDER BY sender DESC",
+                              (message_id, f"{message_id}:agent")).fetchall()
+        return [(sender, content) for sender, content in rows]
 
     def spawn_actor(self, spec: str, *, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         """Run an actor in its own OS process (`python -m actors <spec>`), logging to the temp folder."""

@@ -12,7 +12,8 @@ from pydantic import ValidationError
 from actors.commerce import CommerceClient
 from actors.escalation_router import effects_at_api, must_not_route_back, undone_effects
 from saga.log import SagaEvent
-from saga.protocol import ErrorInfo
+from saga.protocol import ErrorInfo, ExecutedAction, ExecutionResult, new_message
+from saga.results import failed_enrichment, fallback_result
 from supportmesh.config import Settings
 
 # ---- pure decisions --------------------------------------------------------------------------------------
@@ -59,6 +60,49 @@ def test_no_route_back_after_escalation_or_when_the_answer_step_failed() -> None
     assert must_not_route_back(error, [_event("escalated", 1, {"reason": "critical_sentiment"})])
     assert must_not_route_back(error.model_copy(update={"actor": "response_aggregator"}), [])
     assert not must_not_route_back(None, [_event("escalated", 1, {})])
+
+
+
+# ---- the answer of a failed saga ------------------------------------------------------------------------
+
+
+def _executed(action: str, order_id: str, action_id: str) -> dict[str, Any]:
+    return ExecutedAction(action=action, order_id=order_id, action_id=action_id,  # type: ignore[arg-type]
+                          idempotency_key=f"m1:{action}:{order_id}").model_dump(mode="json")
+
+
+def test_a_failed_sagas_answer_names_each_effect_as_its_history_has_it() -> None:
+    refund, cancel, replacement, kept = (_executed("refund", "44444", "act_1"), _executed("cancel", "55555", "act_2"),
+                                         _executed("replacement", "66666", "act_3"), _executed("refund", "77777", "act_4"))
+    history = [
+        _event("action_executed", 1, refund), _event("action_executed", 1, cancel, seq=1),
+        _event("action_executed", 1, replacement, seq=2), _event("action_executed", 1, kept, seq=3),
+        _event("compensation_started", 3, refund, seq=11), _event("compensation_completed", 3, refund, seq=11),
+        _event("compensation_started", 3, cancel, seq=12), _event("compensation_failed", 3, cancel, seq=12),
+        _event("compensation_started", 3, replacement, seq=13),
+    ]
+    message = new_message(session_id="s1", customer_email="user@example.com", customer_message="help")
+    message = message.enriched({"execution_result": ExecutionResult(success=True, actions=[
+        ExecutedAction.model_validate(refund), ExecutedAction.model_validate(kept)])})
+
+    result = fallback_result(message, history)
+
+    text = result.response
+    assert result.status == "escalated" and "colleague" in text
+    assert "Already done before the interruption: refund on order 77777;" in text
+    assert "refund on order 44444 and reversed it" in text and "Already done before the interruption: refund on " \
+        "order 44444" not in text
+    assert "cancellation on order 55555 and could not reverse it automatically" in text
+    assert "reversing a replacement on order 66666" in text
+    assert [(a["action_id"], a["status"]) for a in result.execution_result["actions"]] == [
+        ("act_1", "undone"), ("act_4", "active")]
+
+
+def test_a_failed_saga_without_effects_says_only_that_a_colleague_follows_up() -> None:
+    message = new_message(session_id="s1", customer_email="user@example.com", customer_message="help")
+    enrichment = failed_enrichment(message, [])
+    assert "execution_result" not in enrichment
+    assert "Already done" not in enrichment["response"]["text"] and "colleague" in enrichment["response"]["text"]
 
 
 # ---- settings --------------------------------------------------------------------------------------------

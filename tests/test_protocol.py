@@ -15,7 +15,8 @@ from saga.protocol import (
     RouteError,
     new_message,
 )
-from saga.replay import apply_step
+from saga.log import SagaEvent
+from saga.replay import FAILED_DETOUR, apply_step, replay
 
 
 def wire(**changes: object) -> dict:
@@ -149,3 +150,23 @@ def test_enrichments_are_strict_and_never_change_the_customer_input() -> None:
         message.enriched({"sentiment": {"label": "NEGATIVE", "score": "-0.5", "confidence": 1.0, "urgency": "high"}})
     with pytest.raises(ValueError):
         message.enriched({"customer_message": "something else"})
+
+
+def test_replay_follows_a_failed_sagas_detour_to_its_answer() -> None:
+    """The answer of a failed saga is a recorded detour: a sweeper resuming the saga delivers that answer, it
+    does not run the failed step again."""
+    message = new_message(session_id="s-1", customer_email="user@example.com", customer_message="hi",
+                          steps=["flaky"])
+    answer = {"response": {"text": "a colleague follows up", "model": "supportmesh-runtime"}}
+    history = [
+        SagaEvent(message_id=message.message_id, kind="saga_started", actor="gateway", step_index=0,
+                  data={"message": message.model_dump(mode="json")}),
+        SagaEvent(message_id=message.message_id, kind="saga_failed", actor="flaky", step_index=0, data={}),
+        SagaEvent(message_id=message.message_id, kind="route_changed", actor="flaky", step_index=0,
+                  data={"from": ["flaky"], "to": ["flaky", "response_aggregator"], "reason": FAILED_DETOUR,
+                        "enrichment": answer, "outcome": "failed"}),
+    ]
+    resumed = replay(history)
+    assert resumed is not None and resumed.route.current == "response_aggregator"
+    assert resumed.route.current_step == 1 and resumed.metadata.outcome == "failed"
+    assert resumed.payload.response is not None and resumed.payload.response.text == "a colleague follows up"

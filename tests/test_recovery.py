@@ -13,9 +13,9 @@ from typing import Any
 import httpx
 import pytest
 from runtime_harness import Harness, kinds, start_mocks
-from toy_actors import Flaky, note
+from toy_actors import BrokenAggregator, Flaky
 
-from actors.base import Actor, PermanentError, RetryableError, StepContext
+from actors.base import Actor
 from actors.escalation_router import EscalationRouter
 from actors.execution_coordinator import ExecutionCoordinator
 from actors.response_aggregator import ResponseAggregator
@@ -27,18 +27,6 @@ from saga.transport import start_saga
 WITH_FLAKY = ["execution_coordinator", "flaky", "response_aggregator"]
 UNDO = "POST /actions/{action_id}/undo"
 REFUNDS = "POST /orders/{order_id}/refunds"
-
-
-class BrokenAggregator(Actor):
-    """A response aggregator whose store is down: fails every time (transiently when the text says so)."""
-
-    name = "response_aggregator"
-
-    async def handle(self, message: Message, ctx: StepContext) -> None:
-        note(self.name, message, ctx.attempt)
-        if "transient" in message.payload.customer_message:
-            raise RetryableError("history store unreachable")
-        raise PermanentError("history store refuses the write")
 
 
 @pytest.fixture(scope="module")
@@ -64,11 +52,11 @@ def api(mocks_url: str):
 @contextlib.asynccontextmanager
 async def mesh(tmp_path, mocks_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch, *,
                aggregator: type[Actor] = ResponseAggregator, deadline_s: float = 60.0) -> AsyncIterator[Harness]:
-    """The execution coordinator, flaky, the escalation router and an aggregator on a fresh nats-server."""
-    monkeypatch.setenv("SUPPORTMESH_COMPENSATION_DEADLINE_S", str(deadline_s))
-    monkeypatch.setenv("SUPPORTMESH_COMPENSATION_BACKOFF_MAX_S", "0.5")
+    """The execution coordinator, flaky, the escalation router and an aggregator on a fresh nats-server. The
+    compensation deadline is one of the settings every process gets (not an environment of its own)."""
     h = Harness(tmp_path, customers_api_url=mocks_url, orders_api_url=mocks_url, tracking_api_url=mocks_url,
-                redis_url=redis_url, sqlite_path=str(tmp_path / "history.db"), redelivery_delay_s=0.1)
+                redis_url=redis_url, sqlite_path=str(tmp_path / "history.db"), redelivery_delay_s=0.1,
+                compensation_deadline_s=deadline_s, compensation_backoff_max_s=0.5)
     await h.start()
     try:
         for cls in (ExecutionCoordinator, Flaky, EscalationRouter, aggregator):
@@ -78,10 +66,10 @@ async def mesh(tmp_path, mocks_url: str, redis_url: str, monkeypatch: pytest.Mon
         await h.close()
 
 
-async def run_refund(h: Harness, text: str, steps: list[str], order_id: str = "44444",
-                     amount: float = 5.0) -> tuple[Message, ChatResult, list[SagaEvent], list[ChatResult]]:
-    """Start a saga that refunds, wait for its end; returns the message, the stored answer, the saga history
-    and the answers published on the reply subject."""
+async def run_refund(h: Harness, text: str, steps: list[str], order_id: str = "44444", amount: float = 5.0,
+                     status: str = "escalated") -> tuple[Message, ChatResult, list[SagaEvent], list[ChatResult]]:
+    """Start a saga that refunds, wait for it to end with `status`; returns the message, the stored answer, the
+    saga history and the answers published on the reply subject."""
     replies: list[ChatResult] = []
     subject = f"test.reply.{id(replies)}"
 
@@ -95,7 +83,7 @@ async def run_refund(h: Harness, text: str, steps: list[str], order_id: str = "4
     message = message.enriched({"action_plan": plan})
     await start_saga(h.js, h.saga, message)
     state = await h.wait_terminal(message.message_id, timeout=45)
-    assert state.status == "escalated", state
+    assert state.status == status, state
     result = await (await ResultStore.open(h.js, ttl_s=3600)).get(message.message_id)
     assert result is not None
     await h.nc.flush()
@@ -179,6 +167,9 @@ async def test_undo_that_never_succeeds_is_left_to_a_human_and_said_so(tmp_path,
     assert f"REVERSAL PENDING: refund {action['action_id']} on 44444" in ticket["summary"]
     [escalated] = [e for e in events if e.kind == "escalated"]
     assert escalated.data["pending_reversal"] == [action["action_id"]]
+    # The log itself says the undo was given up on, not only that it started.
+    [gave_up] = [e for e in events if e.kind == "compensation_failed"]
+    assert gave_up.data["action_id"] == action["action_id"] and "still failing" in gave_up.data["error"]
 
 
 # ---- the reply names what an earlier attempt undid -------------------------------------------------------
@@ -249,3 +240,42 @@ async def test_effect_that_cannot_be_checked_is_reported_as_unverified(tmp_path,
     assert "may have started a refund on order 44444" in result.response and "reversed" not in result.response
     ticket = ticket_of(api, message)
     assert ticket["priority"] == "high" and "UNVERIFIED: a refund on 44444" in ticket["summary"]
+
+
+# ---- the escalation router fails for good: the saga fails, its answer is built from the history -------------
+
+
+async def test_router_failing_after_the_undo_answers_through_the_aggregator_naming_the_undo(
+        tmp_path, mocks_url, redis_url, monkeypatch, api) -> None:
+    # The refund is undone, then the ticket cannot be opened on any attempt: the router fails for good.
+    api.put("/_admin/faults", json={"POST /tickets": {"error_rate": 1.0}}).raise_for_status()
+    async with mesh(tmp_path, mocks_url, redis_url, monkeypatch) as h:
+        message, result, events, replies = await run_refund(h, "fail-permanent", WITH_FLAKY, status="failed")
+        rows = h.history_rows(message.message_id)
+    assert [a["status"] for a in my_actions(api, "44444", message)] == ["undone"]
+    assert count(events, "compensation_completed") == 1
+    assert [e.actor for e in events if e.kind == "saga_failed"] == ["escalation_router"]
+    # The answer says the refund was reversed, not that it is done; the action is marked undone.
+    assert result.status == "escalated" and "colleague" in result.response
+    assert "refund on order 44444 and reversed it" in result.response and "Already done" not in result.response
+    assert [a["status"] for a in result.execution_result["actions"]] == ["undone"]
+    # Delivered by the aggregator like any answer: two history rows, one reply, and the saga ends failed.
+    assert rows == [("customer", "fail-permanent"), ("agent", result.response)]
+    assert [r.response for r in replies] == [result.response]
+    [done] = [e for e in events if e.kind == "saga_completed"]
+    assert (done.actor, done.data["status"]) == ("response_aggregator", "failed")
+
+
+async def test_router_failing_on_an_aggregator_failure_answers_directly_without_a_loop(
+        tmp_path, mocks_url, redis_url, monkeypatch, api) -> None:
+    api.put("/_admin/faults", json={"POST /tickets": {"error_rate": 1.0}}).raise_for_status()
+    async with mesh(tmp_path, mocks_url, redis_url, monkeypatch, aggregator=BrokenAggregator) as h:
+        message, result, events, replies = await run_refund(h, "store down (permanent)", ["execution_coordinator",
+                                                            "response_aggregator"], order_id="33333", status="failed")
+        calls = h.executions("response_aggregator", message.message_id)
+    # The aggregator is not asked again to deliver the answer of a failure it caused.
+    assert {step for _, _, step, _ in calls} == {1}
+    assert [e.actor for e in events if e.kind == "saga_failed"] == ["escalation_router"]
+    assert result.status == "escalated" and "refund on order 33333 and reversed it" in result.response
+    assert [r.response for r in replies] == [result.response]
+    assert [a["status"] for a in my_actions(api, "33333", message)] == ["undone"]

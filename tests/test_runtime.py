@@ -12,8 +12,9 @@ from nats.js.errors import NoKeysError
 
 from runtime_harness import Harness, kinds
 from saga.log import SagaEvent
-from saga.protocol import subject_for
-from toy_actors import Catcher, Count, Done, Flaky, Slow, Upper
+from saga.protocol import Message, subject_for
+from saga.results import ChatResult
+from toy_actors import BrokenAggregator, Catcher, Count, Done, Flaky, Slow, Upper
 
 pytestmark = pytest.mark.asyncio
 
@@ -291,30 +292,80 @@ async def test_actor_metrics_carry_trace_exemplars(harness: Harness) -> None:
     assert any(f'trace_id="{step.trace_id}"' in e for e in exemplars), exemplars
 
 
-async def test_saga_whose_error_handler_fails_for_good_is_failed_and_answered(harness: Harness) -> None:
-    await harness.run_actor(Flaky)
-    subject, replies = await harness.reply_inbox()
+@pytest.fixture
+async def answering(tmp_path, redis_url):
+    """A harness with Redis, so the real response aggregator can run (history in SQLite, session, result)."""
+    h = Harness(tmp_path, redis_url=redis_url)
+    await h.start()
+    try:
+        yield h
+    finally:
+        await h.close()
+
+
+def assert_failed_and_answered_through_the_history(h: Harness, message: Message, events: list[SagaEvent],
+                                                   result: ChatResult | None) -> None:
+    """A failed saga's answer was delivered by the response aggregator: the customer's and the agent's rows are
+    in the history (the agent's is the answer), and the route ended with the saga failed."""
+    assert result is not None and result.status == "escalated" and "colleague" in result.response
+    assert h.history_rows(message.message_id) == [("customer", message.payload.customer_message),
+                                                  ("agent", result.response)]
+    assert [e.kind for e in events if e.kind == "saga_failed"] == ["saga_failed"]
+    assert [(e.actor, e.data["status"]) for e in events if e.kind == "saga_completed"] == [
+        ("response_aggregator", "failed")]
+
+
+async def test_saga_whose_error_handler_fails_for_good_is_failed_and_answered(answering: Harness) -> None:
+    h = answering
+    await h.run_actor(Flaky)
+    await h.run_aggregator()
+    subject, replies = await h.reply_inbox()
     # The failing step is the error handler itself: nobody is left to decide.
+    message = await h.submit(["flaky"], "fail-permanent", error_handler="flaky", reply_subject=subject)
+
+    state = await h.wait_terminal(message.message_id)
+
+    assert state.status == "failed"
+    events = await h.events(message.message_id)
+    # The customer is answered through the aggregator (GET /api/chat/{id} reads the stored result; the waiting
+    # gateway gets the reply; the history shows both sides, as for any message).
+    result = await h.results.get(message.message_id)
+    assert_failed_and_answered_through_the_history(h, message, events, result)
+    await wait_until(lambda: len(replies) >= 1)
+    assert [r.message_id for r in replies] == [message.message_id]
+    await asyncio.sleep(h.settings.ack_wait_s + 0.5)
+    assert len(h.executions("flaky", message.message_id)) == 1  # no loop
+    assert len(replies) == 1
+
+
+async def test_failed_sagas_answer_failing_in_the_aggregator_is_given_directly_without_a_loop(harness: Harness) -> None:
+    """The aggregator cannot deliver a failed saga's answer either: the answer is stored and sent from its
+    runtime, and the failure never goes back to the error handler (which already failed)."""
+    await harness.run_actor(Flaky)
+    await harness.run_actor(BrokenAggregator)
+    subject, replies = await harness.reply_inbox()
     message = await harness.submit(["flaky"], "fail-permanent", error_handler="flaky", reply_subject=subject)
 
     state = await harness.wait_terminal(message.message_id)
 
     assert state.status == "failed"
-    events = await harness.events(message.message_id)
-    assert [e.kind for e in events if e.kind == "saga_failed"] == ["saga_failed"]
-    # The customer is answered (GET /api/chat/{id} reads the stored result; the waiting gateway gets it too).
     result = await harness.results.get(message.message_id)
     assert result is not None and result.status == "escalated" and "colleague" in result.response
     await wait_until(lambda: len(replies) >= 1)
-    assert [r.message_id for r in replies] == [message.message_id]
     await asyncio.sleep(harness.settings.ack_wait_s + 0.5)
-    assert len(harness.executions("flaky", message.message_id)) == 1  # no loop
-    assert len(replies) == 1
+    assert len(harness.executions("flaky", message.message_id)) == 1  # the error handler was not asked again
+    assert [s for (_, _, s, _) in harness.executions("response_aggregator", message.message_id)] == [1]
+    assert [r.message_id for r in replies] == [message.message_id]
+    events = await harness.events(message.message_id)
+    assert [(e.actor, e.step_index) for e in events if e.kind == "saga_failed"] == [
+        ("flaky", 0), ("response_aggregator", 1)]
 
 
-async def test_poison_message_of_a_running_saga_answers_its_customer_once(harness: Harness) -> None:
+async def test_poison_message_of_a_running_saga_answers_its_customer_once(answering: Harness) -> None:
+    harness = answering
     await harness.run_actor(Upper)
     await harness.run_actor(Catcher)  # the error handler: also consumes the MSG_TERMINATED advisories
+    await harness.run_aggregator()
     subject, replies = await harness.reply_inbox()
     waiting = await harness.submit(["upper", "done"], "my hop gets corrupted", reply_subject=subject, publish=False)
     # The saga's hop arrives corrupted (say, from a replica of another version): it can never run.
@@ -331,6 +382,8 @@ async def test_poison_message_of_a_running_saga_answers_its_customer_once(harnes
     assert failed[0].data["poison_record"] == f"poison-upper-{ack.seq}.0000.poison_message.1"
     result = await harness.results.get(waiting.message_id)
     assert result is not None and result.status == "escalated"
+    assert harness.history_rows(waiting.message_id) == [("customer", "my hop gets corrupted"),
+                                                        ("agent", result.response)]
     await wait_until(lambda: len(replies) >= 1)
     # A poison message that names no saga of ours is recorded and seen by recovery, and answers no one.
     await wait_until_async(lambda: harness.saga.get_event(f"poison-upper-{stranger.seq}", 0, "dead_lettered"))

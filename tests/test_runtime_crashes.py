@@ -146,10 +146,19 @@ async def test_message_whose_process_always_dies_becomes_a_dead_letter(harness: 
     assert info.num_pending == 0
 
 
-async def test_error_handler_whose_process_always_dies_fails_the_saga_and_answers(harness: Harness) -> None:
+async def test_error_handler_whose_process_always_dies_fails_the_saga_and_answers(tmp_path, redis_url) -> None:
     """The dead letter is the error handler's own step: rather than loop, the saga is failed, and the customer
-    still gets an answer."""
+    still gets an answer, through the response aggregator (so it is in the history)."""
+    harness = await Harness(tmp_path, redis_url=redis_url).start()
+    try:
+        await _error_handler_always_dies(harness)
+    finally:
+        await harness.close()
+
+
+async def _error_handler_always_dies(harness: Harness) -> None:
     await harness.run_actor(Catcher)  # consumes the dead-letter advisories (the route's handler is `upper`)
+    await harness.run_aggregator()
     subject, replies = await harness.reply_inbox()
     crash_env = {"SUPPORTMESH_CRASH_POINT": "upper:before_handler:always"}
     message = await harness.submit(["upper", "done"], "this kills upper every time", error_handler="upper",
@@ -157,13 +166,16 @@ async def test_error_handler_whose_process_always_dies_fails_the_saga_and_answer
 
     deaths = await keep_restarting_until_terminal(harness, "toy_actors:Upper", crash_env, message.message_id)
 
-    state = await harness.wait_terminal(message.message_id, timeout=5)
+    state = await harness.wait_terminal(message.message_id, timeout=15)
     assert state.status == "failed"
     assert deaths == harness.settings.max_attempts + 1
     events = await harness.events(message.message_id)
-    assert [e.kind for e in events if e.kind in ("dead_lettered", "saga_failed")] == ["dead_lettered", "saga_failed"]
+    assert [e.kind for e in events if e.kind in ("dead_lettered", "saga_failed", "saga_completed")] == [
+        "dead_lettered", "saga_failed", "saga_completed"]
     result = await harness.results.get(message.message_id)
     assert result is not None and result.status == "escalated"
+    assert harness.history_rows(message.message_id) == [("customer", "this kills upper every time"),
+                                                        ("agent", result.response)]
     await wait_for(lambda: len(replies) >= 1)
     assert [r.message_id for r in replies] == [message.message_id]
     assert harness.executions("done", message.message_id) == []
@@ -294,9 +306,10 @@ async def test_sweeper_resumes_a_saga_whose_message_was_lost_then_gives_up(tmp_p
 
 
 @pytest.fixture
-async def sweeping(tmp_path):
-    """A harness whose sweeper (in the error handler, `catcher`) acts after one second of silence."""
-    h = Harness(tmp_path, stall_after_s=1.0, sweep_interval_s=0.3, max_sweeps=2)
+async def sweeping(tmp_path, redis_url):
+    """A harness whose sweeper (in the error handler, `catcher`) acts after one second of silence (with Redis,
+    for the response aggregator)."""
+    h = Harness(tmp_path, stall_after_s=1.0, sweep_interval_s=0.3, max_sweeps=2, redis_url=redis_url)
     await h.start()
     try:
         yield h
@@ -329,6 +342,7 @@ async def test_sweeper_resumes_a_hop_lost_inside_the_duplicate_window(sweeping: 
 async def test_saga_stuck_at_its_error_handler_is_failed_and_answered_after_the_cap(sweeping: Harness) -> None:
     h = sweeping
     await h.run_actor(Catcher)  # sweeps; the stuck saga's error handler is `ghost`, which nobody serves
+    await h.run_aggregator()
     subject, replies = await h.reply_inbox()
     message = await h.submit(["ghost"], "nobody serves my handler", error_handler="ghost", reply_subject=subject)
 
@@ -338,9 +352,11 @@ async def test_saga_stuck_at_its_error_handler_is_failed_and_answered_after_the_
     events = await h.events(message.message_id)
     sweeps = [e for e in events if e.kind == "redelivered" and e.data["source"] == "sweeper"]
     assert len(sweeps) == h.settings.max_sweeps
-    assert events[-1].kind == "saga_failed"
+    assert [(e.actor, e.step_index) for e in events if e.kind == "saga_failed"] == [("ghost", 0)]
+    assert events[-1].kind == "saga_completed" and events[-1].data["status"] == "failed"
     result = await h.results.get(message.message_id)
     assert result is not None and result.status == "escalated"
+    assert h.history_rows(message.message_id) == [("customer", "nobody serves my handler"), ("agent", result.response)]
     await wait_for(lambda: len(replies) >= 1)
     await asyncio.sleep(1.5)  # more sweep rounds than the stall time: it is not swept again
     events = await h.events(message.message_id)
@@ -366,3 +382,4 @@ async def test_sweeper_resumption_continues_the_trace_of_the_customer_message(sw
     assert any(e.kind == "redelivered" and e.data["source"] == "sweeper" for e in events)
     traced = [(e.kind, e.actor, e.trace_id) for e in events if e.actor in ("upper", "done")]
     assert traced and all(t == trace_id for (_, _, t) in traced), traced
+

@@ -5,7 +5,8 @@ count executions across processes. Behaviour is driven by the customer message:
 - `fail-retry:N` → the `flaky` actor raises a RetryableError on its first N attempts;
 - `fail-permanent` → `flaky` raises a PermanentError;
 - `fail-always` → `flaky` always raises a RetryableError;
-- `sleep:S` → the `slow` actor sleeps S seconds (long enough to be killed mid-step).
+- `sleep:S` → the `slow` actor sleeps S seconds (long enough to be killed mid-step);
+- `transient` → the broken `response_aggregator` fails with a RetryableError (else a PermanentError).
 """
 
 from __future__ import annotations
@@ -102,6 +103,18 @@ class Slow(ToyActor):
         if m := re.search(r"sleep:([\d.]+)", message.payload.customer_message):
             await asyncio.sleep(float(m.group(1)))
         return stamped(message, self.name, "slept")
+
+
+class BrokenAggregator(ToyActor):
+    """A response aggregator whose store is down: fails every time (transiently when the text says so)."""
+
+    name = "response_aggregator"
+
+    async def handle(self, message: Message, ctx: StepContext) -> None:
+        self.note(message, ctx)
+        if "transient" in message.payload.customer_message:
+            raise RetryableError("history store unreachable")
+        raise PermanentError("history store refuses the write")
 
 
 class Catcher(ToyActor):
