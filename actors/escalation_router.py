@@ -326,8 +326,7 @@ class EscalationRouter(Actor):
         effects = await self._effects(message, history, deadline, ctx, comp)
         gone = {e.action_id for e in comp.undone}
         to_undo = [e for e in effects if e.action_id not in gone]
-        if to_undo and began is None:
-            await self._enter_compensation(message, ctx)
+        # Recording `compensation_started` marks the saga `compensating` (the runtime's transition).
         for effect in reversed(to_undo):
             if await self._undo(effect, deadline, ctx):
                 comp.undone.append(effect)
@@ -356,14 +355,6 @@ class EscalationRouter(Actor):
         for effect in effects_at_api(actions, message.message_id, self.api):
             effects.setdefault(effect.action_id, effect)
         return list(effects.values())
-
-    @staticmethod
-    async def _enter_compensation(message: Message, ctx: StepContext) -> None:
-        """Mark the saga `compensating` (the sweeper leaves it alone while undo calls are retried)."""
-        # The one saga write of this actor that has no StepContext call yet: the runtime could take it over
-        # by setting the state when it records `compensation_started`.
-        await ctx.saga.set_state(message.message_id, status="compensating", step_index=message.step_index,
-                                 actor=ctx.actor)
 
     async def _undo(self, effect: Effect, deadline: float, ctx: StepContext) -> bool:
         """Undo one effect (idempotent at the API), retrying until done or the deadline; True when undone."""

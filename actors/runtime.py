@@ -48,7 +48,7 @@ from observability.tracing import (
     tracer,
 )
 from saga import transport
-from saga.log import TERMINAL, SagaEvent, SagaLog
+from saga.log import TERMINAL, SagaEvent, SagaLog, SagaState, SagaStatus
 from saga.protocol import (
     ANSWERING_ACTOR,
     MESSAGE_ID,
@@ -66,6 +66,8 @@ from supportmesh.config import Settings
 log = logging.getLogger("supportmesh.runtime")
 
 POISON_SAMPLE_BYTES = 512
+# The sagas the sweeper watches: the ones still moving (or that should be).
+SWEPT: frozenset[str] = frozenset({"running", "compensating"})
 
 
 class StepContext:
@@ -80,6 +82,9 @@ class StepContext:
         self.settings = runtime.settings
         self.saga = runtime.saga
         self.results = runtime.results
+        # Set once this step recorded `compensation_started`: the heartbeat then keeps the saga's
+        # `compensating` state fresh, so the sweeper leaves a long compensation alone.
+        self.compensating = False
         self.log = logging.LoggerAdapter(
             logging.getLogger(f"supportmesh.actor.{runtime.name}"),
             {"message_id": message.message_id, "actor": runtime.name, "step": message.step_index},
@@ -92,7 +97,9 @@ class StepContext:
 
     async def record(self, kind: str, data: dict[str, Any], *, seq: int = 0) -> bool:
         """Record a saga event of this step; False when the same fact was already recorded."""
-        return await self._runtime.record(self._message, kind, attempt=self.attempt, seq=seq, data=data)
+        created = await self._runtime.record(self._message, kind, attempt=self.attempt, seq=seq, data=data)
+        self.compensating = self.compensating or kind == "compensation_started"
+        return created
 
     async def in_progress(self) -> None:
         """Reset JetStream's ack timer for this delivery."""
@@ -384,7 +391,7 @@ class ActorRuntime:
 
     async def _call_handler(self, msg: Msg, message: Message, attempt: int) -> StepResult:
         ctx = StepContext(self, message, msg, attempt)
-        heartbeat = asyncio.create_task(self._heartbeat(msg))
+        heartbeat = asyncio.create_task(self._heartbeat(msg, message, ctx))
         try:
             raw = await self.actor.handle(message, ctx)
         finally:
@@ -394,12 +401,18 @@ class ActorRuntime:
             raise PermanentError(f"{self.name} is a processor and may not rewrite the route")
         return result
 
-    async def _heartbeat(self, msg: Msg) -> None:
-        interval = max(0.2, self.ack_wait_s / 3)
+    async def _heartbeat(self, msg: Msg, message: Message, ctx: StepContext) -> None:
+        """Keep the delivery alive while the handler runs; while it compensates, keep the saga's state fresh
+        too (undo calls may be retried for minutes without a new event, and the sweeper must not take a live
+        compensation for a stalled saga)."""
+        interval = max(0.2, min(self.ack_wait_s, self.settings.stall_after_s) / 3)
         while True:
             await asyncio.sleep(interval)
             with contextlib.suppress(Exception):
                 await msg.in_progress()
+            if ctx.compensating and self.durable:
+                with contextlib.suppress(Exception):
+                    await self._mark_compensating(message)
 
     @staticmethod
     def _memo_of(result: StepResult) -> dict[str, Any]:
@@ -736,33 +749,63 @@ class ActorRuntime:
                 log.exception("sweep failed", extra={"actor": self.name})
 
     async def sweep_once(self, now: float | None = None) -> list[str]:
-        """Resume sagas that stopped moving: rebuild the message from the saga log and publish its current
-        step again, under an id of its own (the lost hop's id may still be in the duplicate window). After
-        `max_sweeps` resumptions of one step the saga goes to the error handler, or, when it is stuck at the
-        error handler itself, is failed and answered. Returns the ids of the sagas it acted on."""
+        """Resume sagas that stopped moving (`running` or `compensating`, no event and no state change for
+        `stall_after_s`): rebuild the message from the saga log and publish its current step again, under an
+        id of its own (the lost hop's id may still be in the duplicate window). After `max_sweeps`
+        resumptions of one step the saga goes to the error handler, or, when it is stuck at the error handler
+        itself, is failed and answered. A saga whose start was never recorded is marked failed. Returns the
+        ids of the sagas it acted on."""
         now = now or time.time()
-        stall = self.settings.stall_after_s
         acted: list[str] = []
         for state in await self.saga.states():
-            if state.status != "running" or now - state.updated_at < stall:
+            if state.status not in SWEPT or now - state.updated_at < self.settings.stall_after_s:
                 continue
-            history = await self.saga.history(state.message_id)
-            if not history or now - max(e.ts for e in history) < stall:
-                continue  # the log moved even if the state record lagged behind
-            message = replay(history)
-            if message is None or message.route.current_step >= len(message.route.steps):
-                continue
-            acted.append(state.message_id)
-            # One trace per customer message: the resumption continues the trace the saga started in.
-            parent = await self._saga_context(message.message_id, history=history)
-            subject = subject_for(message.route.current)
-            with tracer().start_as_current_span(f"resume {subject}", context=parent,
-                                                attributes={"messaging.message.conversation_id": message.message_id,
-                                                            "supportmesh.step_index": message.step_index}):
-                await self._resume_stalled(message, history, now - max(e.ts for e in history))
+            try:
+                if await self._sweep_saga(state, now):
+                    acted.append(state.message_id)
+            except Exception:
+                # One saga that cannot be swept (say, a start record that no longer parses) must not stop
+                # the others from being swept.
+                log.exception("sweeping saga failed", extra={"actor": self.name, "message_id": state.message_id})
         return acted
 
-    async def _resume_stalled(self, message: Message, history: list[SagaEvent], stalled_s: float) -> None:
+    async def _sweep_saga(self, state: SagaState, now: float) -> bool:
+        """Resume (or fail) one saga whose state has not changed for the stall time; True when it acted."""
+        stall = self.settings.stall_after_s
+        history = await self.saga.history(state.message_id)
+        if history and now - max(e.ts for e in history) < stall:
+            return False  # the log moved even if the state record lagged behind
+        message = replay(history)
+        if message is None:
+            await self._fail_unstarted(state, history, now - state.updated_at)
+            return True
+        if message.route.current_step >= len(message.route.steps):
+            return False
+        # One trace per customer message: the resumption continues the trace the saga started in.
+        parent = await self._saga_context(message.message_id, history=history)
+        subject = subject_for(message.route.current)
+        with tracer().start_as_current_span(f"resume {subject}", context=parent,
+                                            attributes={"messaging.message.conversation_id": message.message_id,
+                                                        "supportmesh.step_index": message.step_index}):
+            await self._resume_stalled(message, history, now - max(e.ts for e in history), state.status)
+        return True
+
+    async def _fail_unstarted(self, state: SagaState, history: list[SagaEvent], stalled_s: float) -> None:
+        """A saga state with no recorded start: the gateway writes `saga_state` and `saga_started` at once and
+        refuses the message (503) when either failed, so nothing ever ran and nobody waits for an answer. It
+        can never be resumed (the first message is in `saga_started`): mark it failed, so it stops looking
+        alive, and say so."""
+        detail = (f"saga_started was never recorded ({len(history)} events, state unchanged for {stalled_s:.0f}s): "
+                  "the gateway refused the message, nothing to resume or answer")
+        await self.saga.record(SagaEvent(message_id=state.message_id, kind="saga_failed", actor=self.name,
+                                         step_index=state.step_index, data={"error": detail, "reason": "not_started"}))
+        await self.saga.set_state(state.message_id, status="failed", step_index=state.step_index,
+                                  actor=state.actor or self.name)
+        log.warning("saga never started: marked failed (%s)", detail,
+                    extra={"actor": self.name, "message_id": state.message_id})
+
+    async def _resume_stalled(self, message: Message, history: list[SagaEvent], stalled_s: float,
+                              status: SagaStatus) -> None:
         route = message.route
         step = route.current_step
         sweeps = sum(1 for e in history if e.kind == "redelivered" and e.data.get("source") == "sweeper"
@@ -781,7 +824,8 @@ class ActorRuntime:
             seq=sweeps + 1, trace_id=current_trace_id() or message.metadata.trace_id,
             data={"source": "sweeper", "stalled_s": round(stalled_s, 1)}))
         metrics.REDELIVERIES.labels(route.current, "sweeper").inc()
-        await self.saga.set_state(message.message_id, status="running", step_index=step, actor=route.current)
+        # The status stays what it was (a compensating saga is still compensating); the state's time moves on.
+        await self.saga.set_state(message.message_id, status=status, step_index=step, actor=route.current)
         await self._publish(message, resume=sweeps + 1)
         log.warning("resumed stalled saga at step %s (%s)", step, route.current,
                     extra={"actor": self.name, "message_id": message.message_id})
@@ -798,10 +842,20 @@ class ActorRuntime:
         data: dict[str, Any] | None = None,
         duration_ms: float | None = None,
     ) -> bool:
-        """Record an event of the message's current step; False when it was already recorded."""
+        """Record an event of the message's current step; False when it was already recorded. Recording
+        `compensation_started` also marks the saga `compensating` (status transitions live here), even when
+        the event was already there: a retried step repairs a transition its dead process did not make."""
         if not self.durable:
             return True
-        return await self.saga.record(self._event(message, kind, attempt, seq, data, duration_ms))
+        created = await self.saga.record(self._event(message, kind, attempt, seq, data, duration_ms))
+        if kind == "compensation_started":
+            await self._mark_compensating(message)
+        return created
+
+    async def _mark_compensating(self, message: Message) -> None:
+        """The saga's side effects are being undone (refused, and left alone, once the saga has ended)."""
+        await self.saga.set_state(message.message_id, status="compensating", step_index=message.route.current_step,
+                                  actor=self.name)
 
     async def record_nowait(
         self, message: Message, kind: str, *, attempt: int = 1, data: dict[str, Any] | None = None

@@ -8,7 +8,8 @@ JetStream KV.
   `redelivered.<source>.<n>`, one counter per source. A saga's history is read in write order with the
   subject filter `<message_id>.>`.
 - Bucket `saga_state`: one key per message with its status, written on status transitions (started,
-  compensating, completed / escalated / failed, resumed by recovery) with compare-and-set on the KV revision so
+  compensating, completed / escalated / failed, resumed by recovery; a compensating step also refreshes it
+  while undo calls are retried, so the sweeper can tell it is alive) with compare-and-set on the KV revision so
   replicas never overwrite each other, and never moved backwards (a late, redelivered step cannot turn a
   finished saga back into a running one). The current step and the last event time are read from the log.
 """

@@ -64,8 +64,9 @@ class Settings(BaseSettings):
     # deadline the reversal is left to a human (`compensation_failed`, named in the reply and the ticket).
     compensation_deadline_s: float = Field(default=900.0, gt=0, le=7 * 24 * 3600)
     compensation_backoff_max_s: float = Field(default=30.0, gt=0, le=3600)
-    # The sweeper (in the error handler's process) resumes sagas with no event for `stall_after_s`, at most
-    # `max_sweeps` times, then hands them to the error handler.
+    # The sweeper (in the error handler's process) resumes `running` and `compensating` sagas with no event
+    # for `stall_after_s`, at most `max_sweeps` times per step, then hands them to the error handler. A saga
+    # whose start was never recorded (the gateway refused it) is marked failed after `stall_after_s`.
     sweep_interval_s: float = 5.0
     stall_after_s: float = 60.0
     max_sweeps: int = 2

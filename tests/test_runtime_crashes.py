@@ -4,13 +4,15 @@ nats-server itself killed -9 and restarted on its store while messages are in fl
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
 import pytest
 
 from runtime_harness import Harness, in_trace, kinds
-from toy_actors import Catcher, Count, Done, Upper
+from saga.log import TERMINAL, SagaState
+from toy_actors import Catcher, Count, Done, Undo, Upper
 
 pytestmark = pytest.mark.asyncio
 
@@ -383,3 +385,84 @@ async def test_sweeper_resumption_continues_the_trace_of_the_customer_message(sw
     traced = [(e.kind, e.actor, e.trace_id) for e in events if e.actor in ("upper", "done")]
     assert traced and all(t == trace_id for (_, _, t) in traced), traced
 
+
+async def wait_status(h: Harness, message_id: str, timeout: float = 30.0) -> tuple[set[str], SagaState]:
+    """Follow the saga's state until it ends; returns every status seen on the way and the final state."""
+    seen: set[str] = set()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = await h.saga.state(message_id)
+        if state is not None:
+            seen.add(state.status)
+            if state.status in TERMINAL:
+                return seen, state
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"saga {message_id} not terminal after {timeout}s (seen {seen})")
+
+
+async def test_a_long_compensation_is_compensating_and_not_taken_for_a_stalled_saga(sweeping: Harness) -> None:
+    """Recording `compensation_started` marks the saga `compensating` (the runtime's transition, whatever actor
+    undoes), and while the undo takes longer than the stall time the sweeper leaves it alone."""
+    h = sweeping
+    for cls in (Undo, Done, Catcher):
+        await h.run_actor(cls)
+    message = await h.submit(["undo", "done"], "sleep:3")  # three times the stall time
+
+    seen, state = await wait_status(h, message.message_id)
+
+    assert "compensating" in seen and state.status == "completed"
+    events = await h.events(message.message_id)
+    assert [e for e in events if e.kind == "redelivered"] == []
+    assert len(h.executions("undo", message.message_id)) == 1
+
+
+async def test_sweeper_resumes_a_compensating_saga_whose_next_hop_was_lost(sweeping: Harness) -> None:
+    from saga.protocol import subject_for
+
+    h = sweeping
+    for cls in (Undo, Catcher):
+        await h.run_actor(cls)
+    message = await h.submit(["undo", "done"], "undo, then lose the hop")
+    lost = None
+    deadline = time.monotonic() + 15
+    while lost is None:
+        assert time.monotonic() < deadline, "the hop to `done` was never published"
+        try:
+            lost = await h.js.get_last_msg(h.settings.stream_name, subject_for("done"))
+        except Exception:
+            await asyncio.sleep(0.05)
+    await h.js.delete_msg(h.settings.stream_name, lost.seq)
+    state = await h.saga.state(message.message_id)
+    assert state is not None and state.status == "compensating"
+    await h.run_actor(Done)
+
+    state = await h.wait_terminal(message.message_id, timeout=30)
+
+    assert state.status == "completed"
+    events = await h.events(message.message_id)
+    sweeps = [e for e in events if e.kind == "redelivered" and e.data["source"] == "sweeper"]
+    assert [(e.actor, e.step_index) for e in sweeps] == [("done", 1)]
+    assert len(h.executions("done", message.message_id)) == 1
+
+
+async def test_saga_state_without_a_recorded_start_is_failed_after_the_stall_time(sweeping: Harness, caplog) -> None:
+    """The gateway wrote `saga_state` but not `saga_started` (and refused the message with a 503): the saga can
+    never run, so the sweeper marks it failed, says so in its log, and answers no one."""
+    from saga.protocol import new_message_id
+
+    h = sweeping
+    await h.run_actor(Catcher)
+    message_id = new_message_id()
+    written = time.time()
+    await h.saga.set_state(message_id, status="running", step_index=0, actor="upper", session_id="s1")
+
+    with caplog.at_level(logging.WARNING, logger="supportmesh.runtime"):
+        state = await h.wait_terminal(message_id, timeout=30)
+
+    assert state.status == "failed"
+    [failed] = await h.events(message_id)
+    assert failed.kind == "saga_failed" and failed.data["reason"] == "not_started"
+    assert failed.ts - written >= h.settings.stall_after_s  # not before the stall time
+    assert await h.results.get(message_id) is None
+    assert any(r.message_id == message_id and "never started" in r.getMessage()  # type: ignore[attr-defined]
+               for r in caplog.records if hasattr(r, "message_id"))

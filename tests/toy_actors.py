@@ -5,7 +5,8 @@ count executions across processes. Behaviour is driven by the customer message:
 - `fail-retry:N` → the `flaky` actor raises a RetryableError on its first N attempts;
 - `fail-permanent` → `flaky` raises a PermanentError;
 - `fail-always` → `flaky` always raises a RetryableError;
-- `sleep:S` → the `slow` actor sleeps S seconds (long enough to be killed mid-step);
+- `sleep:S` → the `slow` actor sleeps S seconds (long enough to be killed mid-step), and the `undo` actor
+  takes S seconds to undo its (pretend) side effect;
 - `transient` → the broken `response_aggregator` fails with a RetryableError (else a PermanentError).
 """
 
@@ -103,6 +104,22 @@ class Slow(ToyActor):
         if m := re.search(r"sleep:([\d.]+)", message.payload.customer_message):
             await asyncio.sleep(float(m.group(1)))
         return stamped(message, self.name, "slept")
+
+
+class Undo(ToyActor):
+    """Undoes a pretend side effect as compensation does: `compensation_started`, the undo (as long as the
+    message says), `compensation_completed`."""
+
+    name = "undo"
+
+    async def handle(self, message: Message, ctx: StepContext) -> dict[str, Any]:
+        self.note(message, ctx)
+        effect = {"action": "refund", "order_id": "toy", "action_id": f"toy-{message.message_id}"}
+        await ctx.record("compensation_started", effect, seq=1)
+        if m := re.search(r"sleep:([\d.]+)", message.payload.customer_message):
+            await asyncio.sleep(float(m.group(1)))
+        await ctx.record("compensation_completed", effect, seq=1)
+        return stamped(message, self.name, "undone")
 
 
 class BrokenAggregator(ToyActor):
