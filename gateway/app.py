@@ -39,7 +39,7 @@ from observability.tracing import (
     messaging_span_name,
     tracer,
 )
-from saga.log import SagaLog
+from saga.log import TERMINAL, SagaEvent, SagaLog
 from saga.protocol import HAPPY_PATH, MESSAGE_ID, SESSION_ID, new_message, subject_for
 from saga.protocol import Message as SagaMessage
 from saga.results import ChatResult, ResultStore
@@ -53,7 +53,12 @@ MAX_BODY_BYTES = 64 * 1024
 # How long clients (the widget, `supportmesh chat`) follow a message before giving up with its id: longer than
 # recovery takes (redeliveries, the sweeper) on a healthy mesh, short enough that nobody waits forever.
 FOLLOW_TIMEOUT_S = 180.0
-TERMINAL_EVENTS = frozenset({"saga_completed", "saga_failed"})
+# A stream with no new event for this long closes (the client then polls `GET /api/chat/{id}`).
+STREAM_IDLE_TIMEOUT_S = 120.0
+# After a `saga_failed`, how often the stream looks for an answer given with no event after it.
+FAILED_RESULT_POLL_S = 0.25
+# `saga_failed` of a saga that never started (`saga.log` reason): there is no answer to wait for.
+NOT_STARTED = "not_started"
 
 
 class BodyTooLarge(HTTPException):
@@ -416,7 +421,7 @@ async def _wait_for_result(gw: Gateway, message_id: str, waiter: asyncio.Future[
     The caller forgets the waiter (in every case, cancellation included)."""
     try:
         result = await asyncio.wait_for(waiter, timeout=deadline_s)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         # The reply may have been published while this gateway was reconnecting (or to another instance).
         result = await gw.results.get(message_id)
         if result is not None:
@@ -434,21 +439,79 @@ async def _touch_session(gw: Gateway, session_id: str, message_id: str, status: 
         log.warning("could not update session state", exc_info=True)
 
 
-async def _event_stream(gw: Gateway, message_id: str, request: Request) -> AsyncIterator[dict[str, str]]:
-    """History, then live events, then the result."""
-    finished = False
-    async for event in gw.saga.watch(message_id, idle_timeout_s=120):
-        if await request.is_disconnected():
-            return
-        yield {"event": "saga", "data": event.model_dump_json()}
-        if event.kind in TERMINAL_EVENTS:
-            finished = True
-            break
-    if not finished:
-        return
-    for _ in range(50):  # the result is stored before saga_completed; wait briefly for KV to catch up
+async def _event_stream(gw: Gateway, message_id: str, request: Request, *,
+                        idle_timeout_s: float = STREAM_IDLE_TIMEOUT_S) -> AsyncIterator[dict[str, str]]:
+    """The saga's history, then its live events, then its result; then the stream closes.
+
+    Every answered route ends with `saga_completed`, a failed saga's too (its answer is delivered by the
+    response aggregator after `saga_failed`), so that closes the stream. After a `saga_failed` the stream
+    also closes once the saga's state is final and its result stored: the answer was given directly (the
+    aggregator is what failed), and no further event comes. A saga failed before it started has no answer
+    (nobody waits for one): its `saga_failed` closes the stream. With no event for `idle_timeout_s` (and no
+    answer), the stream closes and the client falls back to `GET /api/chat/{id}`."""
+    events = gw.saga.watch(message_id, idle_timeout_s=idle_timeout_s)
+    pending: asyncio.Future[SagaEvent] | None = None
+    failed = False
+    last_revision = 0
+    idle_since = time.monotonic()
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(events))
+            # After a saga_failed, look for the answer now and then: it may be stored with no event after it.
+            await asyncio.wait({pending}, timeout=FAILED_RESULT_POLL_S if failed else idle_timeout_s)
+            if await request.is_disconnected():
+                return
+            if pending.done():
+                try:
+                    event = pending.result()
+                except StopAsyncIteration:  # no event for idle_timeout_s: the watcher stopped
+                    return
+                pending = None
+                idle_since = time.monotonic()
+                last_revision = event.revision or last_revision
+                yield {"event": "saga", "data": event.model_dump_json()}
+                if event.kind == "saga_completed":
+                    result = await _stored_result(gw, message_id)
+                    if result is not None:
+                        yield {"event": "result", "data": result.model_dump_json()}
+                    return
+                if event.kind == "saga_failed" and event.data.get("reason") == NOT_STARTED:
+                    return
+                failed = failed or event.kind == "saga_failed"
+            elif time.monotonic() - idle_since >= idle_timeout_s:
+                return
+            if failed and (result := await _answer_given_directly(gw, message_id)) is not None:
+                # Whatever the log holds past what was sent (the watcher may not have handed it over yet).
+                for late in await gw.saga.history(message_id):
+                    if (late.revision or 0) > last_revision:
+                        yield {"event": "saga", "data": late.model_dump_json()}
+                yield {"event": "result", "data": result.model_dump_json()}
+                return
+    finally:
+        if pending is not None and not pending.done():
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                await pending
+        await events.aclose()
+
+
+async def _stored_result(gw: Gateway, message_id: str, wait_s: float = 5.0) -> ChatResult | None:
+    """The result of a completed saga: stored before `saga_completed`, read again briefly in case the KV read
+    lags behind the watcher."""
+    deadline = time.monotonic() + wait_s
+    while True:
         result = await gw.results.get(message_id)
-        if result is not None:
-            yield {"event": "result", "data": result.model_dump_json()}
-            return
+        if result is not None or time.monotonic() >= deadline:
+            return result
         await asyncio.sleep(0.1)
+
+
+async def _answer_given_directly(gw: Gateway, message_id: str) -> ChatResult | None:
+    """The answer of a failed saga once nothing more will happen to it: its state is final and its result
+    stored. While the response aggregator delivers the answer, the state is not final yet (it becomes final
+    after `saga_completed`), so the aggregator's events are not cut off."""
+    state = await gw.saga.state(message_id)
+    if state is None or state.status not in TERMINAL:
+        return None
+    return await gw.results.get(message_id)

@@ -291,6 +291,49 @@ def test_saga_events_stream_live_until_the_final_status(mesh) -> None:
     assert events[-1][1]["status"] == "resolved"
 
 
+def sse_kinds(events: list[tuple[str, dict, float]]) -> list[tuple[str, str, str]]:
+    """(event, saga kind or result status, actor) of each server-sent event, for compact assertions."""
+    return [(k, e["kind"], e["actor"]) if k == "saga" else (k, e["status"], "") for k, e, _ in events]
+
+
+def test_failed_saga_streams_the_aggregators_answer_then_closes(mesh) -> None:
+    # The escalation router (the error handler) cannot open its ticket: its step fails for good, so the saga
+    # fails, and its answer is delivered by the response aggregator a moment after saga_failed.
+    faults = {"POST /tickets": {"error_rate": 1.0}}
+    httpx.put(f"{mesh.mocks_url}/_admin/faults", json=faults, timeout=10).raise_for_status()
+    try:
+        body = {"session_id": uuid.uuid4().hex, "customer_email": "user@example.com",
+                "message": "This is fraud, I will call my lawyer"}
+        r = httpx.post(f"{mesh.gateway_url}/api/chat", json=body, headers={"Prefer": "respond-async"}, timeout=30)
+        assert r.status_code == 202, r.text
+        message_id = r.json()["message_id"]
+        events = read_events(mesh.gateway_url, message_id)
+        closed_at = time.time()
+    finally:
+        httpx.put(f"{mesh.mocks_url}/_admin/faults", json={}, timeout=10).raise_for_status()
+
+    seen = sse_kinds(events)
+    saga_events = [e for k, e, _ in events if k == "saga"]
+    assert seen[0] == ("saga", "saga_started", "gateway"), seen
+    # In write order, each once; the failure, the detour to the aggregator, its step, the final status.
+    revisions = [e["revision"] for e in saga_events]
+    assert revisions == sorted(set(revisions)), seen
+    failed = seen.index(("saga", "saga_failed", "escalation_router"))
+    detour = next(i for i, (k, e, _) in enumerate(events)
+                  if k == "saga" and e["kind"] == "route_changed" and e["data"].get("reason") == "saga_failed")
+    answered = seen.index(("saga", "step_completed", "response_aggregator"))
+    assert failed < detour < answered < len(seen) - 2, seen
+    assert seen[-2] == ("saga", "saga_completed", "response_aggregator") and saga_events[-1]["data"]["status"] == "failed"
+    # The result last (the stream closed after it, long before its idle timeout), as GET /api/chat/{id} has it.
+    kind, result, result_at = events[-1]
+    assert kind == "result" and result["message_id"] == message_id and result["status"] == "escalated"
+    assert result["response"]
+    assert closed_at - result_at < 15
+    outcome = httpx.get(f"{mesh.gateway_url}/api/chat/{message_id}", timeout=10).json()
+    assert outcome["response"] == result["response"]
+    assert saga_of(mesh.gateway_url, message_id)["state"]["status"] == "failed"
+
+
 def test_supervisor_restarts_a_killed_actor(mesh) -> None:
     import os
     import signal
@@ -404,3 +447,41 @@ async def test_chunked_body_over_the_limit_gets_413_in_process(gateway) -> None:
 
     r = await client.post("/api/chat", content=body(), headers={"content-type": "application/json"})
     assert r.status_code == 413 and "larger than 65536" in r.json()["detail"]
+
+
+async def sse_in_process(client: httpx.AsyncClient, message_id: str) -> list[tuple[str, dict]]:
+    """Every server-sent event of a saga from the in-process gateway (the ASGI transport hands the body over
+    once the stream has closed, so a stream that never closes fails here)."""
+    r = await asyncio.wait_for(client.get(f"/api/chat/{message_id}/events"), timeout=40)
+    assert r.status_code == 200, r.text
+    events, kind = [], None
+    for line in r.text.splitlines():
+        if line.startswith("event:"):
+            kind = line.split(":", 1)[1].strip()
+        elif line.startswith("data:"):
+            events.append((kind, json.loads(line.split(":", 1)[1])))
+    return events
+
+
+async def test_stream_of_a_failed_saga_answered_directly_ends_with_its_answer(gateway, harness) -> None:
+    """The error handler fails for good, then the aggregator cannot deliver the answer either: the runtime
+    stores the answer itself after the last saga_failed, with no event after it. The stream still ends with
+    the result (not at the first saga_failed, and not at its idle timeout)."""
+    from toy_actors import BrokenAggregator, Flaky
+
+    _, client = gateway
+    await harness.run_actor(Flaky)
+    await harness.run_actor(BrokenAggregator)
+    message = await harness.submit(["flaky"], "fail-permanent", error_handler="flaky")
+
+    events = await sse_in_process(client, message.message_id)
+
+    seen = [(k, e["kind"], e["actor"]) if k == "saga" else (k, e["status"], "") for k, e in events]
+    assert seen[0] == ("saga", "saga_started", "gateway"), seen
+    assert [s for s in seen if s[1] == "saga_failed"] == [("saga", "saga_failed", "flaky"),
+                                                          ("saga", "saga_failed", "response_aggregator")], seen
+    assert ("saga", "step_failed", "response_aggregator") in seen
+    assert "saga_completed" not in [s[1] for s in seen]
+    assert seen[-1] == ("result", "escalated", "") and events[-1][1]["message_id"] == message.message_id
+    revisions = [e["revision"] for k, e in events if k == "saga"]
+    assert revisions == sorted(set(revisions)), seen
