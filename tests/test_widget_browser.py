@@ -148,3 +148,129 @@ def test_widget_stops_waiting_after_a_bounded_time_with_the_message_id(page, mes
     assert "No answer yet after 1 seconds" in gave_up.inner_text() and message_id in gave_up.inner_text()
     assert message_id in gave_up.get_by_test_id("timeline-link").get_attribute("href")
     assert page.get_by_test_id("send-button").is_enabled()
+
+
+# ---- actions as they stand, and every saga event named ----------------------------------------------------
+
+
+def test_every_saga_event_kind_has_a_label(page, mesh) -> None:
+    from saga.log import EVENT_KINDS
+
+    assert set(page.evaluate("() => Object.keys(KIND_LABELS)")) == EVENT_KINDS  # the widget's progress lines
+    page.goto(f"{mesh.gateway_url}/saga.html?id=unknown")
+    assert set(page.evaluate("() => Object.keys(EVENT_LABELS)")) == EVENT_KINDS  # the timeline
+
+
+@pytest.fixture
+def refund_done_then_lost(mesh):
+    """Refunds happen but their answers are lost (503 after the effect): the execution step runs out of
+    attempts with the refund done, so the escalation router finds it at the orders API and undoes it."""
+    import httpx
+
+    httpx.post(f"{mesh.mocks_url}/_admin/reset", timeout=10).raise_for_status()
+    faults = {"POST /orders/{order_id}/refunds": {"fail_after_effect_rate": 1.0}}
+    httpx.put(f"{mesh.mocks_url}/_admin/faults", json=faults, timeout=10).raise_for_status()
+    yield
+    httpx.put(f"{mesh.mocks_url}/_admin/faults", json={}, timeout=10).raise_for_status()
+
+
+def test_a_compensated_refund_reads_as_reversed_in_the_widget_and_the_timeline(page, mesh, refund_done_then_lost):
+    import httpx
+
+    answered = page.get_by_test_id("agent-message").count()
+    with page.expect_response(lambda r: r.url.endswith("/api/chat") and r.request.method == "POST") as posted:
+        send(page, "I want a refund for order 12345")
+    message_id = posted.value.json()["message_id"]
+    reply = page.get_by_test_id("agent-message").nth(answered)
+    reply.wait_for(timeout=60_000)
+
+    # The refund really happened and was really undone.
+    actions = httpx.get(f"{mesh.mocks_url}/orders/12345/actions", timeout=10).json()["actions"]
+    assert [a["status"] for a in actions if a["idempotency_key"].startswith(f"{message_id}:")] == ["undone"]
+    assert reply.get_by_test_id("status-badge").inner_text().lower() == "escalated"
+    action = reply.get_by_test_id("action")
+    assert action.count() == 1
+    assert "refund" in action.inner_text() and "on order 12345 — reversed" in action.inner_text()
+    assert action.get_attribute("data-state") == "reversed"
+    page.screenshot(path=str(ARTIFACTS / "widget-reversed.png"), full_page=True)
+    # The same after a reload (the conversation is rebuilt from the history and the saga log).
+    page.reload()
+    again = page.get_by_test_id("agent-message").nth(answered)
+    again.wait_for(timeout=10_000)
+    assert again.get_by_test_id("action").inner_text() == action.inner_text()
+
+    again.get_by_test_id("timeline-link").click()
+    page.locator('#timeline tr[data-kind="compensation_completed"]').wait_for(timeout=10_000)
+    row = page.locator('#timeline tr[data-kind="compensation_completed"]')
+    assert "compensation completed (action reversed)" in row.inner_text()
+    assert "refund" in row.inner_text() and "on order 12345" in row.inner_text() and "reversed" in row.inner_text()
+    assert "compensation started (undoing an action)" in page.locator("#timeline").inner_text()
+    assert "— reversed" in page.get_by_test_id("actions").inner_text()
+    page.screenshot(path=str(ARTIFACTS / "saga-compensation.png"), full_page=True)
+
+
+async def deliver_failed_answer(mesh, session_id: str) -> str:
+    """A failed saga's answer, as the runtime builds it (saga/results.py marks its reversed refund `undone`),
+    delivered by the mesh's real response aggregator into this session's history; returns the message id.
+    A second action names an order with markup (shown as text, never parsed)."""
+    import nats
+
+    from saga.log import SagaEvent, SagaLog
+    from saga.protocol import ActionPlan, ExecutedAction, ExecutionResult, new_message
+    from saga.results import failed_enrichment
+    from saga.transport import start_saga
+
+    message = new_message(session_id=session_id, customer_email="user@example.com",
+                          customer_message="I want a refund for order 12345", steps=["response_aggregator"])
+    mid = message.message_id
+    refund = ExecutedAction(action="refund", order_id="12345", action_id=f"act_{mid[:8]}", amount=5.0,
+                            idempotency_key=f"{mid}:refund")
+    other = ExecutedAction(action="replacement", order_id="<img src=x onerror=alert(1)>",
+                           action_id=f"act2_{mid[:8]}", idempotency_key=f"{mid}:replacement")
+    message = message.enriched({
+        "action_plan": ActionPlan(action="refund", order_id="12345", amount=5.0, approved=True, reason="refund"),
+        "execution_result": ExecutionResult(success=True, actions=[refund, other])})
+    undone = SagaEvent(message_id=mid, kind="compensation_completed", actor="escalation_router", step_index=1,
+                       seq=1, data={"action": "refund", "order_id": "12345", "action_id": refund.action_id})
+    failed = message.enriched(failed_enrichment(message, [undone]))
+    failed = failed.model_copy(update={"metadata": failed.metadata.model_copy(update={"outcome": "failed"})})
+    nc = await nats.connect(mesh.endpoints["nats_url"])
+    try:
+        js = nc.jetstream(timeout=10)
+        await start_saga(js, await SagaLog.open(js), failed)
+    finally:
+        await nc.close()
+    return mid
+
+
+def test_an_action_marked_undone_reads_as_reversed_not_done(page, mesh) -> None:
+    import asyncio
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    session = page.evaluate("() => localStorage.getItem('supportmesh.session')")
+    with ThreadPoolExecutor(1) as pool:  # Playwright's sync API holds this thread's event loop
+        message_id = pool.submit(asyncio.run, deliver_failed_answer(mesh, session)).result(timeout=60)
+    deadline = time.monotonic() + 30
+    while httpx.get(f"{mesh.gateway_url}/api/chat/{message_id}", timeout=10).status_code != 200:
+        assert time.monotonic() < deadline, "the aggregator never answered"
+        time.sleep(0.2)
+    result = httpx.get(f"{mesh.gateway_url}/api/chat/{message_id}", timeout=10).json()
+    assert [a["status"] for a in result["execution_result"]["actions"]] == ["undone", "active"]
+
+    page.reload()  # the widget rebuilds the conversation from the session's history
+    reply = page.locator('[data-testid="agent-message"]', has=page.locator(f'a[href$="{message_id}"]'))
+    reply.wait_for(timeout=10_000)
+    actions = reply.get_by_test_id("action")
+    assert actions.nth(0).inner_text() == "refund of $5.00 on order 12345 — reversed"
+    assert actions.nth(0).get_attribute("data-state") == "reversed"
+    # An action still in effect reads as done (no state after it); its markup is text.
+    assert actions.nth(1).inner_text() == "replacement on order <img src=x onerror=alert(1)>"
+    assert page.locator("#conversation img").count() == 0 and page.dialogs == []  # type: ignore[attr-defined]
+
+    page.goto(f"{mesh.gateway_url}/saga.html?id={message_id}")
+    page.get_by_test_id("actions").wait_for(timeout=10_000)
+    assert page.get_by_test_id("actions").get_by_test_id("action").nth(0).inner_text() == \
+        "refund of $5.00 on order 12345 — reversed"

@@ -25,13 +25,14 @@ function addCustomer(text) {
   conversation.lastElementChild.scrollIntoView({ block: "end" });
 }
 
-function addAgent(result) {
+// An answer; `events` are the saga's events seen while following it (a compensation seen there, and not yet in
+// the result's execution result, still shows the action as reversed).
+function addAgent(result, events) {
   const item = el("li", { class: "bubble agent", "data-testid": "agent-message" });
   item.append(el("p", { text: result.response }));
   const meta = el("div", { class: "meta" });
   meta.append(el("span", { class: `badge ${result.status}`, "data-testid": "status-badge", text: result.status }));
-  const action = describeAction(result.action_plan, result.execution_result);
-  if (action) meta.append(el("span", { class: "action", text: action }));
+  meta.append(...actionElements(describeAction(result.action_plan, result.execution_result, events)));
   meta.append(el("a", { href: `/saga.html?id=${encodeURIComponent(result.message_id)}`, "data-testid": "timeline-link",
                         text: "timeline" }));
   if (result.trace_id && state.config.jaeger_ui_url) {
@@ -60,11 +61,18 @@ const STEP_LABELS = {
   escalation_router: "Handing over to a person",
   response_aggregator: "Finishing up",
 };
+// Every kind of saga event (saga/log.py EventKind), as the customer reads it.
 const KIND_LABELS = {
-  step_started: "working…", step_completed: "done", retry_scheduled: "retrying", redelivered: "resuming",
-  step_failed: "failed", compensation_started: "undoing an action", compensation_completed: "action undone",
-  action_executed: "action carried out", route_changed: "plan updated", escalated: "handed to a person",
+  saga_started: "started", step_started: "working…", step_completed: "done", step_failed: "failed",
+  retry_scheduled: "retrying", route_changed: "plan updated", action_executed: "action carried out",
+  compensation_started: "undoing an action", compensation_completed: "action undone",
+  compensation_failed: "could not undo an action automatically", redelivered: "resuming",
+  escalated: "handed to a person", poison_message: "failed: the message could not be read",
+  dead_lettered: "failed: gave up delivering it", saga_completed: "finished",
+  saga_failed: "could not finish automatically",
 };
+const BAD_KINDS = new Set(["step_failed", "compensation_failed", "poison_message", "dead_lettered", "saga_failed"]);
+const DONE_KINDS = new Set(["step_completed", "saga_completed"]);
 
 // A pending answer: the agent's bubble with one line per step, updated live from the saga's events.
 function addPending(messageId) {
@@ -77,7 +85,7 @@ function addPending(messageId) {
 }
 
 function showStep(pending, e) {
-  const label = KIND_LABELS[e.kind];
+  const label = Object.hasOwn(KIND_LABELS, e.kind) ? KIND_LABELS[e.kind] : null;
   if (!label || !e.actor || e.actor === "gateway") return;
   const key = `${e.step_index}:${e.actor}`;
   const steps = pending.querySelector(".steps");
@@ -86,7 +94,7 @@ function showStep(pending, e) {
     line = el("li", { "data-step": key });
     steps.append(line);
   }
-  line.className = e.kind === "step_completed" ? "done" : e.kind === "step_failed" ? "bad" : "working";
+  line.className = DONE_KINDS.has(e.kind) ? "done" : BAD_KINDS.has(e.kind) ? "bad" : "working";
   line.textContent = `${STEP_LABELS[e.actor] || e.actor} (${e.actor}): ${label}`;
   setProgress(line.textContent);
   pending.scrollIntoView({ block: "end" });
@@ -112,6 +120,7 @@ function follow(messageId, pending) {
     let done = false;
     let source = null;
     let pollTimer = null;
+    const seen = [];
     const stop = () => {
       done = true;
       if (source) source.close();
@@ -122,7 +131,7 @@ function follow(messageId, pending) {
     const finish = (result) => {
       if (done) return;
       pending.remove();
-      addAgent(result);
+      addAgent(result, seen);
       setProgress("");
       stop();
     };
@@ -136,7 +145,11 @@ function follow(messageId, pending) {
       if (!done) pollTimer = setTimeout(poll, 1000);
     };
     source = new EventSource(`/api/chat/${encodeURIComponent(messageId)}/events`);
-    source.addEventListener("saga", (event) => showStep(pending, JSON.parse(event.data)));
+    source.addEventListener("saga", (event) => {
+      const e = JSON.parse(event.data);
+      seen.push(e);
+      showStep(pending, e);
+    });
     source.addEventListener("result", (event) => finish(JSON.parse(event.data)));
     source.onerror = () => {
       source.close();
@@ -179,6 +192,18 @@ async function send(text) {
   }
 }
 
+// The action and compensation events of an escalated message (only an escalated saga undoes anything), so a
+// reloaded conversation shows its actions as the live one did.
+async function compensations(result) {
+  if (result.status !== "escalated") return [];
+  try {
+    const { status, body } = await getJSON(`/api/sagas/${encodeURIComponent(result.message_id)}`);
+    return status === 200 ? body.events.filter((e) => e.kind === "action_executed" || e.kind.startsWith("compensation_")) : [];
+  } catch (_) {
+    return [];
+  }
+}
+
 async function restoreHistory() {
   const { status, body } = await getJSON(`/api/sessions/${encodeURIComponent(state.sessionId)}/history`);
   if (status !== 200) return;
@@ -187,7 +212,8 @@ async function restoreHistory() {
     else {
       const id = row.message_id.replace(/:agent$/, "");
       const { body: result } = await getJSON(`/api/chat/${encodeURIComponent(id)}`);
-      addAgent(result && result.response ? result : { message_id: id, response: row.content, status: "resolved" });
+      if (result && result.response) addAgent(result, await compensations(result));
+      else addAgent({ message_id: id, response: row.content, status: "resolved" });
     }
   }
 }
