@@ -61,7 +61,7 @@ from saga.protocol import (
 from saga.replay import FAILED_DETOUR, apply_redirect, apply_step, replay
 from saga.results import ResultStore, failed_enrichment, fallback_result
 from saga.retry import RetryPolicy, is_retryable
-from supportmesh.config import Settings
+from supportmesh.config import Settings, step_drain_s
 
 log = logging.getLogger("supportmesh.runtime")
 
@@ -136,6 +136,8 @@ class ActorRuntime:
             max_s=settings.backoff_max_s,
         )
         self.fetch_timeout_s = fetch_timeout_s
+        # How long `stop` waits for steps in flight: the same formula sizes the pod's grace period (k8s).
+        self.drain_timeout_s = step_drain_s(self.name, settings)
         self.durable = settings.saga_log_enabled
         self.nc: NATS
         self.js: JetStreamContext
@@ -194,8 +196,9 @@ class ActorRuntime:
         await transport.ensure_consumer(self.js, self.settings, config)
         self._sub = await self.js.pull_subscribe_bind(self.name, stream=self.settings.stream_name)
 
-    async def stop(self, drain_timeout_s: float = 10.0) -> None:
-        """Graceful stop: no new fetches, finish in-flight steps, close the actor and the connection."""
+    async def stop(self, drain_timeout_s: float | None = None) -> None:
+        """Graceful stop: no new fetches, finish in-flight steps (waiting up to `drain_timeout_s`, by default
+        the longest step this actor can take, see `step_drain_s`), close the actor and the connection."""
         self.ready = False
         self._stopping.set()
         for background in (self._sweep_task, self._backlog_task):
@@ -206,7 +209,8 @@ class ActorRuntime:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await asyncio.wait_for(task, timeout=self.fetch_timeout_s + 2)
         if self._tasks:
-            await asyncio.wait(self._tasks, timeout=drain_timeout_s)
+            wait_s = self.drain_timeout_s if drain_timeout_s is None else drain_timeout_s
+            await asyncio.wait(self._tasks, timeout=wait_s)
         with contextlib.suppress(Exception):
             await self.actor.stop()
         # In-flight steps are done, so flush and close; nats-py's drain() waits out its full timeout on

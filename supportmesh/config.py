@@ -6,6 +6,7 @@ and the tests all set the same variables.
 
 from __future__ import annotations
 
+import math
 import os
 from functools import lru_cache
 
@@ -15,6 +16,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # LiteLLM reaches for the internet at import unless told otherwise; every process sets these early.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# The local, deterministic model registered with LiteLLM (actors/local_model.py): no key, no network.
+LOCAL_LLM_MODEL = "supportmesh-local/deterministic"
 
 
 class Settings(BaseSettings):
@@ -39,8 +43,8 @@ class Settings(BaseSettings):
     api_timeout_s: float = 2.0
 
     # LLM (any LiteLLM model name; the default needs no key and no network)
-    llm_model: str = "supportmesh-local/deterministic"
-    llm_fallback_model: str = "supportmesh-local/deterministic"
+    llm_model: str = LOCAL_LLM_MODEL
+    llm_fallback_model: str = LOCAL_LLM_MODEL
     llm_timeout_s: float = 20.0
     llm_retries: int = 1
     llm_log_content: bool = False
@@ -87,6 +91,37 @@ class Settings(BaseSettings):
     metrics_host: str = "127.0.0.1"
     log_level: str = "INFO"
     service_name: str = Field(default="supportmesh")
+
+
+# How long a stopping actor waits for its steps in flight, and the pod's grace period around that, in one place:
+# the runtime's drain (`ActorRuntime.stop`) and k8s/generate_actors.py both use these.
+# LLM calls one step can make: the intent analyzer asks again when the model's JSON is malformed.
+LLM_CALLS_PER_STEP = {"intent_analyzer": 2, "response_generator": 1}
+# After a step's last LLM call: its ack, its saga writes and the next hop.
+STEP_FINISH_S = 10.0
+# Around the drain: stopping the fetch loop before it, closing the actor and the connection after it.
+STOP_OVERHEAD_S = 5.0
+MIN_GRACE_S = 30
+
+
+def worst_llm_step_s(actor: str, settings: Settings) -> float:
+    """The longest one step of `actor` can spend in LLM calls: each call tries `llm_retries + 1` times for up to
+    `llm_timeout_s`, plus one more try when it falls back to another provider (the local model answers at once,
+    and a model that is its own fallback is not asked again)."""
+    fallback = settings.llm_fallback_model or LOCAL_LLM_MODEL
+    provider_fallback = fallback not in (LOCAL_LLM_MODEL, settings.llm_model)
+    tries = settings.llm_retries + 1 + int(provider_fallback)
+    return LLM_CALLS_PER_STEP.get(actor, 0) * tries * settings.llm_timeout_s
+
+
+def step_drain_s(actor: str, settings: Settings) -> float:
+    """How long a stopping actor waits for the steps in flight to finish (the longest step, then its writes)."""
+    return worst_llm_step_s(actor, settings) + STEP_FINISH_S
+
+
+def termination_grace_s(actor: str, settings: Settings) -> int:
+    """The pod's grace period on SIGTERM: the drain plus stopping and closing around it (at least MIN_GRACE_S)."""
+    return max(MIN_GRACE_S, math.ceil(step_drain_s(actor, settings) + STOP_OVERHEAD_S))
 
 
 @lru_cache(maxsize=1)

@@ -20,10 +20,13 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from supportmesh.config import Settings
+from supportmesh.config import STOP_OVERHEAD_S, Settings, step_drain_s
 from supportmesh.up import ACTORS
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "k8s"))
+import generate_actors
+
 BIN = Path(sys.executable).parent
 OVERLAYS = ["k8s/base", "k8s/overlays/k3d", "k8s/overlays/keda"]
 # Validated against this Kubernetes release, named here so that a kubernetes-validate upgrade (whose default is
@@ -100,11 +103,23 @@ def test_keda_leaves_replicas_to_the_autoscaler(k3d) -> None:
 
 
 def test_generated_manifests_are_up_to_date() -> None:
-    sys.path.insert(0, str(REPO / "k8s"))
-    import generate_actors
-
     assert (REPO / "k8s/base/actors.yaml").read_text() == generate_actors.render()
     assert (REPO / "k8s/overlays/keda/scaledobjects.yaml").read_text() == generate_actors.render_keda()
+
+
+def test_grace_period_follows_the_llm_settings_of_the_configmap(tmp_path, monkeypatch) -> None:
+    """The drain and the grace period come from the pods' settings: longer LLM timeouts give longer ones."""
+    config = yaml.safe_load((REPO / "k8s/base/config.yaml").read_text())
+    config["data"].update({"SUPPORTMESH_LLM_TIMEOUT_S": "60", "SUPPORTMESH_LLM_RETRIES": "2"})
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.setattr(generate_actors, "BASE", tmp_path)
+    monkeypatch.setenv("SUPPORTMESH_LLM_TIMEOUT_S", "1")  # this machine's environment never counts
+    settings = generate_actors.pod_settings()
+    intent = generate_actors.deployment("intent_analyzer", settings)["spec"]["template"]["spec"]
+    sentiment = generate_actors.deployment("sentiment_analyzer", settings)["spec"]["template"]["spec"]
+    assert step_drain_s("intent_analyzer", settings) == 2 * 3 * 60 + 10
+    assert intent["terminationGracePeriodSeconds"] == 2 * 3 * 60 + 10 + STOP_OVERHEAD_S
+    assert sentiment["terminationGracePeriodSeconds"] == 30
 
 
 def test_every_image_is_pinned(k3d) -> None:
@@ -133,11 +148,14 @@ def test_actors_have_probes_resources_and_settings(k3d) -> None:
         assert pod["metadata"]["labels"]["supportmesh.io/actor"] == actor
         assert pod["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
         # SIGTERM lets the step in flight finish: its LLM calls can take timeout x tries each (the intent
-        # analyzer asks a second time when the answer is malformed), then the ack and the saga writes.
+        # analyzer asks a second time when the answer is malformed), then the ack and the saga writes. The
+        # runtime's drain follows the same formula, and the grace period leaves room around it.
         calls = {"intent_analyzer": 2, "response_generator": 1}.get(actor, 0)
         tries = int(config.get("SUPPORTMESH_LLM_RETRIES", Settings.model_fields["llm_retries"].default)) + 1
         timeout = float(config.get("SUPPORTMESH_LLM_TIMEOUT_S", Settings.model_fields["llm_timeout_s"].default))
-        assert pod["spec"]["terminationGracePeriodSeconds"] >= max(20, calls * tries * timeout + 10), actor
+        grace = pod["spec"]["terminationGracePeriodSeconds"]
+        assert grace >= max(20, calls * tries * timeout + 10), actor
+        assert grace >= step_drain_s(actor, generate_actors.pod_settings()) + STOP_OVERHEAD_S, actor
         assert NEEDED - {"SUPPORTMESH_SQLITE_PATH"} <= set(config)
     aggregator = deployments["response-aggregator"]
     assert aggregator["spec"]["replicas"] == 1 and aggregator["spec"]["strategy"]["type"] == "Recreate"

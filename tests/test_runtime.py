@@ -14,6 +14,7 @@ from runtime_harness import Harness, kinds
 from saga.log import SagaEvent
 from saga.protocol import Message, subject_for
 from saga.results import ChatResult
+from supportmesh.config import step_drain_s
 from toy_actors import BrokenAggregator, Catcher, Count, Done, Flaky, Slow, Upper
 
 pytestmark = pytest.mark.asyncio
@@ -179,6 +180,33 @@ async def test_two_replicas_share_the_work_and_process_each_message_once(harness
     assert handled_a and handled_b, (len(handled_a), len(handled_b))  # both replicas took part
     assert sorted(handled_a + handled_b) == ids  # every message handled exactly once, by one of them
     assert sorted(m for (_, m, _, _) in harness.executions("slow")) == ids
+
+
+class SlowGenerator(Slow):
+    """A slow step of an actor that calls an LLM (its step may last its LLM calls' timeouts and retries)."""
+
+    name = "response_generator"
+
+
+async def test_a_stopping_actor_waits_for_its_step_in_flight_as_long_as_that_step_can_last(tmp_path) -> None:
+    """The drain follows the LLM settings (the formula that sizes the pod's grace period), and a step in flight
+    when the actor is asked to stop finishes and is recorded before the process lets go."""
+    h = await Harness(tmp_path, llm_timeout_s=45.0, llm_retries=2).start()
+    try:
+        generator = await h.run_actor(SlowGenerator)
+        assert generator.drain_timeout_s == step_drain_s("response_generator", h.settings) == 3 * 45.0 + 10
+        assert (await h.run_actor(Done)).drain_timeout_s == step_drain_s("done", h.settings) == 10
+        message = await h.submit(["response_generator", "done"], "sleep:1.5")
+        while not h.executions("response_generator", message.message_id):
+            await asyncio.sleep(0.05)
+
+        await generator.stop()  # the drain the runtime chose (not the harness's short one)
+
+        assert (await h.wait_terminal(message.message_id)).status == "completed"
+        events = await h.events(message.message_id)
+        assert [e.actor for e in events if e.kind == "step_completed"] == ["response_generator", "done"]
+    finally:
+        await h.close()
 
 
 async def test_deleted_consumer_heals(harness: Harness) -> None:
