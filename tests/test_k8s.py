@@ -34,6 +34,9 @@ OVERLAYS = ["k8s/base", "k8s/overlays/k3d", "k8s/overlays/keda"]
 KUBERNETES_VERSION = "1.37.0"
 # Custom resources have no bundled schema (KEDA is optional and installed by the user).
 NO_SCHEMA = {"ScaledObject"}
+# Recovery settings the escalation router reads: operators tune them in the ConfigMap, not in the code.
+RECOVERY = {"SUPPORTMESH_COMPENSATION_DEADLINE_S", "SUPPORTMESH_COMPENSATION_BACKOFF_MAX_S",
+            "SUPPORTMESH_STALL_AFTER_S", "SUPPORTMESH_MAX_SWEEPS", "SUPPORTMESH_MAX_REDELIVERIES"}
 NEEDED = {"SUPPORTMESH_NATS_URL", "SUPPORTMESH_REDIS_URL", "SUPPORTMESH_CUSTOMERS_API_URL",
           "SUPPORTMESH_ORDERS_API_URL", "SUPPORTMESH_TRACKING_API_URL", "SUPPORTMESH_METRICS_PORT",
           "SUPPORTMESH_METRICS_HOST", "SUPPORTMESH_SQLITE_PATH"}
@@ -105,6 +108,16 @@ def test_keda_leaves_replicas_to_the_autoscaler(k3d) -> None:
 def test_generated_manifests_are_up_to_date() -> None:
     assert (REPO / "k8s/base/actors.yaml").read_text() == generate_actors.render()
     assert (REPO / "k8s/overlays/keda/scaledobjects.yaml").read_text() == generate_actors.render_keda()
+
+
+def test_configmap_settings_are_valid_and_include_recovery(k3d) -> None:
+    config = by_kind(k3d, "ConfigMap")["supportmesh-config"]["data"]
+    assert RECOVERY <= set(config), RECOVERY - set(config)
+    settings = generate_actors.pod_settings()  # validated: a deadline of 0 or a bad number fails here
+    assert settings.compensation_deadline_s == float(config["SUPPORTMESH_COMPENSATION_DEADLINE_S"])
+    assert settings.stall_after_s == float(config["SUPPORTMESH_STALL_AFTER_S"])
+    # An undo is retried with pauses of at most the backoff cap: several tries fit before the deadline.
+    assert settings.compensation_backoff_max_s * 3 <= settings.compensation_deadline_s
 
 
 def test_grace_period_follows_the_llm_settings_of_the_configmap(tmp_path, monkeypatch) -> None:
