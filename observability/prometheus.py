@@ -1,22 +1,36 @@
-"""Prometheus configuration for the local mesh: one scrape job per process kind, every process's /metrics."""
+"""Prometheus configuration for the local mesh: one scrape job per process kind, every process's /metrics.
+
+Jobs and their `service` label are named as the processes' traces are: job `intent-analyzer` (as in
+Kubernetes, where the job is the pod's `app.kubernetes.io/name`), service `supportmesh-intent-analyzer` (the
+OpenTelemetry service name), so a series leads to its traces in Jaeger."""
 
 from __future__ import annotations
 
 import yaml
 
 
+def job_name(process: str) -> str:
+    """The scrape job of a process kind: `intent_analyzer` -> `intent-analyzer`."""
+    return process.replace("_", "-")
+
+
+def service_name(process: str) -> str:
+    """The OpenTelemetry service name of a process kind: `intent_analyzer` -> `supportmesh-intent-analyzer`."""
+    return f"supportmesh-{job_name(process)}"
+
+
 def render_scrape_config(targets: dict[str, list[str]], scrape_interval: str = "5s") -> str:
-    """A prometheus.yml scraping `targets` ({job: ["host:port", ...]}), e.g. from endpoints.json."""
+    """A prometheus.yml scraping `targets` ({process kind: ["host:port", ...]}), e.g. from endpoints.json."""
     config = {
         "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
         "scrape_configs": [
             {
-                "job_name": job,
+                "job_name": job_name(process),
                 "metrics_path": "/metrics",
                 "scrape_interval": scrape_interval,
-                "static_configs": [{"targets": sorted(hosts), "labels": {"service": f"supportmesh-{job}"}}],
+                "static_configs": [{"targets": sorted(hosts), "labels": {"service": service_name(process)}}],
             }
-            for job, hosts in sorted(targets.items())
+            for process, hosts in sorted(targets.items())
         ],
     }
     return yaml.safe_dump(config, sort_keys=False)

@@ -13,6 +13,7 @@ import math
 import re
 import shutil
 import subprocess
+import sys
 import time
 import urllib.parse
 import uuid
@@ -31,6 +32,7 @@ from observability import metrics
 from observability.logs import JsonFormatter, TraceContextFilter, TraceIndex
 from observability.prometheus import render_scrape_config
 from otlp_receiver import OTLPReceiver, Span
+from supportmesh.up import ACTORS
 
 GRAFANA = Path(__file__).resolve().parent.parent / "grafana"
 DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
@@ -221,6 +223,38 @@ def test_generated_scrape_config_passes_promtool(tmp_path) -> None:
     config.write_text(render_scrape_config({"gateway": ["127.0.0.1:8000"], "intent_analyzer": ["127.0.0.1:9101"]}))
     out = subprocess.run(["promtool", "check", "config", str(config)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+JOB_TO_SERVICE = re.compile(r'label_replace\(.*, "service", "([^"]+)", "job", "([^"]+)"\)$')
+
+
+def test_scrape_jobs_and_services_are_named_as_the_traced_services() -> None:
+    """A series leads to its process's traces: the `service` label is the OpenTelemetry service name the process
+    exports (its Kubernetes pod sets the same), the job is named as in Kubernetes, and the dashboards' rewrite
+    of the job into a service gives that name too."""
+    sys.path.insert(0, str(GRAFANA.parent / "k8s"))
+    import generate_actors
+
+    processes = ["gateway", "mocks", *ACTORS]
+    config = yaml.safe_load(render_scrape_config({p: [f"127.0.0.1:{9100 + i}"] for i, p in enumerate(processes)}))
+    services = {job["job_name"]: job["static_configs"][0]["labels"]["service"] for job in config["scrape_configs"]}
+    settings = generate_actors.pod_settings()
+    pods = [generate_actors.deployment(actor, settings) for actor in ACTORS]
+    in_k8s = {pod["metadata"]["name"]: env["value"] for pod in pods
+              for env in pod["spec"]["template"]["spec"]["containers"][0]["env"] if env["name"] == "OTEL_SERVICE_NAME"}
+    assert services["gateway"] == "supportmesh-gateway" and services["mocks"] == "supportmesh-mocks"
+    for actor in ACTORS:
+        job = actor.replace("_", "-")
+        assert services[job] == service_of(actor) == in_k8s[job], actor
+    rewrites = [JOB_TO_SERVICE.search(expr) for _, _, expr in panel_queries() if '"job"' in expr]
+    assert rewrites and all(rewrites)
+    for rewrite in rewrites:
+        replacement, pattern = rewrite.group(1), re.compile(rewrite.group(2))
+        for actor in ("intent_analyzer", "response_generator"):  # the processes that call an LLM
+            job = actor.replace("_", "-")
+            # PromQL anchors label_replace's regex: the whole job must match.
+            assert pattern.fullmatch(job), (pattern.pattern, job)
+            assert pattern.sub(re.sub(r"\$(\d)", r"\\\1", replacement), job) == services[job]
 
 
 # ---- against a running mesh ---------------------------------------------------------------------------
@@ -470,6 +504,10 @@ def test_latency_links_name_services_and_operations_that_export_traces(traced_me
     prom = mesh.endpoints["prometheus_url"]
     exported = {(s.service, s.name) for s in receiver.spans}
     services = {service for service, _ in exported}
+    # Every scraped process's `service` label names a service whose traces were exported.
+    targets = httpx.get(f"{prom}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
+    scraped = {t["labels"]["service"] for t in targets}
+    assert len(scraped) >= 11 and scraped <= services, sorted(scraped - services)
     for panel in latency_panels():
         for link in panel["fieldConfig"]["defaults"]["links"]:
             search = jaeger_search(link["url"])
