@@ -770,7 +770,7 @@ class ActorRuntime:
             except Exception:
                 # One saga that cannot be swept (say, a start record that no longer parses) must not stop
                 # the others from being swept.
-                log.exception("sweeping saga failed", extra={"actor": self.name, "message_id": state.message_id})
+                log.exception("sweeping saga failed", extra=_about(self.name, state))
         return acted
 
     async def _sweep_saga(self, state: SagaState, now: float) -> bool:
@@ -802,11 +802,11 @@ class ActorRuntime:
         detail = (f"saga_started was never recorded ({len(history)} events, state unchanged for {stalled_s:.0f}s): "
                   "the gateway refused the message, nothing to resume or answer")
         await self.saga.record(SagaEvent(message_id=state.message_id, kind="saga_failed", actor=self.name,
-                                         step_index=state.step_index, data={"error": detail, "reason": "not_started"}))
+                                         step_index=state.step_index, trace_id=state.trace_id,
+                                         data={"error": detail, "reason": "not_started"}))
         await self.saga.set_state(state.message_id, status="failed", step_index=state.step_index,
                                   actor=state.actor or self.name)
-        log.warning("saga never started: marked failed (%s)", detail,
-                    extra={"actor": self.name, "message_id": state.message_id})
+        log.warning("saga never started: marked failed (%s)", detail, extra=_about(self.name, state))
 
     async def _resume_stalled(self, message: Message, history: list[SagaEvent], stalled_s: float,
                               status: SagaStatus) -> None:
@@ -832,7 +832,8 @@ class ActorRuntime:
         await self.saga.set_state(message.message_id, status=status, step_index=step, actor=route.current)
         await self._publish(message, resume=sweeps + 1)
         log.warning("resumed stalled saga at step %s (%s)", step, route.current,
-                    extra={"actor": self.name, "message_id": message.message_id})
+                    extra={"actor": self.name, "message_id": message.message_id,
+                           "trace_id": message.metadata.trace_id})
 
     # ---- saga events ------------------------------------------------------------------------------
 
@@ -886,6 +887,11 @@ class ActorRuntime:
     def _extra(self, message: Message, attempt: int) -> dict[str, Any]:
         return {"actor": self.name, "message_id": message.message_id, "step": message.step_index,
                 "attempt": attempt}
+
+
+def _about(actor: str, state: SagaState) -> dict[str, Any]:
+    """Log fields of a line about a swept saga: written outside its trace, so its trace id is given."""
+    return {"actor": actor, "message_id": state.message_id, "trace_id": state.trace_id}
 
 
 def _answering_fails(message: Message, actor: str) -> bool:

@@ -454,15 +454,44 @@ async def test_saga_state_without_a_recorded_start_is_failed_after_the_stall_tim
     await h.run_actor(Catcher)
     message_id = new_message_id()
     written = time.time()
-    await h.saga.set_state(message_id, status="running", step_index=0, actor="upper", session_id="s1")
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"  # the gateway's request span (the state records it)
+    await h.saga.set_state(message_id, status="running", step_index=0, actor="upper", session_id="s1",
+                           trace_id=trace_id)
 
     with caplog.at_level(logging.WARNING, logger="supportmesh.runtime"):
         state = await h.wait_terminal(message_id, timeout=30)
 
     assert state.status == "failed"
     [failed] = await h.events(message_id)
-    assert failed.kind == "saga_failed" and failed.data["reason"] == "not_started"
+    assert failed.kind == "saga_failed" and failed.data["reason"] == "not_started" and failed.trace_id == trace_id
     assert failed.ts - written >= h.settings.stall_after_s  # not before the stall time
     assert await h.results.get(message_id) is None
-    assert any(r.message_id == message_id and "never started" in r.getMessage()  # type: ignore[attr-defined]
-               for r in caplog.records if hasattr(r, "message_id"))
+    # Logged outside any span, the line still carries the message's trace id.
+    lines = [r for r in caplog.records if getattr(r, "message_id", None) == message_id]
+    assert any("never started" in r.getMessage() and r.trace_id == trace_id for r in lines)  # type: ignore[attr-defined]
+
+
+async def test_sweepers_log_lines_about_a_message_carry_its_trace_id(sweeping: Harness, caplog) -> None:
+    """A saga whose start recorded no W3C context (only the trace id, in its metadata): the resumption's span
+    starts a new trace, but the sweeper's line about the message names the message's own trace."""
+    from saga.protocol import new_message
+    from saga.transport import record_start
+
+    h = sweeping
+    for cls in (Done, Catcher):
+        await h.run_actor(cls)
+    trace_id = "0af7651916cd43dd8448eb211c80319c"
+    message = new_message(session_id="s1", customer_email="user@example.com", customer_message="lost hop",
+                          steps=["upper", "done"])
+    message = message.model_copy(update={
+        "metadata": message.metadata.model_copy(update={"trace_id": trace_id}),
+        "route": message.route.model_copy(update={"error_handler": "catcher"})})
+    await record_start(h.saga, message)  # recorded, never published: the sweeper must resume it
+    await h.run_actor(Upper)
+
+    with caplog.at_level(logging.WARNING, logger="supportmesh.runtime"):
+        assert (await h.wait_terminal(message.message_id, timeout=30)).status == "completed"
+
+    resumed = [r for r in caplog.records if getattr(r, "message_id", None) == message.message_id
+               and "resumed stalled saga" in r.getMessage()]
+    assert resumed and all(r.trace_id == trace_id for r in resumed)  # type: ignore[attr-defined]
