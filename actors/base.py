@@ -5,6 +5,8 @@ metrics) is the runtime's job (`actors.runtime`), so actor modules hold only the
 - A *router* returns a `StepResult` that may also replace the remaining steps of the route.
 - Raise `RetryableError` (or let a timeout / connection error / 5xx escape) for transient failures and
   `PermanentError` for failures that a retry cannot fix.
+- An actor may implement `on_saga_failed`: the runtime of its process calls it when it fails a saga for good
+  (the error handler's does: its own failures, dead letters, the sweeper), e.g. to hand the customer to a human.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 from saga.protocol import Message, SagaOutcome
 
 if TYPE_CHECKING:
-    from saga.log import SagaLog
+    from saga.log import SagaEvent, SagaLog
     from saga.results import ResultStore
     from supportmesh.config import Settings
 
@@ -68,6 +70,16 @@ class StepContext(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class FailureContext:
+    """What `Actor.on_saga_failed` is told about the saga the runtime is failing."""
+
+    actor: str  # the actor whose step could not go on
+    detail: str  # why the saga failed
+    settings: Settings
+    log: logging.LoggerAdapter
+
+
 class Actor:
     """Base class of every actor. Subclasses set `name` and implement `handle`."""
 
@@ -92,3 +104,10 @@ class Actor:
     async def handle(self, message: Message, ctx: StepContext) -> StepResult | dict[str, Any] | None:
         """Process one message; return the enrichment (processors) or a StepResult (routers)."""
         raise NotImplementedError
+
+    async def on_saga_failed(self, message: Message, history: list[SagaEvent], ctx: FailureContext) -> str | None:
+        """Called by this process's runtime when it fails a saga for good, before the customer is answered.
+        Return the id of the handoff ticket opened for it (idempotently: the runtime may fail the same saga
+        twice), or None when none was opened; exceptions count as None. The default opens nothing, and the
+        answer then says the message was recorded for the support team rather than that a colleague has it."""
+        return None

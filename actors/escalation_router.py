@@ -14,6 +14,9 @@
   way. JetStream dead letters reach it too (its runtime consumes the advisories).
 - A failure of the response aggregator, or any failure after the saga was already escalated, is never routed
   back into the same failure: the router answers the customer itself and ends the saga.
+- A saga its runtime fails for good (the router itself failing for good, dead letters, the sweeper giving up)
+  gets the same handoff ticket (`on_saga_failed`, same idempotency key), so its answer's "a colleague will
+  follow up" is true; when the ticket cannot be opened the answer says so instead.
 """
 
 from __future__ import annotations
@@ -22,20 +25,22 @@ import asyncio
 import time
 import zlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
-from actors.base import Actor, StepContext, StepResult
+from actors.base import Actor, FailureContext, StepContext, StepResult
 from actors.commerce import CommerceClient
 from actors.execution_coordinator import saga_key_prefix
 from observability import metrics
 from saga.log import SagaEvent
 from saga.protocol import ANSWERING_ACTOR, AgentResponse, ErrorInfo, Message
-from saga.results import action_noun, build_result
+from saga.results import SagaEffects, action_noun, build_result, saga_effects
 from saga.retry import is_retryable
 from supportmesh.config import Settings
 
 TRANSIENT = frozenset({"retryable_exhausted", "dead_letter", "stalled"})
+# The tickets API takes summaries up to this long.
+TICKET_SUMMARY_MAX = 4000
 # The orders API names cancellations "cancellation"; the saga's action plans say "cancel".
 API_ACTION = {"cancellation": "cancel"}
 
@@ -198,10 +203,12 @@ def holding_reply(message: Message, reason: str, ticket_id: str | None, comp: Co
                      f"You'll hear from us by email within one business day{ticket}."])
 
 
-def ticket_summary(message: Message, reason: str, comp: Compensation) -> str:
-    """What the human needs to know, reversals still to do first."""
+def ticket_summary(message: Message, reason: str, comp: Compensation, failure: str | None = None) -> str:
+    """What the human needs to know, reversals still to do first (and, for a failed saga, why it failed)."""
     p = message.payload
     lines = [f"Reason: {reason}", f"Customer said: {p.customer_message[:500]}"]
+    if failure:
+        lines.append(f"Saga failed for good (nothing automatic will happen any more): {failure[:300]}")
     if p.intent:
         lines.append(f"Intent: {p.intent.name} ({p.intent.confidence:.2f})")
     if p.action_plan and p.action_plan.action != "none":
@@ -215,6 +222,18 @@ def ticket_summary(message: Message, reason: str, comp: Compensation) -> str:
     lines += [f"Compensated: {e.action} {e.action_id} on {e.order_id}" for e in comp.undone]
     lines += [f"Done and kept: {e.action} {e.action_id} on {e.order_id}" for e in comp.kept]
     return "\n".join(lines)
+
+
+def failed_saga_compensation(effects: SagaEffects, undo_url: Callable[[str], str]) -> Compensation:
+    """A failed saga's effects as the ticket lists them: reversals begun but not confirmed, or given up, are
+    pending (a human must make sure); `undo_url` gives the undo link of effects known only from the message."""
+    def effect(data: dict[str, Any]) -> Effect:
+        found = Effect.from_data(data)
+        return found if found.undo_url else replace(found, undo_url=undo_url(found.action_id))
+
+    return Compensation(undone=[effect(e) for e in effects.undone],
+                        pending=[effect(e) for e in [*effects.reversing, *effects.not_reversed]],
+                        kept=[effect(e) for e in effects.kept])
 
 
 def ticket_priority(reason: str, comp: Compensation) -> str:
@@ -297,15 +316,25 @@ class EscalationRouter(Actor):
         return StepResult(enrichment=enrichment, remaining_route=[] if final else [ANSWERING_ACTOR],
                           outcome="escalated", reason=reason)
 
-    async def _open_ticket(self, message: Message, reason: str, comp: Compensation) -> str | None:
-        """Hand the conversation to a human, once per message (a retried step gets the same ticket)."""
+    async def _open_ticket(self, message: Message, reason: str, comp: Compensation,
+                           failure: str | None = None) -> str | None:
+        """Hand the conversation to a human, once per message (a retried step, or a failure of the saga after
+        its escalation, gets the same ticket)."""
+        summary = ticket_summary(message, reason, comp, failure)[:TICKET_SUMMARY_MAX]
         ticket = await self.api.open_ticket(
             {"message_id": message.message_id, "session_id": message.session_id,
              "customer_email": message.payload.customer_email, "reason": reason,
-             "priority": ticket_priority(reason, comp), "summary": ticket_summary(message, reason, comp)},
+             "priority": ticket_priority(reason, comp), "summary": summary},
             key=f"{message.message_id}:ticket",
         )
         return ticket.get("ticket_id")
+
+    async def on_saga_failed(self, message: Message, history: list[SagaEvent], ctx: FailureContext) -> str | None:
+        """The runtime fails a saga for good in this process: open its handoff ticket (idempotently, under the
+        escalation's key), listing its effects as the saga history has them, so that the customer's answer can
+        truthfully say a colleague follows up."""
+        comp = failed_saga_compensation(saga_effects(message, history), self.api.undo_url)
+        return await self._open_ticket(message, "saga_failed", comp, failure=f"{ctx.actor}: {ctx.detail}")
 
     @staticmethod
     async def _answer(message: Message, ctx: StepContext) -> None:

@@ -37,7 +37,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from actors.base import Actor, PermanentError, StepResult
+from actors.base import Actor, FailureContext, PermanentError, StepResult
 from observability import metrics
 from observability.tracing import (
     current_trace_id,
@@ -59,7 +59,12 @@ from saga.protocol import (
     subject_for,
 )
 from saga.replay import FAILED_DETOUR, apply_redirect, apply_step, replay
-from saga.results import ResultStore, failed_enrichment, fallback_result
+from saga.results import (
+    ResultStore,
+    failed_enrichment,
+    fallback_result,
+    recorded_ticket,
+)
 from saga.retry import RetryPolicy, is_retryable
 from supportmesh.config import Settings, step_drain_s
 
@@ -527,8 +532,11 @@ class ActorRuntime:
     async def _fail_saga(self, message: Message, *, actor: str, detail: str, attempt: int = 1,
                          data: dict[str, Any] | None = None, history: list[SagaEvent] | None = None) -> None:
         """The saga cannot go on (its error handler failed for good or keeps dying on it, recovery gave up, or
-        it cannot reach its error handler): record `saga_failed` and answer the customer honestly, naming each
-        side effect as the saga history has it (kept, reversed, or left to a colleague).
+        it cannot reach its error handler): hand it to a human where this process can (the actor's
+        `on_saga_failed` hook opens a ticket), record `saga_failed` with the ticket (or that there is none), and
+        answer the customer honestly: a colleague follows up on the named ticket, or, without one, the message
+        was recorded under its reference and the customer is asked to come back; each side effect is named as
+        the saga history has it (kept, reversed, or not reversed).
 
         The answer goes through the response aggregator like any other (history rows, session state, result,
         reply; the route then ends with the saga `failed`), unless the aggregator is what fails: then it is
@@ -538,21 +546,59 @@ class ActorRuntime:
         step = message.route.current_step
         if history is None:
             history = await self.saga.history(message.message_id)
+        ticket = await self._failure_ticket(message, history, actor, detail)
+        ticket_id = ticket["ticket_id"]
         await self.saga.record(SagaEvent(
             message_id=message.message_id, kind="saga_failed", actor=actor, step_index=step, attempt=attempt,
-            trace_id=current_trace_id() or message.metadata.trace_id, data={"error": detail, **(data or {})}))
-        log.error("saga failed: %s", detail, extra={"actor": self.name, "message_id": message.message_id})
-        if not _answering_fails(message, actor) and await self._answer_through_aggregator(message, history, attempt):
+            trace_id=current_trace_id() or message.metadata.trace_id,
+            data={"error": detail, **(data or {}), **ticket}))
+        log.error("saga failed: %s (handoff ticket: %s)", detail, ticket_id or ticket["ticket"],
+                  extra={"actor": self.name, "message_id": message.message_id,
+                         "trace_id": message.metadata.trace_id})
+        if not _answering_fails(message, actor) and await self._answer_through_aggregator(message, history, attempt,
+                                                                                          ticket_id):
             return
         await self.saga.set_state(message.message_id, status="failed", step_index=step, actor=actor,
                                   allow_reopen=True)
-        result = fallback_result(message, history, trace_id=current_trace_id())
+        result = fallback_result(message, history, trace_id=current_trace_id(), ticket_id=ticket_id)
         # Create-only: a saga that already has an answer keeps it, and the customer is told once.
         if await self.results.save(result) and message.metadata.reply_subject:
             with contextlib.suppress(Exception):  # core NATS, best effort: the stored answer is the durable one
                 await self.nc.publish(message.metadata.reply_subject, result.to_bytes(), headers=inject_headers())
 
-    async def _answer_through_aggregator(self, message: Message, history: list[SagaEvent], attempt: int) -> bool:
+    async def _failure_ticket(self, message: Message, history: list[SagaEvent], actor: str,
+                              detail: str) -> dict[str, Any]:
+        """The handoff ticket of a saga being failed, as `saga_failed` records it: `ticket_id` (None: no ticket
+        exists, so the answer must not promise a colleague) and `ticket`, how it is known: `opened` by this
+        process's actor (`on_saga_failed`, idempotent, so failing a saga twice opens one ticket), `recorded` in
+        the saga log (opened by its escalation or an earlier failure), `failed` (the hook could not open one;
+        `ticket_error` says why) or `none` (no hook in this process)."""
+        hooked = type(self.actor).on_saga_failed is not Actor.on_saga_failed
+        out: dict[str, Any] = {"ticket_id": None, "ticket": "failed" if hooked else "none"}
+        if hooked:
+            ctx = FailureContext(actor=actor, detail=detail, settings=self.settings, log=logging.LoggerAdapter(
+                logging.getLogger(f"supportmesh.actor.{self.name}"),
+                {"message_id": message.message_id, "actor": self.name, "trace_id": message.metadata.trace_id}))
+            # Bounded: the answer must not wait on a hung API (a few of its timeouts, under the ack wait of the
+            # failing step's delivery, which is not acked yet, with the default settings).
+            try:
+                ticket_id = await asyncio.wait_for(self.actor.on_saga_failed(message, history, ctx),
+                                                   timeout=3 * self.settings.api_timeout_s)
+            except Exception as exc:
+                ticket_id = None
+                out["ticket_error"] = f"{type(exc).__name__}: {exc}"[:300]
+                log.warning("no handoff ticket for the failed saga: %s", out["ticket_error"],
+                            extra={"actor": self.name, "message_id": message.message_id,
+                                   "trace_id": message.metadata.trace_id})
+            if ticket_id:
+                return {"ticket_id": str(ticket_id), "ticket": "opened"}
+        known = recorded_ticket(history)
+        if known:
+            return {**out, "ticket_id": known, "ticket": "recorded"}
+        return out
+
+    async def _answer_through_aggregator(self, message: Message, history: list[SagaEvent], attempt: int,
+                                         ticket_id: str | None) -> bool:
         """Route the failed saga to the response aggregator with its answer set and the outcome `failed`,
         recorded as a detour (`route_changed`, reason `saga_failed`) so recovery can replay it. False when the
         route cannot take the step, or this step's route already changed another way."""
@@ -562,7 +608,7 @@ class ActorRuntime:
         except RouteError:
             return False
         detour = {"from": route.steps, "to": new_route.steps, "reason": FAILED_DETOUR, "outcome": "failed",
-                  "enrichment": failed_enrichment(message, history)}
+                  "enrichment": failed_enrichment(message, history, ticket_id)}
         if not await self.record(message, "route_changed", attempt=attempt, data=detour):
             # Already recorded (this failure is handled a second time, e.g. after a crash): publish the
             # recorded detour again (its Nats-Msg-Id makes that a no-op when the first publish got through).

@@ -89,9 +89,16 @@ class ResultStore:
 
 # The answer when a finished route produced no reply text (should not happen; never an empty answer).
 NO_RESPONSE_REPLY = "Thanks for your message. A colleague will look into it and get back to you shortly."
+# A failed saga's answer when a handoff ticket was opened for it: a colleague really has it.
 FAILED_REPLY = (
-    "I'm sorry, I couldn't finish handling your message automatically, so I've passed it to a colleague, who "
-    "will follow up with you by email within one business day."
+    "I'm sorry, I couldn't finish handling your message automatically, so I've passed it to a colleague (ticket "
+    "{ticket_id}), who will follow up with you by email within one business day."
+)
+# ...and when none could be opened: no one has been told to follow up, so the customer is asked to come back.
+FAILED_RECORDED_REPLY = (
+    "I'm sorry, I couldn't finish handling your message. It has been recorded for our support team under "
+    "reference {reference}; please reply here or contact our support team quoting that reference so we can "
+    "help you further."
 )
 # The orders API and the action plans name actions; the customer reads nouns.
 ACTION_NOUN = {"refund": "refund", "cancel": "cancellation", "cancellation": "cancellation",
@@ -105,7 +112,8 @@ def action_noun(action: str) -> str:
 
 def build_result(message: Message, trace_id: str | None = None) -> ChatResult:
     """The customer's answer from the finished message. A saga that was escalated or failed answers
-    `escalated` (a colleague follows up); the API knows no other status."""
+    `escalated` (it is with people now: a colleague follows up, or, when no ticket could be opened, the answer
+    asks the customer to come back with its reference); the API knows no other status."""
     p = message.payload
     status = "escalated" if message.metadata.outcome in ("escalated", "failed") else "resolved"
     return ChatResult(
@@ -157,26 +165,44 @@ def _named(effect: dict[str, Any]) -> str:
     return f"{action_noun(str(effect.get('action', 'action')))} on order {effect.get('order_id', '?')}"
 
 
-def failed_reply(effects: SagaEffects) -> str:
-    """The honest answer of a saga that cannot finish: a colleague follows up, and each side effect is named
-    as it really stands (done, reversed, being reversed, or left to the colleague to reverse)."""
-    parts = [FAILED_REPLY]
+def failed_reply(effects: SagaEffects, ticket_id: str | None, reference: str) -> str:
+    """The honest answer of a saga that cannot finish. With a ticket, a colleague follows up (named by the
+    ticket); without one, the customer learns the message was recorded under `reference` and is asked to come
+    back. Each side effect is named as it really stands (done, reversed, being reversed, or not reversed)."""
+    if ticket_id:
+        parts = [FAILED_REPLY.format(ticket_id=ticket_id)]
+        confirm = "; my colleague will confirm it with you."
+        reversing = "my colleague will make sure it is reversed and confirm with you."
+        not_reversed = "my colleague will reverse it by hand and confirm with you."
+    else:
+        parts = [FAILED_RECORDED_REPLY.format(reference=reference)]
+        confirm = "."
+        reversing = "I cannot confirm it was reversed, so please mention it when you contact us."
+        not_reversed = "please mention it when you contact us so that it is reversed."
     if effects.kept:
         done = ", ".join(_named(e) for e in effects.kept)
-        parts.append(f"Already done before the interruption: {done}; my colleague will confirm it with you.")
+        parts.append(f"Already done before the interruption: {done}{confirm}")
     parts += [f"I had started a {_named(e)} and reversed it, so nothing happens twice." for e in effects.undone]
-    parts += [f"I was reversing a {_named(e)} when this happened; my colleague will make sure it is reversed and "
-              "confirm with you." for e in effects.reversing]
-    parts += [f"I had started a {_named(e)} and could not reverse it automatically; my colleague will reverse it "
-              "by hand and confirm with you." for e in effects.not_reversed]
+    parts += [f"I was reversing a {_named(e)} when this happened; {reversing}" for e in effects.reversing]
+    parts += [f"I had started a {_named(e)} and could not reverse it automatically; {not_reversed}"
+              for e in effects.not_reversed]
     return " ".join(parts)
 
 
-def failed_enrichment(message: Message, history: list[SagaEvent]) -> dict[str, Any]:
-    """The payload fields of a failed saga's answer (JSON, as recorded in the saga log): the reply, and the
-    execution result with every reversed action marked `undone`."""
+def recorded_ticket(history: list[SagaEvent]) -> str | None:
+    """The handoff ticket the saga log says was opened for this saga (by an escalation or an earlier failure),
+    the latest one; None when there is none."""
+    tickets = [e.data["ticket_id"] for e in history
+               if e.kind in ("escalated", "saga_failed") and isinstance(e.data.get("ticket_id"), str)]
+    return tickets[-1] if tickets else None
+
+
+def failed_enrichment(message: Message, history: list[SagaEvent], ticket_id: str | None = None) -> dict[str, Any]:
+    """The payload fields of a failed saga's answer (JSON, as recorded in the saga log): the reply (naming the
+    handoff ticket, when one was opened), and the execution result with every reversed action marked `undone`."""
     effects = saga_effects(message, history)
-    response = AgentResponse(text=failed_reply(effects), model="supportmesh-runtime", fallback_used=True)
+    text = failed_reply(effects, ticket_id, reference=message.message_id)
+    response = AgentResponse(text=text, model="supportmesh-runtime", fallback_used=True)
     enrichment: dict[str, Any] = {"response": response.model_dump(mode="json")}
     executed = message.payload.execution_result
     if executed is not None and executed.actions:
@@ -187,8 +213,9 @@ def failed_enrichment(message: Message, history: list[SagaEvent]) -> dict[str, A
     return enrichment
 
 
-def fallback_result(message: Message, history: list[SagaEvent], *, trace_id: str | None = None) -> ChatResult:
+def fallback_result(message: Message, history: list[SagaEvent], *, trace_id: str | None = None,
+                    ticket_id: str | None = None) -> ChatResult:
     """The answer of a failed saga, given directly (when its answering step is what fails)."""
-    failed = message.enriched(failed_enrichment(message, history))
+    failed = message.enriched(failed_enrichment(message, history, ticket_id))
     failed = failed.model_copy(update={"metadata": failed.metadata.model_copy(update={"outcome": "failed"})})
     return build_result(failed, trace_id)

@@ -10,10 +10,21 @@ import pytest
 from pydantic import ValidationError
 
 from actors.commerce import CommerceClient
-from actors.escalation_router import effects_at_api, must_not_route_back, undone_effects
+from actors.escalation_router import (
+    effects_at_api,
+    failed_saga_compensation,
+    must_not_route_back,
+    ticket_summary,
+    undone_effects,
+)
 from saga.log import SagaEvent
 from saga.protocol import ErrorInfo, ExecutedAction, ExecutionResult, new_message
-from saga.results import failed_enrichment, fallback_result
+from saga.results import (
+    failed_enrichment,
+    fallback_result,
+    recorded_ticket,
+    saga_effects,
+)
 from supportmesh.config import Settings
 
 # ---- pure decisions --------------------------------------------------------------------------------------
@@ -71,7 +82,9 @@ def _executed(action: str, order_id: str, action_id: str) -> dict[str, Any]:
                           idempotency_key=f"m1:{action}:{order_id}").model_dump(mode="json")
 
 
-def test_a_failed_sagas_answer_names_each_effect_as_its_history_has_it() -> None:
+def _failed_saga_with_every_kind_of_effect() -> tuple[Any, list[SagaEvent]]:
+    """A message and its history: a refund reversed, a cancellation whose undo was given up, a replacement
+    being reversed, and a refund kept."""
     refund, cancel, replacement, kept = (_executed("refund", "44444", "act_1"), _executed("cancel", "55555", "act_2"),
                                          _executed("replacement", "66666", "act_3"), _executed("refund", "77777", "act_4"))
     history = [
@@ -84,25 +97,68 @@ def test_a_failed_sagas_answer_names_each_effect_as_its_history_has_it() -> None
     message = new_message(session_id="s1", customer_email="user@example.com", customer_message="help")
     message = message.enriched({"execution_result": ExecutionResult(success=True, actions=[
         ExecutedAction.model_validate(refund), ExecutedAction.model_validate(kept)])})
+    return message, history
 
-    result = fallback_result(message, history)
+
+def test_a_failed_sagas_answer_names_its_ticket_and_each_effect_as_its_history_has_it() -> None:
+    message, history = _failed_saga_with_every_kind_of_effect()
+
+    result = fallback_result(message, history, ticket_id="TCK-1042")
 
     text = result.response
-    assert result.status == "escalated" and "colleague" in text
+    assert result.status == "escalated" and "passed it to a colleague (ticket TCK-1042)" in text
     assert "Already done before the interruption: refund on order 77777;" in text
     assert "refund on order 44444 and reversed it" in text and "Already done before the interruption: refund on " \
         "order 44444" not in text
-    assert "cancellation on order 55555 and could not reverse it automatically" in text
+    assert "cancellation on order 55555 and could not reverse it automatically; my colleague will" in text
     assert "reversing a replacement on order 66666" in text
     assert [(a["action_id"], a["status"]) for a in result.execution_result["actions"]] == [
         ("act_1", "undone"), ("act_4", "active")]
 
 
-def test_a_failed_saga_without_effects_says_only_that_a_colleague_follows_up() -> None:
+def test_a_failed_sagas_answer_without_a_ticket_promises_no_colleague() -> None:
+    """No ticket could be opened: nobody was told to follow up, so the answer says the message was recorded,
+    gives its reference and asks the customer to come back, with every effect still named honestly."""
+    message, history = _failed_saga_with_every_kind_of_effect()
+
+    text = fallback_result(message, history).response
+
+    assert "colleague" not in text and "ticket" not in text and "follow up" not in text
+    assert f"recorded for our support team under reference {message.message_id}" in text
+    assert "please reply here or contact our support team" in text
+    assert "Already done before the interruption: refund on order 77777." in text
+    assert "refund on order 44444 and reversed it" in text
+    assert "cancellation on order 55555 and could not reverse it automatically; please mention it" in text
+    assert "reversing a replacement on order 66666 when this happened; I cannot confirm it was reversed" in text
+
+
+def test_a_failed_saga_without_effects_says_only_what_happens_next() -> None:
     message = new_message(session_id="s1", customer_email="user@example.com", customer_message="help")
-    enrichment = failed_enrichment(message, [])
-    assert "execution_result" not in enrichment
-    assert "Already done" not in enrichment["response"]["text"] and "colleague" in enrichment["response"]["text"]
+    with_ticket = failed_enrichment(message, [], "TCK-7")["response"]["text"]
+    without = failed_enrichment(message, [])
+    assert "execution_result" not in without
+    assert "Already done" not in with_ticket and "(ticket TCK-7)" in with_ticket
+    assert "Already done" not in without["response"]["text"] and message.message_id in without["response"]["text"]
+
+
+def test_the_recorded_ticket_is_the_latest_one_the_saga_log_names() -> None:
+    assert recorded_ticket([]) is None
+    assert recorded_ticket([_event("saga_failed", 2, {"ticket_id": None, "ticket": "failed"})]) is None
+    history = [_event("escalated", 1, {"ticket_id": "TCK-1"}), _event("saga_failed", 3, {"ticket_id": "TCK-1"}),
+               _event("step_completed", 4, {"ticket_id": "not a ticket record"})]
+    assert recorded_ticket(history) == "TCK-1"
+
+
+def test_a_failed_sagas_ticket_puts_unconfirmed_reversals_first() -> None:
+    message, history = _failed_saga_with_every_kind_of_effect()
+    comp = failed_saga_compensation(saga_effects(message, history), lambda a: f"http://o/actions/{a}/undo")
+    assert [e.action_id for e in comp.undone] == ["act_1"]
+    assert sorted(e.action_id for e in comp.pending) == ["act_2", "act_3"]
+    assert [e.action_id for e in comp.kept] == ["act_4"]
+    summary = ticket_summary(message, "saga_failed", comp, failure="escalation_router: tickets API down")
+    assert "Saga failed for good" in summary and "tickets API down" in summary
+    assert "REVERSAL PENDING: cancel act_2 on 55555 could not be undone automatically; undo it by hand " \
+        "(http://o/actions/act_2/undo)" in summary
 
 
 # ---- settings --------------------------------------------------------------------------------------------

@@ -107,6 +107,18 @@ def count(events: list[SagaEvent], kind: str) -> int:
     return sum(1 for e in events if e.kind == kind)
 
 
+def assert_no_ticket_claimed(api: httpx.Client, message: Message, events: list[SagaEvent],
+                             result: ChatResult) -> None:
+    """The tickets API was down: no ticket exists, the saga log says so, and the answer claims no colleague
+    has the message; it gives its reference and asks the customer to come back."""
+    assert api.get("/tickets", params={"message_id": message.message_id}).json()["tickets"] == []
+    failed = [e for e in events if e.kind == "saga_failed"]
+    assert failed and all(e.data["ticket_id"] is None for e in failed)
+    assert failed[0].data["ticket"] == "failed" and "ticket_error" in failed[0].data
+    assert "colleague" not in result.response and "follow up" not in result.response
+    assert f"reference {message.message_id}" in result.response and "contact our support team" in result.response
+
+
 # ---- a later step fails: the refund is undone -----------------------------------------------------------
 
 
@@ -255,8 +267,10 @@ async def test_router_failing_after_the_undo_answers_through_the_aggregator_nami
     assert [a["status"] for a in my_actions(api, "44444", message)] == ["undone"]
     assert count(events, "compensation_completed") == 1
     assert [e.actor for e in events if e.kind == "saga_failed"] == ["escalation_router"]
+    # No ticket could be opened for the failed saga either: the answer promises no colleague.
+    assert_no_ticket_claimed(api, message, events, result)
     # The answer says the refund was reversed, not that it is done; the action is marked undone.
-    assert result.status == "escalated" and "colleague" in result.response
+    assert result.status == "escalated"
     assert "refund on order 44444 and reversed it" in result.response and "Already done" not in result.response
     assert [a["status"] for a in result.execution_result["actions"]] == ["undone"]
     # Delivered by the aggregator like any answer: two history rows, one reply, and the saga ends failed.
@@ -276,6 +290,60 @@ async def test_router_failing_on_an_aggregator_failure_answers_directly_without_
     # The aggregator is not asked again to deliver the answer of a failure it caused.
     assert {step for _, _, step, _ in calls} == {1}
     assert [e.actor for e in events if e.kind == "saga_failed"] == ["escalation_router"]
+    assert_no_ticket_claimed(api, message, events, result)
     assert result.status == "escalated" and "refund on order 33333 and reversed it" in result.response
     assert [r.response for r in replies] == [result.response]
     assert [a["status"] for a in my_actions(api, "33333", message)] == ["undone"]
+
+
+# ---- a saga failed for good in the router's process gets a real handoff ticket -----------------------------
+
+
+@pytest.mark.parametrize("tickets_up", [True, False], ids=["tickets-up", "tickets-down"])
+async def test_saga_failed_by_the_routers_sweeper_is_handed_over_once_or_answered_honestly(
+        tmp_path, mocks_url, redis_url, api, tickets_up) -> None:
+    """A saga stuck at an error handler nobody serves: the escalation router's sweeper resumes it up to its cap,
+    then fails it in the router's process. A ticket is opened once (also when the failure is handled a second
+    time) and the answer names it; with the tickets API down, no ticket is claimed."""
+    if not tickets_up:
+        api.put("/_admin/faults", json={"POST /tickets": {"error_rate": 1.0}}).raise_for_status()
+    h = Harness(tmp_path, customers_api_url=mocks_url, orders_api_url=mocks_url, tracking_api_url=mocks_url,
+                redis_url=redis_url, stall_after_s=1.0, sweep_interval_s=0.3, max_sweeps=1)
+    await h.start()
+    try:
+        router = await h.run_actor(EscalationRouter)
+        await h.run_actor(ResponseAggregator)
+        subject, replies = await h.reply_inbox()
+        message = await h.submit(["ghost"], "nobody serves my handler", error_handler="ghost", reply_subject=subject)
+
+        assert (await h.wait_terminal(message.message_id, timeout=30)).status == "failed"
+        await wait_for_replies(replies, 1)
+        # The same failure handled again (say, after a crash of the router between its writes).
+        await router._fail_saga(message, actor="ghost", detail="handled twice")
+        await asyncio.sleep(0.5)
+
+        events = await h.events(message.message_id)
+        result = await h.results.get(message.message_id)
+        rows = h.history_rows(message.message_id)
+    finally:
+        await h.close()
+    tickets = api.get("/tickets", params={"message_id": message.message_id}).json()["tickets"]
+    [failed] = [e for e in events if e.kind == "saga_failed"]
+    assert result is not None and rows == [("customer", "nobody serves my handler"), ("agent", result.response)]
+    assert [r.response for r in replies] == [result.response]  # answered once
+    if tickets_up:
+        [ticket] = tickets
+        assert (failed.data["ticket_id"], failed.data["ticket"]) == (ticket["ticket_id"], "opened")
+        assert f"passed it to a colleague (ticket {ticket['ticket_id']})" in result.response
+        assert ticket["reason"] == "saga_failed" and ticket["customer_email"] == "user@example.com"
+        assert "Saga failed for good" in ticket["summary"]
+    else:
+        assert_no_ticket_claimed(api, message, events, result)
+
+
+async def wait_for_replies(replies: list[ChatResult], n: int, timeout: float = 15.0) -> None:
+    """Until `n` answers reached the reply subject (no fixed sleeps: the machine may be busy)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while len(replies) < n:
+        assert asyncio.get_running_loop().time() < deadline, "no answer in time"
+        await asyncio.sleep(0.05)

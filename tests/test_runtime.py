@@ -10,6 +10,7 @@ import orjson
 import pytest
 from nats.js.errors import NoKeysError
 
+from actors.base import FailureContext
 from runtime_harness import Harness, kinds
 from saga.log import SagaEvent
 from saga.protocol import Message, subject_for
@@ -335,12 +336,21 @@ def assert_failed_and_answered_through_the_history(h: Harness, message: Message,
                                                    result: ChatResult | None) -> None:
     """A failed saga's answer was delivered by the response aggregator: the customer's and the agent's rows are
     in the history (the agent's is the answer), and the route ended with the saga failed."""
-    assert result is not None and result.status == "escalated" and "colleague" in result.response
+    assert result is not None and result.status == "escalated"
+    assert_answered_without_a_ticket(message, events, result)
     assert h.history_rows(message.message_id) == [("customer", message.payload.customer_message),
                                                   ("agent", result.response)]
     assert [e.kind for e in events if e.kind == "saga_failed"] == ["saga_failed"]
     assert [(e.actor, e.data["status"]) for e in events if e.kind == "saga_completed"] == [
         ("response_aggregator", "failed")]
+
+
+def assert_answered_without_a_ticket(message: Message, events: list[SagaEvent], result: ChatResult) -> None:
+    """No process that failed the saga could open a handoff ticket (no hook): the answer promises no colleague,
+    gives the reference, and the saga log says there is no ticket."""
+    assert "colleague" not in result.response and f"reference {message.message_id}" in result.response
+    failed = [e for e in events if e.kind == "saga_failed"]
+    assert failed and all((e.data["ticket_id"], e.data["ticket"]) == (None, "none") for e in failed)
 
 
 async def test_saga_whose_error_handler_fails_for_good_is_failed_and_answered(answering: Harness) -> None:
@@ -378,7 +388,8 @@ async def test_failed_sagas_answer_failing_in_the_aggregator_is_given_directly_w
 
     assert state.status == "failed"
     result = await harness.results.get(message.message_id)
-    assert result is not None and result.status == "escalated" and "colleague" in result.response
+    assert result is not None and result.status == "escalated"
+    assert_answered_without_a_ticket(message, await harness.events(message.message_id), result)
     await wait_until(lambda: len(replies) >= 1)
     await asyncio.sleep(harness.settings.ack_wait_s + 0.5)
     assert len(harness.executions("flaky", message.message_id)) == 1  # the error handler was not asked again
@@ -387,6 +398,32 @@ async def test_failed_sagas_answer_failing_in_the_aggregator_is_given_directly_w
     events = await harness.events(message.message_id)
     assert [(e.actor, e.step_index) for e in events if e.kind == "saga_failed"] == [
         ("flaky", 0), ("response_aggregator", 1)]
+
+
+class FlakyWithHangingTickets(Flaky):
+    """An error handler whose ticket system never answers."""
+
+    async def on_saga_failed(self, message: Message, history: list[SagaEvent], ctx: FailureContext) -> str | None:
+        await asyncio.Event().wait()
+        return "never"
+
+
+async def test_a_hanging_ticket_hook_does_not_hold_the_answer_back(tmp_path) -> None:
+    h = await Harness(tmp_path, api_timeout_s=0.2).start()
+    try:
+        await h.run_actor(FlakyWithHangingTickets)
+        await h.run_actor(BrokenAggregator)  # its delivery of the answer fails too: the saga still ends
+        message = await h.submit(["flaky", "response_aggregator"], "fail-permanent", error_handler="flaky")
+
+        assert (await h.wait_terminal(message.message_id)).status == "failed"
+
+        [failed, *_] = [e for e in await h.events(message.message_id) if e.kind == "saga_failed"]
+        assert (failed.data["ticket_id"], failed.data["ticket"]) == (None, "failed")
+        assert failed.data["ticket_error"].startswith("TimeoutError")
+        result = await h.results.get(message.message_id)
+        assert result is not None and "colleague" not in result.response
+    finally:
+        await h.close()
 
 
 async def test_poison_message_of_a_running_saga_answers_its_customer_once(answering: Harness) -> None:
