@@ -34,7 +34,7 @@ from actors.execution_coordinator import saga_key_prefix
 from observability import metrics
 from saga.log import SagaEvent
 from saga.protocol import ANSWERING_ACTOR, AgentResponse, ErrorInfo, Message
-from saga.results import SagaEffects, action_noun, build_result, saga_effects
+from saga.results import SagaEffects, action_noun, build_result, execution_with_undone, saga_effects
 from saga.retry import is_retryable
 from supportmesh.config import Settings
 
@@ -310,7 +310,10 @@ class EscalationRouter(Actor):
         await ctx.record("escalated", {"reason": reason, "ticket_id": ticket_id, "decision": decision,
                                        "pending_reversal": log_entry["pending_reversal"],
                                        "unverified": comp.unverified})
-        enrichment = {"response": response, "recovery_log": [*p.recovery_log, log_entry]}
+        enrichment: dict[str, Any] = {"response": response, "recovery_log": [*p.recovery_log, log_entry]}
+        marked = execution_with_undone(message, {e.action_id for e in comp.undone})
+        if marked is not None:
+            enrichment["execution_result"] = marked
         if final and not answered:
             await self._answer(message.enriched(enrichment), ctx)
         return StepResult(enrichment=enrichment, remaining_route=[] if final else [ANSWERING_ACTOR],

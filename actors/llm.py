@@ -22,10 +22,10 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from actors.base import RetryableError
 from observability import metrics
 from observability.tracing import instrument_litellm, tracer
-from supportmesh.config import Settings
+from supportmesh.config import LOCAL_LLM_MODEL, Settings
 
 log = logging.getLogger("supportmesh.llm")
-LOCAL_MODEL = "supportmesh-local/deterministic"
+LOCAL_MODEL = LOCAL_LLM_MODEL  # the default model, local and deterministic
 
 
 @dataclass

@@ -204,13 +204,21 @@ def failed_enrichment(message: Message, history: list[SagaEvent], ticket_id: str
     text = failed_reply(effects, ticket_id, reference=message.message_id)
     response = AgentResponse(text=text, model="supportmesh-runtime", fallback_used=True)
     enrichment: dict[str, Any] = {"response": response.model_dump(mode="json")}
-    executed = message.payload.execution_result
-    if executed is not None and executed.actions:
-        undone = {str(e.get("action_id")) for e in effects.undone}
-        actions = [a.model_copy(update={"status": "undone"}) if a.action_id in undone else a
-                   for a in executed.actions]
-        enrichment["execution_result"] = executed.model_copy(update={"actions": actions}).model_dump(mode="json")
+    marked = execution_with_undone(message, {str(e.get("action_id")) for e in effects.undone})
+    if marked is not None:
+        enrichment["execution_result"] = marked
     return enrichment
+
+
+def execution_with_undone(message: Message, undone_ids: set[str]) -> dict[str, Any] | None:
+    """The message's execution result (JSON) with every action reversed by compensation marked `undone`, so
+    the answer never shows a reversed refund as done; None when nothing was executed or nothing changes."""
+    executed = message.payload.execution_result
+    if executed is None or not executed.actions or not undone_ids & {a.action_id for a in executed.actions}:
+        return None
+    actions = [a.model_copy(update={"status": "undone"}) if a.action_id in undone_ids else a
+               for a in executed.actions]
+    return executed.model_copy(update={"actions": actions}).model_dump(mode="json")
 
 
 def fallback_result(message: Message, history: list[SagaEvent], *, trace_id: str | None = None,

@@ -133,6 +133,8 @@ async def test_refund_is_undone_when_a_later_step_fails_for_good(tmp_path, mocks
     assert result.status == "escalated"
     assert "reversed" in result.response and "44444" in result.response
     assert "Compensated" in ticket_of(api, message)["summary"]
+    # The answer's execution result shows the refund as it stands: reversed, not done.
+    assert [a["status"] for a in result.execution_result["actions"]] == ["undone"]
 
 
 async def test_transient_failure_is_resumed_once_then_compensated(tmp_path, mocks_url, redis_url, monkeypatch,
