@@ -13,7 +13,7 @@ from actors.base import Actor, RetryableError, StepContext
 from actors.runtime import ActorRuntime
 from saga.log import SagaLog
 from saga.protocol import Message, new_message
-from saga.transport import ensure_stream, start_saga
+from saga.transport import start_saga
 from supportmesh.config import Settings
 from supportmesh.natsserver import NatsServer
 
