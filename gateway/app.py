@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
+import nats.errors
 import orjson
 from fastapi import FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -31,6 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.replies import REPLIES, ReplyRouter
 from gateway.schemas import ChatPending, ChatRequest, ChatResponse
+from gateway.unavailable import RETRY_AFTER_S, UNAVAILABLE, handle_unavailable
 from observability import metrics
 from observability.tracing import (
     current_trace_id,
@@ -50,6 +52,9 @@ log = logging.getLogger("supportmesh.gateway")
 
 DEFAULT_WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 MAX_BODY_BYTES = 64 * 1024
+# How long a JetStream request (a KV read, a publish ack) may take before the gateway gives up on it: a read
+# then answers 503 with Retry-After, a start that cannot be recorded 503 (nothing started).
+STORE_TIMEOUT_S = 5.0
 # How long clients (the widget, `supportmesh chat`) follow a message before giving up with its id: longer than
 # recovery takes (redeliveries, the sweeper) on a healthy mesh, short enough that nobody waits forever.
 FOLLOW_TIMEOUT_S = 180.0
@@ -59,6 +64,7 @@ STREAM_IDLE_TIMEOUT_S = 120.0
 FAILED_RESULT_POLL_S = 0.25
 # `saga_failed` of a saga that never started (`saga.log` reason): there is no answer to wait for.
 NOT_STARTED = "not_started"
+EVENTS_ROUTE = "/api/chat/{message_id}/events"
 
 
 class BodyTooLarge(HTTPException):
@@ -134,9 +140,9 @@ class Gateway:
         self.nc = await nats.connect(
             s.nats_url, name="supportmesh-gateway", max_reconnect_attempts=-1, reconnect_time_wait=0.25
         )
-        self.js = self.nc.jetstream(timeout=10)
+        self.js = self.nc.jetstream(timeout=STORE_TIMEOUT_S)
         await ensure_stream(self.js, s)
-        self.saga = await SagaLog.open(self.js, ttl_s=s.saga_ttl_s)
+        self.saga = await SagaLog.open(self.js, ttl_s=s.saga_ttl_s, read_timeout_s=STORE_TIMEOUT_S)
         self.results = await ResultStore.open(self.js, ttl_s=s.saga_ttl_s)
         self.replies = ReplyRouter(self.nc)
         await self.replies.start()
@@ -146,6 +152,12 @@ class Gateway:
         self.sessions = SessionStore(s.redis_url, ttl_s=s.session_ttl_s)
         self.history = HistoryStore(s.sqlite_path)
         await self.history.open()
+
+    def require_nats(self) -> None:
+        """Fail fast while the NATS connection is down: a read would otherwise wait out its timeout before the
+        503 it is bound to get (nats-py buffers requests while it reconnects)."""
+        if self.nc is None or not self.nc.is_connected:
+            raise nats.errors.ConnectionReconnectingError
 
     async def stop(self) -> None:
         """Close everything opened by `start`."""
@@ -186,6 +198,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     web_dir = Path(settings.web_dir) if settings.web_dir else DEFAULT_WEB_DIR
 
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+    for unavailable in UNAVAILABLE:
+        app.add_exception_handler(unavailable, handle_unavailable)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -200,7 +214,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "/api/chat",
         response_model=ChatResponse,
         responses={202: {"model": ChatPending}, 413: {"description": "body too large"},
-                   503: {"description": "not accepted (nothing was started): safe to send again"}},
+                   503: {"description": "not accepted (nothing was started): safe to send again after Retry-After"}},
     )
     async def chat(
         body: ChatRequest,
@@ -231,7 +245,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 )
             except Exception as exc:
                 log.exception("could not record the start of the saga")
-                raise HTTPException(503, f"the mesh is not accepting messages right now: {type(exc).__name__}")
+                raise HTTPException(503, f"the mesh is not accepting messages right now: {type(exc).__name__}",
+                                    headers={"Retry-After": str(RETRY_AFTER_S)})
             # From here on the saga exists: if the publish fails, the sweeper starts it from the log. Answering
             # 503 now would make the client send it again and start a second saga, so it gets its id (202).
             published = await _publish_first_step(gw, message)
@@ -256,6 +271,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def chat_outcome(message_id: str) -> Any:
         """The outcome of a message: 200 when finished, 202 while its saga runs, 404 if unknown."""
         _check_id(message_id)
+        gw.require_nats()
         result = await gw.results.get(message_id)
         if result is not None:
             return _response(result)
@@ -264,10 +280,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise HTTPException(404, f"no message {message_id}")
         return JSONResponse(ChatPending(message_id=message_id, trace_id=state.trace_id).model_dump(), status_code=202)
 
-    @app.get("/api/chat/{message_id}/events")
+    @app.get(EVENTS_ROUTE)
     async def chat_events(message_id: str, request: Request) -> EventSourceResponse:
         """Server-sent events of the saga: its history, then live events, then the result; then close."""
         _check_id(message_id)
+        gw.require_nats()
         if await gw.saga.state(message_id) is None and await gw.results.get(message_id) is None:
             raise HTTPException(404, f"no message {message_id}")
         return EventSourceResponse(_event_stream(gw, message_id, request), ping=10)
@@ -276,6 +293,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def saga(message_id: str) -> dict[str, Any]:
         """The saga log of one message: its state, every event in order, and the result."""
         _check_id(message_id)
+        gw.require_nats()
         state, events, result = await asyncio.gather(
             gw.saga.state(message_id), gw.saga.history(message_id), gw.results.get(message_id)
         )
@@ -423,7 +441,10 @@ async def _wait_for_result(gw: Gateway, message_id: str, waiter: asyncio.Future[
         result = await asyncio.wait_for(waiter, timeout=deadline_s)
     except TimeoutError:
         # The reply may have been published while this gateway was reconnecting (or to another instance).
-        result = await gw.results.get(message_id)
+        try:
+            result = await gw.results.get(message_id)
+        except UNAVAILABLE:
+            return None  # the saga exists: 202, the client follows it (a 503 would make it send a second one)
         if result is not None:
             REPLIES.labels("kv").inc()
         return result
@@ -448,7 +469,8 @@ async def _event_stream(gw: Gateway, message_id: str, request: Request, *,
     also closes once the saga's state is final and its result stored: the answer was given directly (the
     aggregator is what failed), and no further event comes. A saga failed before it started has no answer
     (nobody waits for one): its `saga_failed` closes the stream. With no event for `idle_timeout_s` (and no
-    answer), the stream closes and the client falls back to `GET /api/chat/{id}`."""
+    answer), the stream closes and the client falls back to `GET /api/chat/{id}`. When NATS stops answering
+    mid-stream, an `unavailable` event says so and the stream closes (the client polls, as on any break)."""
     events = gw.saga.watch(message_id, idle_timeout_s=idle_timeout_s)
     pending: asyncio.Future[SagaEvent] | None = None
     failed = False
@@ -488,12 +510,17 @@ async def _event_stream(gw: Gateway, message_id: str, request: Request, *,
                         yield {"event": "saga", "data": late.model_dump_json()}
                 yield {"event": "result", "data": result.model_dump_json()}
                 return
+    except UNAVAILABLE as exc:
+        metrics.GATEWAY_UNAVAILABLE.labels(EVENTS_ROUTE).inc()
+        log.warning("event stream of %s closed: %s", message_id, type(exc).__name__)
+        yield {"event": "unavailable", "data": orjson.dumps({"retry_after_s": RETRY_AFTER_S}).decode()}
     finally:
         if pending is not None and not pending.done():
             pending.cancel()
-            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration, *UNAVAILABLE):
                 await pending
-        await events.aclose()
+        with contextlib.suppress(*UNAVAILABLE):
+            await events.aclose()
 
 
 async def _stored_result(gw: Gateway, message_id: str, wait_s: float = 5.0) -> ChatResult | None:

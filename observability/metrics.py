@@ -40,6 +40,11 @@ CHAT_LATENCY_SECONDS = Histogram(
     ["status"],
     buckets=LATENCY_BUCKETS,
 )
+GATEWAY_UNAVAILABLE = Counter(
+    "supportmesh_gateway_unavailable_total",
+    "Requests answered 503 because NATS, Redis or SQLite did not answer in time, by route template.",
+    ["route"],
+)
 CHATS_IN_FLIGHT = Gauge("supportmesh_chats_in_flight", "Chats the gateway is waiting on.")
 LLM_LATENCY_SECONDS = Histogram(
     "supportmesh_llm_latency_seconds", "LLM call latency by model.", ["model", "purpose"], buckets=LATENCY_BUCKETS

@@ -24,13 +24,7 @@ from typing import Any, Literal
 
 import orjson
 from nats.js import JetStreamContext
-from nats.js.api import (
-    AckPolicy,
-    ConsumerConfig,
-    DeliverPolicy,
-    KeyValueConfig,
-    StorageType,
-)
+from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import (
     BucketNotFoundError,
     KeyNotFoundError,
@@ -39,6 +33,7 @@ from nats.js.errors import (
 from pydantic import BaseModel, ConfigDict, Field
 
 from observability import metrics
+from saga.direct import ensure_direct, read_subjects
 
 LOG_BUCKET = "saga_log"
 STATE_BUCKET = "saga_state"
@@ -138,18 +133,19 @@ class SagaState(BaseModel):
 class SagaLog:
     """Access to the `saga_log` and `saga_state` buckets."""
 
-    def __init__(self, js: JetStreamContext, log_kv: Any, state_kv: Any) -> None:
+    def __init__(self, js: JetStreamContext, log_kv: Any, state_kv: Any, *, read_timeout_s: float = 5.0) -> None:
         self._js = js
-        self._nc = js._nc  # core publishes for record_nowait
+        self._nc = js._nc  # core publishes for record_nowait, direct gets for history
+        self._read_timeout_s = read_timeout_s
         self._log = log_kv
         self._state = state_kv
 
     @classmethod
-    async def open(cls, js: JetStreamContext, *, ttl_s: float = 7 * 24 * 3600) -> SagaLog:
+    async def open(cls, js: JetStreamContext, *, ttl_s: float = 7 * 24 * 3600, read_timeout_s: float = 5.0) -> SagaLog:
         """Open both buckets, creating them (file storage, retention TTL) when missing."""
-        log_kv = await _ensure_bucket(js, LOG_BUCKET, ttl_s)
-        state_kv = await _ensure_bucket(js, STATE_BUCKET, ttl_s)
-        return cls(js, log_kv, state_kv)
+        log_kv = await ensure_bucket(js, LOG_BUCKET, ttl_s)
+        state_kv = await ensure_bucket(js, STATE_BUCKET, ttl_s)
+        return cls(js, log_kv, state_kv, read_timeout_s=read_timeout_s)
 
     # ---- events ---------------------------------------------------------------------------------
 
@@ -194,26 +190,12 @@ class SagaLog:
     async def history(self, message_id: str) -> list[SagaEvent]:
         """Every event of a saga, in the order they were written.
 
-        Read with an ephemeral pull consumer until `num_pending` reaches 0 (the count is fixed when the
-        consumer is created): nats-py's KV watcher can signal the end of the history before it has handed over
-        entries it already received, which made a finished saga look empty under load."""
-        sub = await self._js.pull_subscribe(
-            f"$KV.{LOG_BUCKET}.{message_id}.>", stream=f"KV_{LOG_BUCKET}",
-            config=ConsumerConfig(ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL,
-                                  inactive_threshold=30, mem_storage=True),
-        )
-        events: list[SagaEvent] = []
-        try:
-            pending = (await sub.consumer_info()).num_pending
-            while pending > 0:
-                for msg in await sub.fetch(min(pending, 512), timeout=5):
-                    pending = msg.metadata.num_pending
-                    if msg.data:
-                        events.append(SagaEvent.model_validate(
-                            {**orjson.loads(msg.data), "revision": msg.metadata.sequence.stream}))
-        finally:
-            await sub.unsubscribe()
-        return events
+        Read with JetStream's batched direct get (`saga.direct`): one request per page and no consumer, so a
+        read under load costs the server no consumer set-up and cannot leave one behind. A server that does
+        not answer in time raises nats' TimeoutError (the gateway answers 503)."""
+        stored = await read_subjects(self._nc, f"KV_{LOG_BUCKET}", f"$KV.{LOG_BUCKET}.{message_id}.>",
+                                     timeout_s=self._read_timeout_s)
+        return [SagaEvent.model_validate({**orjson.loads(m.data), "revision": m.seq}) for m in stored if m.data]
 
     async def watch(self, message_id: str, *, idle_timeout_s: float | None = None) -> AsyncIterator[SagaEvent]:
         """The saga's history, then its new events as they are written (until the caller stops, or no event
@@ -320,14 +302,19 @@ def _may_move(current: SagaState, status: str, step_index: int, allow_reopen: bo
     return True
 
 
-async def _ensure_bucket(js: JetStreamContext, name: str, ttl_s: float) -> Any:
+async def ensure_bucket(js: JetStreamContext, name: str, ttl_s: float) -> Any:
+    """Open a KV bucket, creating it when missing (file storage, one value per key, retention TTL, direct gets
+    on). A bucket created without direct gets (by an older version) gets them turned on."""
     try:
-        return await js.key_value(name)
+        kv = await js.key_value(name)
     except BucketNotFoundError:
         try:
             return await js.create_key_value(
-                KeyValueConfig(bucket=name, history=1, ttl=ttl_s, storage=StorageType.FILE)
+                KeyValueConfig(bucket=name, history=1, ttl=ttl_s, storage=StorageType.FILE, direct=True)
             )
         except Exception:
             # Another process created it between our two calls.
-            return await js.key_value(name)
+            kv = await js.key_value(name)
+    if await ensure_direct(js, f"KV_{name}"):
+        kv = await js.key_value(name)
+    return kv

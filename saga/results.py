@@ -13,15 +13,13 @@ from typing import Any, Literal
 
 import orjson
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import (
-    BucketNotFoundError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
 )
 from pydantic import BaseModel, ConfigDict, Field
 
-from saga.log import SagaEvent
+from saga.log import SagaEvent, ensure_bucket
 from saga.protocol import AgentResponse, Message
 
 COMPENSATION_KINDS = ("compensation_started", "compensation_completed", "compensation_failed")
@@ -62,12 +60,7 @@ class ResultStore:
     @classmethod
     async def open(cls, js: JetStreamContext, *, ttl_s: float) -> ResultStore:
         """Open the bucket, creating it (file storage, TTL) if it does not exist yet."""
-        try:
-            kv = await js.key_value(RESULTS_BUCKET)
-        except BucketNotFoundError:
-            kv = await js.create_key_value(
-                KeyValueConfig(bucket=RESULTS_BUCKET, history=1, ttl=ttl_s, storage=StorageType.FILE)
-            )
+        kv = await ensure_bucket(js, RESULTS_BUCKET, ttl_s)
         return cls(kv)
 
     async def save(self, result: ChatResult) -> bool:

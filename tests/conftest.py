@@ -7,6 +7,7 @@ import os
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import httpx  # noqa: E402
 import pytest  # noqa: E402
 
 from runtime_harness import Harness  # noqa: E402
@@ -54,3 +55,21 @@ def fake_ctx():
     from fakes import FakeContext
 
     return FakeContext()
+
+
+@pytest.fixture
+async def gateway(harness, redis_url, tmp_path):
+    """The gateway application with its connections open, and an HTTP client calling it in process."""
+    from gateway.app import create_app
+
+    settings = harness.settings.model_copy(update={
+        "redis_url": redis_url, "sqlite_path": str(tmp_path / "history.db"), "chat_deadline_s": 1.5})
+    app = create_app(settings)
+    gw = app.state.gateway
+    await gw.start()
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway", timeout=30)
+    try:
+        yield gw, client
+    finally:
+        await client.aclose()
+        await gw.stop()

@@ -368,24 +368,6 @@ def test_chat_command(mesh, capsys) -> None:
 # ---- the gateway in process, against a real nats-server and redis-server (no actors) ----------------------
 
 
-@pytest.fixture
-async def gateway(harness, redis_url, tmp_path):
-    """The gateway application with its connections open, and an HTTP client calling it in process."""
-    from gateway.app import create_app
-
-    settings = harness.settings.model_copy(update={
-        "redis_url": redis_url, "sqlite_path": str(tmp_path / "history.db"), "chat_deadline_s": 1.5})
-    app = create_app(settings)
-    gw = app.state.gateway
-    await gw.start()
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway", timeout=30)
-    try:
-        yield gw, client
-    finally:
-        await client.aclose()
-        await gw.stop()
-
-
 CHAT = {"customer_email": "user@example.com", "message": "Where is my order 12345?"}
 
 

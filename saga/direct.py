@@ -1,0 +1,84 @@
+"""Reading many messages of a stream without a consumer: JetStream's batched direct get.
+
+`SagaLog.history` used to create an ephemeral consumer per read. Under load (the gateway answering
+`GET /api/sagas/{id}` while actors are being killed) consumer creation is the first JetStream API call to time
+out, and each one costs the server a consumer's set-up and tear-down. A batched direct get is one request per
+page, answered by any server that holds the stream (`allow_direct`), with no state left behind:
+
+    request  {"seq": 1, "next_by_subj": "<filter>", "batch": N}   to $JS.API.DIRECT.GET.<stream>
+    replies  up to N messages (headers Nats-Subject, Nats-Sequence, Nats-Num-Pending), then an end-of-batch
+             status message (204 EOB); 404 when nothing matches.
+
+Needs nats-server >= 2.11 (we ship 2.15) and `allow_direct` on the stream (`ensure_direct`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+DEFAULT_BATCH = 256
+
+
+class DirectGetError(Exception):
+    """The server answered a direct get with a status we do not expect (neither data, end of batch, nor 404)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """One message read from a stream: its subject, stream sequence and body."""
+
+    subject: str
+    seq: int
+    data: bytes
+
+
+async def read_subjects(nc: Any, stream: str, subject_filter: str, *, batch: int = DEFAULT_BATCH,
+                        timeout_s: float = 5.0, api_prefix: str = "$JS.API") -> list[StoredMessage]:
+    """Every message of `stream` whose subject matches `subject_filter`, in stream order.
+
+    Raises nats' TimeoutError (or DirectGetError) when the server does not answer a page in time: the caller
+    decides whether that is "unavailable" (the gateway answers 503)."""
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    out: list[StoredMessage] = []
+    next_seq = 1
+    try:
+        while True:
+            request = {"seq": next_seq, "next_by_subj": subject_filter, "batch": batch}
+            await nc.publish(f"{api_prefix}.DIRECT.GET.{stream}", orjson.dumps(request), reply=inbox)
+            pending = 0
+            received = 0
+            while True:
+                msg = await sub.next_msg(timeout=timeout_s)
+                headers = msg.headers or {}
+                status = headers.get("Status")
+                if status is None:
+                    seq = int(headers["Nats-Sequence"])
+                    out.append(StoredMessage(headers.get("Nats-Subject", ""), seq, msg.data))
+                    next_seq = seq + 1
+                    pending = int(headers.get("Nats-Num-Pending", "0"))
+                    received += 1
+                    continue
+                if status == "404":  # nothing (more) matches
+                    return out
+                if status == "204":  # end of this batch
+                    break
+                raise DirectGetError(f"direct get on {stream}: {status} {headers.get('Description', '')}".strip())
+            if pending == 0 or received == 0:
+                return out
+    finally:
+        await sub.unsubscribe()
+
+
+async def ensure_direct(js: Any, stream: str) -> bool:
+    """Turn on `allow_direct` for a stream created without it (KV buckets created by older versions);
+    returns True when it was changed."""
+    info = await js.stream_info(stream)
+    if info.config.allow_direct:
+        return False
+    info.config.allow_direct = True
+    await js.update_stream(info.config)
+    return True
