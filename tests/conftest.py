@@ -7,10 +7,47 @@ import os
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import shutil  # noqa: E402
+
 import httpx  # noqa: E402
 import pytest  # noqa: E402
 
 from runtime_harness import Harness  # noqa: E402
+
+# The servers and tools the suite runs for real. Outside CI a missing one skips the tests that need it (with a
+# reason); in CI (`CI` set, as .ci/run is run) it fails the run at once: a green CI that skipped the browser
+# or the dashboards would prove nothing about them.
+REQUIRED_IN_CI = {
+    "redis-server": "redis-server (Debian package redis-server; `make test` installs it)",
+    "prometheus": "prometheus (Debian package prometheus; `make test` installs it)",
+    "promtool": "promtool (Debian package prometheus; `make test` installs it)",
+    "chromium": "chromium (Debian package chromium; `make test` installs it)",
+}
+
+
+def in_ci() -> bool:
+    """True when running in CI (`CI` set to anything but empty/false/0)."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if not in_ci():
+        return
+    missing = [what for tool, what in REQUIRED_IN_CI.items() if shutil.which(tool) is None]
+    if missing:
+        pytest.exit("CI needs every real server and tool the suite uses; missing: " + "; ".join(missing),
+                    returncode=1)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> object:
+    """In CI a skip is a failure: nothing the suite claims to check may silently not run there."""
+    outcome = yield
+    report = outcome.get_result()
+    if in_ci() and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI, which must run everything: {reason}"
 
 
 @pytest.fixture
