@@ -7,11 +7,12 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test bench bench-smoke setup system-deps clean help
+.PHONY: run test test-fast bench bench-smoke setup system-deps clean help
 
 help:
 	@echo "make run     start the mesh locally (NATS, Redis, mock APIs, actors, gateway) and print the widget URL"
 	@echo "make test    run the test suite (installs everything it needs first)"
+	@echo "make test-fast  the unit and offline tests only (no servers; under a minute): the inner loop"
 	@echo "make bench   run the benchmarks (results in bench/results/)"
 
 $(STAMP): pyproject.toml
@@ -32,6 +33,10 @@ run: $(STAMP)
 test: $(STAMP)
 	@scripts/system-deps.sh test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Unit and offline tests: no nats-server, redis-server, mesh or browser (see tests/conftest.py's markers).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not integration and not e2e and not slow" $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	@scripts/system-deps.sh run

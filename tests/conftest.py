@@ -39,6 +39,17 @@ def pytest_sessionstart(session: pytest.Session) -> None:
                     returncode=1)
 
 
+# Fixtures that start real servers (nats-server, redis-server, the whole mesh): a test that uses one is an
+# integration test. `make test-fast` runs the others (unit and offline tests); `make test` runs everything.
+SERVER_FIXTURES = frozenset({"harness", "gateway", "redis_url", "mesh", "chaos_mesh"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> object:
     """In CI a skip is a failure: nothing the suite claims to check may silently not run there."""

@@ -266,6 +266,7 @@ def dependency_closure(requirements: list[Requirement]) -> dict[str, importlib.m
     return found
 
 
+@pytest.mark.slow  # installs the project into a fresh virtualenv from the package index
 def test_dockerfile_install_and_entry_points(tmp_path) -> None:
     """The image's `pip install .`, without Docker and without the network: the wheel is built (in tmp_path)
     from exactly what the Dockerfile has copied by then; it requires exactly pyproject's runtime dependencies

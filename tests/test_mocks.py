@@ -122,6 +122,7 @@ async def test_fault_injection_fails_before_the_effect(api: httpx.AsyncClient) -
     assert bad.status_code == 422
 
 
+@pytest.mark.integration  # starts the mock APIs as a real server
 def test_real_server_over_http(tmp_path) -> None:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "mocks.server", "--port", str(port)],

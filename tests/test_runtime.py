@@ -189,6 +189,7 @@ class SlowGenerator(Slow):
     name = "response_generator"
 
 
+@pytest.mark.integration  # starts its own nats-server
 async def test_a_stopping_actor_waits_for_its_step_in_flight_as_long_as_that_step_can_last(tmp_path) -> None:
     """The drain follows the LLM settings (the formula that sizes the pod's grace period), and a step in flight
     when the actor is asked to stop finishes and is recorded before the process lets go."""
@@ -408,6 +409,7 @@ class FlakyWithHangingTickets(Flaky):
         return "never"
 
 
+@pytest.mark.integration  # starts its own nats-server
 async def test_a_hanging_ticket_hook_does_not_hold_the_answer_back(tmp_path) -> None:
     h = await Harness(tmp_path, api_timeout_s=0.2).start()
     try:

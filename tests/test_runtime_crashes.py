@@ -269,6 +269,7 @@ async def test_side_effect_happens_once_when_its_process_dies_before_recording(h
     assert len(executed) == 1 and executed[0].data["action_id"] == actions[0]["action_id"]
 
 
+@pytest.mark.integration  # starts its own nats-server
 async def test_sweeper_resumes_a_saga_whose_message_was_lost_then_gives_up(tmp_path) -> None:
     """A saga whose next message never reached the stream (lost between two hops) is resumed from the saga
     log by the sweeper; one that cannot move at all goes to the error handler after the cap."""
