@@ -3,8 +3,9 @@
 
 1. every actor runs as two processes, and a load of chats is handled exactly once, by both replicas;
 2. the event stream of a saga that never started ends when the sweeper fails it (`not_started`);
-3. `supportmesh chaos --include-nats` kills nats-server, the runner restarts it and chats are answered again;
-4. Ctrl-C (SIGINT) stops every process `up` started and `up` exits 0. This one ends the mesh: it stays last.
+3. `supportmesh chaos --dry-run` kills nothing and says what it would kill;
+4. `supportmesh chaos --include-nats` kills nats-server, the runner restarts it and chats are answered again;
+5. Ctrl-C (SIGINT) stops every process `up` started and `up` exits 0. This one ends the mesh: it stays last.
 """
 
 from __future__ import annotations
@@ -175,7 +176,7 @@ def test_event_stream_of_a_saga_that_never_started_ends_when_it_is_failed(replic
     assert [e["kind"] for _, e, _ in again] == ["saga_failed"] and time.monotonic() - again_at < 15
 
 
-# ---- 3. chaos against the running mesh ---------------------------------------------------------------
+# ---- 3, 4. chaos against the running mesh ---------------------------------------------------------------
 
 KILL = re.compile(r"^\[chaos \+\s*[\d.]+s @[\d.]+\] (?P<dry>\(dry run\) )?(?P<victim>\S+): SIGKILL pid (?P<pid>\d+)$",
                   re.M)
@@ -185,6 +186,26 @@ def chaos(mesh: Mesh, *args: str) -> subprocess.CompletedProcess[str]:
     """`supportmesh chaos` against the mesh, as a user runs it from another shell."""
     return subprocess.run([sys.executable, "-m", "supportmesh.cli", "chaos", "--data-dir", str(mesh.data_dir),
                            *args], cwd=REPO, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.timeout(MESH_START_S + 60)
+def test_chaos_dry_run_kills_nothing_and_says_what_it_would_kill(replica_mesh: Mesh) -> None:
+    pids = replica_mesh.pids()
+    restarts = {n: p["restarts"] for n, p in replica_mesh.endpoints["processes"].items()}
+
+    out = chaos(replica_mesh, "--dry-run", "--include-nats", "--interval", "0.2", "--duration", "2", "--seed", "11")
+
+    assert out.returncode == 0, out.stderr
+    kills = [(m["dry"], m["victim"], int(m["pid"])) for m in KILL.finditer(out.stdout)]
+    assert len(kills) >= 5, out.stdout
+    # Each line names a real victim by its real PID, marked as a dry run.
+    assert all(dry and pids[victim] == pid for dry, victim, pid in kills), (kills, pids)
+    # Nothing died: every process is alive under the same PID, nothing was restarted.
+    assert [n for n, pid in pids.items() if not alive(pid)] == []
+    assert replica_mesh.pids() == pids
+    assert {n: p["restarts"] for n, p in replica_mesh.endpoints["processes"].items()} == restarts
+    summary = out.stdout.strip().splitlines()[-1]
+    assert "dry run" in summary and "nothing was killed" in summary, summary
 
 
 def seed_killing_first(victims: list[str], wanted: str) -> int:
@@ -220,7 +241,7 @@ def test_chaos_include_nats_kills_nats_server_which_is_restarted(replica_mesh: M
     assert replica_mesh.endpoints["nats_pid"] == new_pid  # no second restart
 
 
-# ---- 4. Ctrl-C: last, it stops the mesh ----------------------------------------------------------------
+# ---- 5. Ctrl-C: last, it stops the mesh ----------------------------------------------------------------
 
 
 @pytest.mark.timeout(MESH_START_S + 150)
