@@ -262,4 +262,11 @@ def test_ctrl_c_stops_every_process_and_exits_cleanly(replica_mesh: Mesh) -> Non
     still_running = {n: pid for n, pid in pids.items() if alive(pid)}
     assert still_running == {}, f"left running after Ctrl-C: {still_running}"
     assert "supportmesh stopped." in log and "Traceback" not in log
+    # In order (README: "Ctrl-C stops everything in order"): the gateway, the actors, the mocks, then Redis
+    # and NATS, whose clients are all gone by then.
+    stopped = re.findall(r" INFO stopped (\S+)$", log, re.M)
+    assert sorted(stopped) == sorted(pids), stopped
+    rank = {"gateway": 0, "mocks": 2, "redis-server": 3, "nats-server": 4}
+    ranks = [rank.get(name.split("-")[0] if name.startswith("gateway") else name, 1) for name in stopped]
+    assert ranks == sorted(ranks), stopped
     assert replica_mesh.endpoints["ready"] is False
