@@ -38,15 +38,17 @@ class Report:
     kills: list[Kill] = field(default_factory=list)
     skipped: int = 0
     failures: list[str] = field(default_factory=list)
+    dry_run: bool = False  # the kills were only planned
 
     def summary(self) -> str:
-        """One paragraph for the end of the run."""
+        """One paragraph for the end of the run (a dry run's says that nothing was killed)."""
         by_target: dict[str, int] = {}
         for k in self.kills:
             by_target[k.target] = by_target.get(k.target, 0) + 1
         parts = ", ".join(f"{name} x{n}" for name, n in sorted(by_target.items()))
-        return (f"chaos: {len(self.kills)} kills ({parts or 'none'}); {self.skipped} rounds found nothing to kill; "
-                f"{len(self.failures)} failed")
+        kills = f"{len(self.kills)} kills ({parts or 'none'})"
+        head = f"chaos (dry run, nothing was killed): would have made {kills}" if self.dry_run else f"chaos: {kills}"
+        return f"{head}; {self.skipped} rounds found nothing to kill; {len(self.failures)} failed"
 
 
 class ChaosError(RuntimeError):
@@ -145,7 +147,7 @@ def run(backend: Backend, *, interval_s: float, duration_s: float, seed: int | N
         out=sys.stdout) -> Report:  # type: ignore[no-untyped-def]
     """Kill one random victim every `interval_s` seconds for `duration_s` seconds."""
     rng = random.Random(seed)
-    report = Report()
+    report = Report(dry_run=dry_run)
     start = time.monotonic()
     while True:
         elapsed = time.monotonic() - start

@@ -82,7 +82,7 @@ async def run_load(base: str, messages: list[tuple[str, str]], concurrency: int,
         return list(await asyncio.gather(*(one(e, t) for e, t in messages)))
 
 
-async def _sagas(nats_url: str, since: float) -> dict[str, list[Any]]:
+async def sagas_since(nats_url: str, since: float) -> dict[str, list[Any]]:
     """Every saga the mesh started since `since` (epoch seconds) with its events, read from the saga log."""
     nc = await nats.connect(nats_url)
     try:
@@ -127,7 +127,7 @@ def check_invariants(endpoints: dict[str, Any], outcomes: list[Outcome], *, sinc
     missing = [o.message_id for o in outcomes if o.status not in ("resolved", "escalated")]
     assert not missing, f"{len(missing)} messages without an answer: {missing[:5]}"
     ids = {o.message_id for o in outcomes}
-    sagas = asyncio.run(_sagas(endpoints["nats_url"], since))
+    sagas = asyncio.run(sagas_since(endpoints["nats_url"], since))
     assert ids <= set(sagas), f"accepted messages with no saga: {sorted(ids - set(sagas))[:5]}"
     orphans = {mid: [e.kind for e in events] for mid, events in sagas.items() if mid not in ids}
     ran = {mid: kinds for mid, kinds in orphans.items() if "step_started" in kinds}

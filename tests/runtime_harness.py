@@ -9,9 +9,11 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -202,6 +204,53 @@ def start_mocks(log_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
             time.sleep(0.1)
     proc.kill()
     raise RuntimeError(f"the mock APIs did not start (see {log_dir / 'mocks.log'})")
+
+
+class RecordingProxy:
+    """A real HTTP proxy on a free loopback port in front of `target` (the mock APIs) that records each
+    request, `(method, path)`, in the order it was passed on: what the commerce API was asked, and when."""
+
+    def __init__(self, target: str) -> None:
+        import httpx
+
+        self.requests: list[tuple[str, str]] = []
+        lock = threading.Lock()
+        upstream = httpx.Client(base_url=target, timeout=30)
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _forward(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
+                with lock:
+                    proxy.requests.append((self.command, self.path))
+                r = upstream.request(self.command, self.path, content=body, headers=headers)
+                self.send_response(r.status_code)
+                for name in ("content-type", "idempotent-replayed"):
+                    if name in r.headers:
+                        self.send_header(name, r.headers[name])
+                self.send_header("Content-Length", str(len(r.content)))
+                self.end_headers()
+                self.wfile.write(r.content)
+
+            do_GET = do_POST = do_PUT = _forward
+
+            def log_message(self, *args: Any) -> None:  # quiet
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._upstream = upstream
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> RecordingProxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._upstream.close()
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import redis
+from sse_client import read_events
 
 pytestmark = pytest.mark.e2e
 
@@ -237,20 +238,6 @@ def follow_up(base: str, message_id: str, wait_s: float = 30) -> httpx.Response:
         time.sleep(0.3)
         outcome = httpx.get(f"{base}/api/chat/{message_id}", timeout=10)
     return outcome
-
-
-def read_events(base: str, message_id: str) -> list[tuple[str, dict, float]]:
-    """Every server-sent event of a saga, with the time it arrived, until the server closes the stream."""
-    events = []
-    with httpx.stream("GET", f"{base}/api/chat/{message_id}/events", timeout=30) as r:
-        assert r.status_code == 200
-        kind = None
-        for line in r.iter_lines():
-            if line.startswith("event:"):
-                kind = line.split(":", 1)[1].strip()
-            elif line.startswith("data:"):
-                events.append((kind, json.loads(line.split(":", 1)[1]), time.time()))
-    return events
 
 
 def test_saga_events_stream_live_until_the_final_status(mesh) -> None:

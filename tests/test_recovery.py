@@ -12,10 +12,10 @@ from typing import Any
 
 import httpx
 import pytest
-from runtime_harness import Harness, kinds, start_mocks
+from runtime_harness import Harness, RecordingProxy, kinds, start_mocks
 from toy_actors import BrokenAggregator, Flaky
 
-from actors.base import Actor
+from actors.base import Actor, StepContext
 from actors.escalation_router import EscalationRouter
 from actors.execution_coordinator import ExecutionCoordinator
 from actors.response_aggregator import ResponseAggregator
@@ -148,6 +148,63 @@ async def test_transient_failure_is_resumed_once_then_compensated(tmp_path, mock
     assert count(events, "action_executed") == 1
     assert count(events, "compensation_completed") == 1
     assert [a["status"] for a in my_actions(api, "33333", message)] == ["undone"]
+
+
+# ---- several effects are undone newest first -------------------------------------------------------------
+
+# The saga's actions, in the order it performs them: each on its own order of the demo customer.
+PLANS = [ActionPlan(action="refund", order_id="44444", amount=5.0, approved=True, reason="refund_request"),
+         ActionPlan(action="cancel", order_id="55555", approved=True, reason="cancel_request"),
+         ActionPlan(action="replacement", order_id="33333", approved=True, reason="lost_parcel")]
+
+
+class Replan(Actor):
+    """Plans the saga's next action once the previous one is executed (a toy processor: it lets one route run
+    the real execution coordinator several times, one side effect each)."""
+
+    name = "replan"
+
+    async def handle(self, message: Message, ctx: StepContext) -> dict[str, Any]:
+        done = message.payload.action_plan
+        following = PLANS[[p.action for p in PLANS].index(done.action) + 1]
+        return {"action_plan": following}
+
+
+async def test_three_effects_are_compensated_in_reverse_order(tmp_path, mocks_url, redis_url, monkeypatch,
+                                                              api) -> None:
+    """A refund, a cancellation and a replacement, then a later step fails for good: the escalation router
+    undoes them newest first, in the saga log (each undo started and completed before the next starts) and
+    at the orders API (the undo calls it receives, recorded by a proxy in front of it)."""
+    steps = ["execution_coordinator", "replan", "execution_coordinator", "replan", "execution_coordinator",
+             "flaky", "response_aggregator"]
+    before = {oid: api.get(f"/orders/{oid}").json() for oid in ("44444", "55555", "33333")}
+    with RecordingProxy(mocks_url) as proxy:
+        async with mesh(tmp_path, proxy.url, redis_url, monkeypatch) as h:
+            await h.run_actor(Replan)
+            message, result, events, _ = await run_refund(h, "fail-permanent", steps)
+
+    executed = [e.data for e in events if e.kind == "action_executed"]
+    assert [(d["action"], d["order_id"]) for d in executed] == [(p.action, p.order_id) for p in PLANS]
+    ids = [d["action_id"] for d in executed]
+    newest_first = list(reversed(ids))
+    compensation = [(e.kind, e.data["action_id"]) for e in events if e.kind.startswith("compensation_")]
+    assert compensation == [(kind, a) for a in newest_first for kind in ("compensation_started",
+                                                                         "compensation_completed")], compensation
+    order = [k[0] for k in kinds(events)]
+    assert order.index("step_failed") < order.index("compensation_started")
+    last_undo = max(i for i, kind in enumerate(order) if kind == "compensation_completed")
+    assert last_undo < order.index("escalated")
+    undo_calls = [path for method, path in proxy.requests if method == "POST" and path.endswith("/undo")]
+    assert undo_calls == [f"/actions/{a}/undo" for a in newest_first]
+    # Every effect is gone at the API, and each order is as it was.
+    for plan in PLANS:
+        assert [a["status"] for a in my_actions(api, plan.order_id, message)] == ["undone"]
+        after = api.get(f"/orders/{plan.order_id}").json()
+        assert {k: after[k] for k in ("status", "refundable_amount")} == \
+            {k: before[plan.order_id][k] for k in ("status", "refundable_amount")}
+    assert result.status == "escalated"
+    for noun, order_id in (("refund", "44444"), ("cancellation", "55555"), ("replacement", "33333")):
+        assert f"started a {noun} on order {order_id}, and I've reversed it" in result.response, result.response
 
 
 # ---- compensation retried until done ---------------------------------------------------------------------
