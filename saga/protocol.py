@@ -184,7 +184,7 @@ class Entities(_Strict):
     order_number: str | None = None
     tracking_number: str | None = None
     product: str | None = None
-    amount: float | None = None
+    amount: float | None = Field(default=None, allow_inf_nan=False)
 
 
 class Intent(_Strict):
@@ -215,7 +215,7 @@ class ActionPlan(_Strict):
 
     action: ActionKind = "none"
     order_id: str | None = None
-    amount: float | None = None
+    amount: float | None = Field(default=None, allow_inf_nan=False)
     reason: str = ""
     approved: bool = False
     policy_notes: list[str] = Field(default_factory=list)
