@@ -1,15 +1,25 @@
 """Client of the commerce APIs (customers, orders, tracking, actions, tickets): one shared
 `httpx.AsyncClient` per process. 404 is data (None); 409/422 are permanent failures; 5xx, timeouts and
-connection errors escape as httpx errors, which the runtime retries."""
+connection errors escape as httpx errors, which the runtime retries. Every value put in a URL path is one
+escaped segment (`segment`), so no email or id, even from a forged bus message, can reach another route."""
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
 from actors.base import PermanentError
 from supportmesh.config import Settings
+
+
+def segment(value: str) -> str:
+    """One URL path segment: every reserved character escaped (`/` included); `.`, `..` and empty refused, since
+    a client or proxy resolves those as dot segments of the path."""
+    if value in ("", ".", ".."):
+        raise PermanentError(f"{value!r} cannot be a path segment")
+    return quote(value, safe="")
 
 
 class CommerceClient:
@@ -44,35 +54,35 @@ class CommerceClient:
 
     async def customer(self, email: str) -> dict[str, Any] | None:
         """A customer by email, or None."""
-        return await self._get(f"{self.customers_url}/customers/{email}")
+        return await self._get(f"{self.customers_url}/customers/{segment(email)}")
 
     async def customer_orders(self, email: str) -> list[dict[str, Any]]:
         """A customer's orders, most recent first (empty for an unknown customer)."""
-        data = await self._get(f"{self.customers_url}/customers/{email}/orders")
+        data = await self._get(f"{self.customers_url}/customers/{segment(email)}/orders")
         return list(data.get("orders", [])) if data else []
 
     async def order(self, order_id: str) -> dict[str, Any] | None:
         """An order, or None."""
-        return await self._get(f"{self.orders_url}/orders/{order_id}")
+        return await self._get(f"{self.orders_url}/orders/{segment(order_id)}")
 
     async def tracking(self, tracking_id: str) -> dict[str, Any] | None:
         """A shipment, or None."""
-        return await self._get(f"{self.tracking_url}/tracking/{tracking_id}")
+        return await self._get(f"{self.tracking_url}/tracking/{segment(tracking_id)}")
 
     async def act(self, action: str, order_id: str, body: dict[str, Any], key: str) -> dict[str, Any]:
         """Perform a refund / replacement / cancellation once per idempotency key."""
         path = {"refund": "refunds", "replacement": "replacements", "cancel": "cancellation"}[action]
-        return await self._post(f"{self.orders_url}/orders/{order_id}/{path}", body, key)
+        return await self._post(f"{self.orders_url}/orders/{segment(order_id)}/{path}", body, key)
 
     async def order_actions(self, order_id: str) -> list[dict[str, Any]]:
         """Every action performed on an order, with its idempotency key and status (empty for an unknown
         order). Recovery reads it to find effects whose answer was lost."""
-        data = await self._get(f"{self.orders_url}/orders/{order_id}/actions")
+        data = await self._get(f"{self.orders_url}/orders/{segment(order_id)}/actions")
         return list(data.get("actions", [])) if data else []
 
     def undo_url(self, action_id: str) -> str:
         """Where an action is undone (recorded in the saga log for compensation)."""
-        return f"{self.orders_url}/actions/{action_id}/undo"
+        return f"{self.orders_url}/actions/{segment(action_id)}/undo"
 
     async def undo(self, url: str) -> dict[str, Any]:
         """Undo an action (idempotent)."""

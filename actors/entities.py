@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import re
 
+# Each optional part owns the whitespace before it (possessively): adjacent `\s*` runs around optional parts
+# made "order" + 200 spaces + "x" backtrack for seconds, cubic in the run's length. Same language as before:
+# `order`, an optional `number`/`no.`/`num`/`id`, an optional `:` or `#`, an optional `#`, then the digits.
 ORDER_NUMBER = re.compile(
-    r"(?:order\s*(?:number|no\.?|num|id)?\s*[:#]?\s*#?|#)\s*(\d{4,10})\b|\b(\d{5})\b", re.IGNORECASE
+    r"(?:order(?:\s*+(?:number|no\.?|num|id))?(?:\s*+[:#])?(?:\s*+#)?|#)\s*+(\d{4,10})\b|\b(\d{5})\b",
+    re.IGNORECASE,
 )
 TRACKING_NUMBER = re.compile(r"\b(1Z[0-9A-Z]{16})\b", re.IGNORECASE)
 # A number with thousands separators (1,000 or 12,345.67) or a plain one with a decimal point or comma (49.99,
@@ -18,6 +22,8 @@ PRODUCTS = (
     "headphones", "keyboard", "mug", "lamp", "backpack", "shoes", "watch", "bottle", "charger", "cookbook",
     "jacket", "pan", "laptop", "phone", "book",
 )
+# One pattern per product, in the vocabulary's order (the first product of the list that the text names wins).
+PRODUCT_WORDS = {name: re.compile(rf"\b{name}\b") for name in PRODUCTS}
 
 
 def order_number(text: str) -> str | None:
@@ -59,7 +65,7 @@ def parse_amount(value: str) -> float | None:
 def product(text: str) -> str | None:
     """A product the customer names, from a small vocabulary."""
     lowered = text.lower()
-    for name in PRODUCTS:
-        if re.search(rf"\b{name}\b", lowered):
+    for name, pattern in PRODUCT_WORDS.items():
+        if pattern.search(lowered):
             return name
     return None

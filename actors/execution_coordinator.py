@@ -1,14 +1,21 @@
 """execution_coordinator: performs the approved action through the orders API, once.
 
 The `Idempotency-Key` is derived from the message id, the action and the order, so a retried or redelivered
-step never repeats the effect; each effect is recorded in the saga log with how to undo it (compensation)."""
+step never repeats the effect; each effect is recorded in the saga log with how to undo it (compensation).
+
+Right before acting it reads the order, the customer and the order's actions fresh from the APIs and applies
+the policy again (`policy.recheck`): a plan for another customer's order, or over a limit that the order's
+history now reaches (a forged bus message, a stale decision, a concurrent saga), performs nothing and fails
+the step for good, so the error handler hands it to a human with the reason."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
-from actors.base import Actor, StepContext
+from actors.base import Actor, PermanentError, StepContext
 from actors.commerce import CommerceClient
+from actors.policy import recheck
 from saga.protocol import ExecutedAction, ExecutionResult, Message
 from supportmesh.config import Settings
 
@@ -40,6 +47,15 @@ class ExecutionCoordinator(Actor):
         if plan is None or plan.action == "none" or not plan.approved or not plan.order_id:
             return {"execution_result": ExecutionResult(success=True, detail="nothing to execute")}
         key = idempotency_key(message.message_id, plan.action, plan.order_id)
+        email = message.payload.customer_email
+        order, customer, actions = await asyncio.gather(
+            self.api.order(plan.order_id), self.api.customer(email), self.api.order_actions(plan.order_id))
+        # This saga's own effect, already at the API (a retried or redelivered step), was checked when it was
+        # made: the request below replays it. Otherwise the plan must pass the policy on today's data.
+        if not any(a.get("idempotency_key") == key for a in actions):
+            refusal = recheck(plan, email, order, customer)
+            if refusal is not None:  # recorded with the failed step; the error handler opens the ticket
+                raise PermanentError(f"{plan.action} on order {plan.order_id} refused at execution: {refusal}")
         body: dict[str, Any] = {"reason": plan.reason or "customer request"}
         if plan.action == "refund":
             body["amount"] = plan.amount

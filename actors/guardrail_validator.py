@@ -21,13 +21,21 @@ PII = [
     (re.compile(r"\b\d{4}[- ]?\d{4}[- ]?\d{4}[- ]?\d{4}\b"), "contains a card number"),
     (re.compile(r"\b\d{3}-\d{2}-\d{4}\b"), "contains a social security number"),
 ]
-EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
-ORDER_REF = re.compile(r"(?:order\s*#?\s*|#)(\d{4,10})\b|\b(\d{5})\b", re.I)
+# An address starts where a run of local-part characters starts (the lookbehind), else every position of a long
+# run like "1.1.1.1..." rescans the rest of it: quadratic.
+EMAIL = re.compile(r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]++@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
+# As entities.ORDER_NUMBER: the optional `#` owns the spaces before it, else "order" + spaces backtracks.
+ORDER_REF = re.compile(r"(?:order(?:\s*+#)?\s*+|#)(\d{4,10})\b|\b(\d{5})\b", re.I)
+NUMBER = re.compile(r"\d+(?:\.\d+)?")
 MONEY = re.compile(r"\$\s?(\d{1,7}(?:,\d{3})*(?:\.\d{1,2})?)")
+# A claim is a verb and its object in one sentence. The gap stops at the next verb (a match from there is the
+# same claim), else "issued issued issued ..." rescans the rest of the sentence from every verb: quadratic.
+_REFUND_VERB = r"\b(?:issued|processed|sent|approved)\b"
+_REPLACEMENT_VERB = r"\b(?:arranged|sent|shipped)\b"
 CLAIMS = {
-    "refund": re.compile(r"\b(?:issued|processed|sent|approved)\b[^.]*\brefund\b|\brefund(?:ed)? of \$", re.I),
+    "refund": re.compile(rf"{_REFUND_VERB}(?:(?!{_REFUND_VERB})[^.])*\brefund\b|\brefund(?:ed)? of \$", re.I),
     "cancel": re.compile(r"\b(?:i've|i have|we've|we have)\s+cancell?ed\b", re.I),
-    "replacement": re.compile(r"\b(?:arranged|sent|shipped)\b[^.]*\breplacement\b", re.I),
+    "replacement": re.compile(rf"{_REPLACEMENT_VERB}(?:(?!{_REPLACEMENT_VERB})[^.])*\breplacement\b", re.I),
 }
 
 
@@ -41,7 +49,7 @@ def _numbers_in(value: Any, out: set[str]) -> None:
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         out.add(f"{float(value):.2f}")
     elif isinstance(value, str):
-        out.update(re.findall(r"\d+(?:\.\d+)?", value))
+        out.update(NUMBER.findall(value))
 
 
 def check(message: Message) -> list[str]:

@@ -43,6 +43,7 @@ NEGATED_ACTION = re.compile(
     r"\b(?:don'?t|do not|didn'?t|never|no need to|not|no)\s+(?:(?:want|need|ask(?:ed)?\s+for|asking\s+for)\s+)?"
     r"(?:a\s+|an\s+|to\s+|the\s+)?(?:refund|cancel|replace|exchange)\w*"
 )
+WORDS = re.compile(r"[a-z']+")
 # Below the decision router's threshold: two different actions in one message go to a person, who can ask
 # which is meant, rather than the first rule deciding.
 MIXED_ACTIONS_CONFIDENCE = 0.5
@@ -75,7 +76,7 @@ def analyze_intent(text: str) -> dict[str, Any]:
         return {"intent": name, "entities": found, "confidence": round(confidence, 2)}
     if found["tracking_number"] or found["order_number"]:
         return {"intent": "order_status", "entities": found, "confidence": 0.7}
-    words = re.findall(r"[a-z']+", lowered)
+    words = WORDS.findall(lowered)
     known = sum(1 for w in words if w in COMMON_WORDS)
     if not words or known == 0:
         return {"intent": "general_inquiry", "entities": found, "confidence": 0.2}  # gibberish

@@ -7,8 +7,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-# Deliberately simple: one @, a dot in the domain, no spaces. Real validation is the customer API's job.
-EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
+from saga.protocol import email_problem, refused_if, text_problem
+
+# Deliberately simple: one @, a dot in the domain, no spaces. Real validation is the customer API's job; the
+# characters that end or escape a URL path segment (/ ? # % \) are refused first, with their own reason.
+EMAIL = re.compile(r"^[A-Za-z0-9.!$&'*+=^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
 MAX_MESSAGE_CHARS = 4000
 
 
@@ -24,6 +27,7 @@ class ChatRequest(BaseModel):
     @field_validator("customer_email")
     @classmethod
     def _email(cls, value: str) -> str:
+        refused_if(email_problem(value), value)
         if not EMAIL.match(value):
             raise ValueError("customer_email is not a valid email address")
         return value.lower()
@@ -31,9 +35,7 @@ class ChatRequest(BaseModel):
     @field_validator("message")
     @classmethod
     def _printable(cls, value: str) -> str:
-        if "\x00" in value:
-            raise ValueError("message contains a NUL character")
-        return value
+        return refused_if(text_problem(value), value)
 
 
 class ChatResponse(BaseModel):

@@ -81,6 +81,8 @@ def _order(order_id: str, customer: dict[str, Any], status: str, now: datetime, 
         "expected_delivery": _day(expected), "delivered_at": _iso(delivered) if delivered else None,
         "tracking_id": None if status in ("processing", "cancelled") else f"1Z{rng.randint(10**15, 10**16 - 1)}",
         "refundable_amount": 0.0 if status == "cancelled" else total,
+        # The order's history of active (not undone) actions, which the agent's policy limits per order.
+        "refunded_total": 0.0, "refunds_active": 0, "replacements_active": 0,
     }
 
 

@@ -127,6 +127,8 @@ class Store:
         """Apply an effect to the order; returns what its undo needs (only what the effect itself changed)."""
         if kind == "refund":
             order["refundable_amount"] = round(order["refundable_amount"] - (amount or 0), 2)
+            order["refunded_total"] = round(order.get("refunded_total", 0.0) + (amount or 0), 2)
+            order["refunds_active"] = order.get("refunds_active", 0) + 1
             return {}
         if kind == "cancellation":
             # A cancelled order takes no further refunds or replacements, so restoring it restores exactly
@@ -144,6 +146,8 @@ class Store:
         kind = action["type"]
         if kind == "refund":
             order["refundable_amount"] = round(order["refundable_amount"] + (action["amount"] or 0), 2)
+            order["refunded_total"] = round(max(0.0, order.get("refunded_total", 0.0) - (action["amount"] or 0)), 2)
+            order["refunds_active"] = max(0, order.get("refunds_active", 1) - 1)
         elif kind == "cancellation":
             order.update(action["_undo"])
         else:

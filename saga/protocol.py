@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import time
+import unicodedata
 import uuid
 from typing import Any, Literal
 
@@ -39,6 +40,34 @@ ACTOR_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 # Message ids become KV keys and Nats-Msg-Id values: keep them to a safe alphabet.
 MESSAGE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# An email becomes a URL path segment of the commerce APIs: none of the characters that end or escape one.
+EMAIL_FORBIDDEN = frozenset("/?#%\\")
+# Tab and line breaks are text; ZWJ/ZWNJ join emoji and letters of several scripts. Every other Cc/Cf
+# character (C0/C1 controls, bidi overrides and isolates U+202A-U+202E, U+2066-U+2069, ...) is refused.
+TEXT_CONTROLS_ALLOWED = frozenset("\t\n\r\u200c\u200d")
+
+
+def email_problem(value: str) -> str | None:
+    """Why a customer email may not be used (None when it may)."""
+    for ch in value:
+        if ch in EMAIL_FORBIDDEN or unicodedata.category(ch) in ("Cc", "Cf"):
+            return f"customer_email must not contain {ch!r} (no / ? # % \\ or control characters)"
+    return None
+
+
+def refused_if(problem: str | None, value: str) -> str:
+    """The value, or a ValueError (what a pydantic validator raises) with the problem."""
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+def text_problem(value: str) -> str | None:
+    """Why a customer message may not be used: control or bidi-override characters (None when it may)."""
+    for i, ch in enumerate(value):
+        if ch not in TEXT_CONTROLS_ALLOWED and unicodedata.category(ch) in ("Cc", "Cf"):
+            return f"message contains the control character U+{ord(ch):04X} at position {i}"
+    return None
 
 
 def subject_for(actor: str) -> str:
@@ -155,7 +184,7 @@ class Entities(_Strict):
     order_number: str | None = None
     tracking_number: str | None = None
     product: str | None = None
-    amount: float | None = None
+    amount: float | None = Field(default=None, allow_inf_nan=False)
 
 
 class Intent(_Strict):
@@ -186,7 +215,7 @@ class ActionPlan(_Strict):
 
     action: ActionKind = "none"
     order_id: str | None = None
-    amount: float | None = None
+    amount: float | None = Field(default=None, allow_inf_nan=False)
     reason: str = ""
     approved: bool = False
     policy_notes: list[str] = Field(default_factory=list)
@@ -254,6 +283,16 @@ class MessagePayload(_Strict):
     execution_result: ExecutionResult | None = None
     error: ErrorInfo | None = None
     recovery_log: list[dict[str, Any]] = Field(default_factory=list)
+
+    @field_validator("customer_email")
+    @classmethod
+    def _email(cls, v: str) -> str:
+        return refused_if(email_problem(v), v)
+
+    @field_validator("customer_message")
+    @classmethod
+    def _text(cls, v: str) -> str:
+        return refused_if(text_problem(v), v)
 
 
 SagaOutcome = Literal["running", "resolved", "escalated", "failed"]
