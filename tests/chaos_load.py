@@ -15,6 +15,7 @@ import httpx
 import nats
 
 from saga.log import SagaLog
+from supportmesh.up import ACTORS
 
 NOT_ACCEPTED_RETRIES = 120  # 503 = nothing started: a client sends it again (60 s at 0.5 s)
 
@@ -82,15 +83,23 @@ async def run_load(base: str, messages: list[tuple[str, str]], concurrency: int,
         return list(await asyncio.gather(*(one(e, t) for e, t in messages)))
 
 
-async def _sagas(nats_url: str, since: float) -> dict[str, list[Any]]:
-    """Every saga the mesh started since `since` (epoch seconds) with its events, read from the saga log."""
+async def _sagas(nats_url: str, since: float) -> tuple[dict[str, list[Any]], dict[str, int]]:
+    """Every saga the mesh started since `since` (epoch seconds) with its events, read from the saga log; and
+    the most deliveries JetStream makes of one message to each actor (its consumer's `max_deliver`)."""
     nc = await nats.connect(nats_url)
     try:
-        log = await SagaLog.open(nc.jetstream(timeout=10))
+        js = nc.jetstream(timeout=10)
+        log = await SagaLog.open(js)
         states = [s for s in await log.states() if (s.started_at or 0) >= since]
-        return {s.message_id: await log.history(s.message_id) for s in states}
+        caps = {actor: (await js.consumer_info("SUPPORT", actor)).config.max_deliver or -1 for actor in ACTORS}
+        return {s.message_id: await log.history(s.message_id) for s in states}, caps
     finally:
         await nc.close()
+
+
+# Records of one delivery of a step, each carrying JetStream's delivery count (num_delivered) as its attempt: a
+# delivery whose own records a kill lost still shows in the count of the next one.
+PER_DELIVERY = frozenset({"step_started", "redelivered", "retry_scheduled", "step_completed", "step_failed"})
 
 
 def _order_ids(outcomes: list[Outcome], sagas: dict[str, list[Any]]) -> set[str]:
@@ -121,13 +130,14 @@ def check_invariants(endpoints: dict[str, Any], outcomes: list[Outcome], *, sinc
     - no saga ran that the client was not told about (a 503 must mean nothing started);
     - exactly 2 history rows per message;
     - at most one effect per (message, action, order), whatever idempotency key it was performed under;
-    - no step delivered more than allowed: `max_deliveries` per publication of the step, and a step is published
-      once plus at most `max_republishes` recovery resumptions (sweeper, escalation router) per saga.
+    - no step delivered more than allowed: `max_deliveries` per publication of the step (the cap every actor's
+      consumer enforces, and JetStream's delivery count on every record), and a step is published once plus at
+      most `max_republishes` recovery resumptions (sweeper, escalation router) per saga.
     """
     missing = [o.message_id for o in outcomes if o.status not in ("resolved", "escalated")]
     assert not missing, f"{len(missing)} messages without an answer: {missing[:5]}"
     ids = {o.message_id for o in outcomes}
-    sagas = asyncio.run(_sagas(endpoints["nats_url"], since))
+    sagas, caps = asyncio.run(_sagas(endpoints["nats_url"], since))
     assert ids <= set(sagas), f"accepted messages with no saga: {sorted(ids - set(sagas))[:5]}"
     orphans = {mid: [e.kind for e in events] for mid, events in sagas.items() if mid not in ids}
     ran = {mid: kinds for mid, kinds in orphans.items() if "step_started" in kinds}
@@ -144,11 +154,16 @@ def check_invariants(endpoints: dict[str, Any], outcomes: list[Outcome], *, sinc
     not_terminal = {mid: s for mid, s in states.items() if s["status"] not in ("completed", "escalated")}
     assert not not_terminal, f"sagas not in a terminal state: {list(not_terminal.items())[:5]}"
 
+    uncapped = {actor: cap for actor, cap in caps.items() if not 0 < cap <= max_deliveries}
+    assert not uncapped, f"consumers that deliver a message more than {max_deliveries} times: {uncapped}"
     deliveries: Counter[tuple[str, int]] = Counter()
+    delivery_count: Counter[tuple[str, int]] = Counter()  # the highest num_delivered recorded, per step
     republishes: Counter[str] = Counter()
     compensations = 0
     for mid in ids:
         for e in sagas[mid]:
+            if e.kind in PER_DELIVERY and e.data.get("source") not in ("sweeper", "escalation_router"):
+                delivery_count[(mid, e.step_index)] = max(delivery_count[(mid, e.step_index)], e.attempt)
             if e.kind == "step_started":
                 deliveries[(mid, e.step_index)] += 1
             elif e.kind == "redelivered" and e.data.get("source") in ("sweeper", "escalation_router"):
@@ -157,6 +172,8 @@ def check_invariants(endpoints: dict[str, Any], outcomes: list[Outcome], *, sinc
                 compensations += 1
     too_many = {k: n for k, n in deliveries.items() if n > max_deliveries * (1 + republishes[k[0]])}
     assert not too_many, f"steps delivered more than {max_deliveries} times per publication: {too_many}"
+    too_many = {k: n for k, n in delivery_count.items() if n > max_deliveries}
+    assert not too_many, f"steps JetStream delivered more than {max_deliveries} times: {too_many}"
     looping = {mid: n for mid, n in republishes.items() if n > max_republishes}
     assert not looping, f"sagas resumed more than {max_republishes} times: {looping}"
 
@@ -170,6 +187,6 @@ def check_invariants(endpoints: dict[str, Any], outcomes: list[Outcome], *, sinc
             "duplicates": len(duplicates), "effects": sum(effects.values()), "compensations": compensations,
             "escalated": sum(1 for o in outcomes if o.status == "escalated"),
             "not_accepted_503": sum(o.not_accepted for o in outcomes), "orphans_never_run": len(orphans),
-            "max_deliveries_of_a_step": max(deliveries.values(), default=0),
+            "max_deliveries_of_a_step": max([*deliveries.values(), *delivery_count.values()], default=0),
             "max_resumptions_of_a_saga": max(republishes.values(), default=0),
             "p50_s": round(seconds[len(seconds) // 2], 2), "max_s": round(seconds[-1], 2)}
