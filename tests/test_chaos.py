@@ -254,10 +254,21 @@ def test_flaky_orders_api_compensates_and_escalates(chaos_mesh: Mesh) -> None:
     escalated = [o for o in outcomes if o.status == "escalated"]
     for o in escalated:
         for action in actions.get(o.message_id, []):
-            assert action["status"] == "undone" or action["order_id"] in o.response, (o, action)
+            assert action["status"] == "undone" or tells_it_was_kept(o.response, action), (o, action)
     figures["escalated_with_an_action"] = sum(1 for o in escalated if actions.get(o.message_id))
     report("orders API: effects then 503s, errors and latency spikes", figures)
+    assert figures["escalated_with_an_action"] >= 1, "no escalated saga had an action: nothing above was checked"
     assert figures["compensations"] >= 1, "no action was ever compensated: the scenario tested nothing"
+
+
+ACTION_WORDS = {"refund": "refund", "cancellation": "cancel", "replacement": "replace"}
+
+
+def tells_it_was_kept(reply: str, action: dict) -> bool:
+    """The reply has a sentence naming this action on this order that does not claim it was reversed."""
+    sentences = re.split(r"(?<=[.!?])\s+", reply)
+    return any(f"order {action['order_id']}" in s and ACTION_WORDS[action["type"]] in s.lower()
+               and "reversed it" not in s for s in sentences)
 
 
 @pytest.mark.timeout(55)
