@@ -92,8 +92,13 @@ def fresh_mock_data(mesh):
 
 
 def actions_of(mocks_url: str, order_id: str) -> list[dict]:
+    """The order's actions; none for an order that does not exist (404). Any other failure fails the test:
+    an orders API in trouble must not read as "no side effects"."""
     r = httpx.get(f"{mocks_url}/orders/{order_id}/actions", timeout=10)
-    return r.json()["actions"] if r.status_code == 200 else []
+    if r.status_code == 404:
+        return []
+    assert r.status_code == 200, (order_id, r.status_code, r.text)
+    return r.json()["actions"]
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.text[:40] for s in SCENARIOS])
