@@ -3,11 +3,11 @@ with the local model, each with its expected intent, route, final status and sid
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass, field
 
 import httpx
 import pytest
+from chat_client import answer
 
 pytestmark = pytest.mark.e2e
 
@@ -104,10 +104,7 @@ def actions_of(mocks_url: str, order_id: str) -> list[dict]:
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.text[:40] for s in SCENARIOS])
 def test_scenario(mesh, scenario: Scenario) -> None:
     before = {oid: len(actions_of(mesh.mocks_url, oid)) for oid in scenario.effects}
-    r = httpx.post(f"{mesh.gateway_url}/api/chat", timeout=30, json={
-        "session_id": uuid.uuid4().hex, "customer_email": scenario.email, "message": scenario.text})
-    assert r.status_code == 200, r.text
-    body = r.json()
+    body = answer(mesh.gateway_url, scenario.text, email=scenario.email)
     saga = httpx.get(f"{mesh.gateway_url}/api/sagas/{body['message_id']}", timeout=10).json()
     done = [e for e in saga["events"] if e["kind"] == "step_completed"]
     intent = next(e for e in done if e["actor"] == "intent_analyzer")["data"]["enrichment"]["intent"]
