@@ -1,8 +1,8 @@
-"""The chaos suite (each scenario under its own timeout, the whole module under 6 minutes even if every one
-ran out): the invariants of DESIGN §5 — every accepted message reaches a terminal state and is
-answered, no side effect happens twice, exactly two history rows per message, no step delivered more than the
-maximum — while actor processes are killed every second, nats-server is killed -9, the orders API fails 20 % of
-the time, and poison messages land on every actor subject."""
+"""The chaos suite (each scenario's body under its own timeout, the mesh's start and stop under theirs: the whole
+module under 10 minutes even if every one ran out): the invariants of DESIGN §5 — every accepted message reaches a
+terminal state and is answered, no side effect happens twice, exactly two history rows per message, no step
+delivered more than the maximum — while actor processes are killed every second, nats-server is killed -9, the
+orders API fails 20 % of the time, and poison messages land on every actor subject."""
 
 from __future__ import annotations
 
@@ -30,14 +30,22 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 MAX_ATTEMPTS = 4
 MAX_DELIVERIES = MAX_ATTEMPTS + 1
 MAX_REDELIVERIES, MAX_SWEEPS = 1, 2
+ACK_WAIT_S = 3
 REPO = Path(__file__).resolve().parent.parent
 FIGURES = REPO / "test-artifacts" / "chaos-figures.json"
+
+
+def body_timeout(seconds: float) -> pytest.MarkDecorator:
+    """A scenario's timeout, on its body only: pytest-timeout would count the module's mesh start (up to
+    150 s, bounded by `Mesh.start` itself) in the first scenario that needs it."""
+    return pytest.mark.timeout(seconds, func_only=True)
 
 
 @pytest.fixture(scope="module")
 def chaos_mesh(tmp_path_factory):
     m = Mesh(tmp_path_factory.mktemp("chaos-mesh"), env={
-        "SUPPORTMESH_CHAT_DEADLINE_S": "3", "SUPPORTMESH_ACK_WAIT_S": "3", "SUPPORTMESH_MAX_ATTEMPTS": str(MAX_ATTEMPTS),
+        "SUPPORTMESH_CHAT_DEADLINE_S": "3", "SUPPORTMESH_ACK_WAIT_S": str(ACK_WAIT_S),
+        "SUPPORTMESH_MAX_ATTEMPTS": str(MAX_ATTEMPTS),
         "SUPPORTMESH_BACKOFF_BASE_S": "0.2", "SUPPORTMESH_BACKOFF_MAX_S": "1", "SUPPORTMESH_STALL_AFTER_S": "20",
         "SUPPORTMESH_SWEEP_INTERVAL_S": "2", "SUPPORTMESH_REDELIVERY_DELAY_S": "0.2",
         "SUPPORTMESH_MAX_REDELIVERIES": str(MAX_REDELIVERIES), "SUPPORTMESH_MAX_SWEEPS": str(MAX_SWEEPS),
@@ -171,7 +179,7 @@ def resumptions(mesh: Mesh, output: str, message_ids: list[str]) -> list[dict]:
     return kills
 
 
-@pytest.mark.timeout(100)
+@body_timeout(150)  # above its own bounds: 30 s of kills, then up to 90 s to settle (run_load)
 def test_actor_kills_every_second_during_load(chaos_mesh: Mesh) -> None:
     messages = build_messages(chaos_mesh.mocks_url, 300)
     # Real commerce APIs take tens of milliseconds: with that latency, kills catch steps in flight.
@@ -205,7 +213,7 @@ def test_actor_kills_every_second_during_load(chaos_mesh: Mesh) -> None:
     assert not stuck, f"sagas that never moved again after a kill: {stuck}"
 
 
-@pytest.mark.timeout(70)
+@body_timeout(70)
 def test_nats_server_killed_mid_load(chaos_mesh: Mesh) -> None:
     messages = build_messages(chaos_mesh.mocks_url, 200)
     since = time.time()
@@ -227,7 +235,7 @@ def test_nats_server_killed_mid_load(chaos_mesh: Mesh) -> None:
     report("nats-server killed -9", figures)
 
 
-@pytest.mark.timeout(70)
+@body_timeout(70)
 def test_flaky_orders_api_compensates_and_escalates(chaos_mesh: Mesh) -> None:
     # Actions are performed and then answered with a 503 (the client cannot tell they happened), lookups fail
     # 20 % of the time with latency spikes, and undo fails too: the execution step runs out of attempts with
@@ -254,13 +262,24 @@ def test_flaky_orders_api_compensates_and_escalates(chaos_mesh: Mesh) -> None:
     escalated = [o for o in outcomes if o.status == "escalated"]
     for o in escalated:
         for action in actions.get(o.message_id, []):
-            assert action["status"] == "undone" or action["order_id"] in o.response, (o, action)
+            assert action["status"] == "undone" or tells_it_was_kept(o.response, action), (o, action)
     figures["escalated_with_an_action"] = sum(1 for o in escalated if actions.get(o.message_id))
     report("orders API: effects then 503s, errors and latency spikes", figures)
+    assert figures["escalated_with_an_action"] >= 1, "no escalated saga had an action: nothing above was checked"
     assert figures["compensations"] >= 1, "no action was ever compensated: the scenario tested nothing"
 
 
-@pytest.mark.timeout(55)
+ACTION_WORDS = {"refund": "refund", "cancellation": "cancel", "replacement": "replace"}
+
+
+def tells_it_was_kept(reply: str, action: dict) -> bool:
+    """The reply has a sentence naming this action on this order that does not claim it was reversed."""
+    sentences = re.split(r"(?<=[.!?])\s+", reply)
+    return any(f"order {action['order_id']}" in s and ACTION_WORDS[action["type"]] in s.lower()
+               and "reversed it" not in s for s in sentences)
+
+
+@body_timeout(55)
 def test_poison_on_every_actor_subject(chaos_mesh: Mesh) -> None:
     async def scenario() -> tuple[list[str], list[str]]:
         nc = await nats.connect(chaos_mesh.endpoints["nats_url"])
@@ -286,9 +305,15 @@ def test_poison_on_every_actor_subject(chaos_mesh: Mesh) -> None:
             if len(poisoned) == len(handled) == len(keys):
                 break
             await asyncio.sleep(0.3)
-        redelivered = [k for k in keys if await exists(f"{k}.poison_message.2")]
+        # Terminated: delivered once, never again. A message that was not would come back once ack_wait has run
+        # out after its delivery (the last one was recorded by now): watch until then, with a margin.
+        quiet_until = time.monotonic() + ACK_WAIT_S + 2
+        redelivered: list[str] = []
+        while not redelivered and time.monotonic() < quiet_until:
+            redelivered = [k for k in keys if await exists(f"{k}.poison_message.2")]
+            await asyncio.sleep(0.3)
         await nc.close()
-        assert redelivered == []  # terminated: delivered once, never again
+        assert redelivered == []
         return poisoned, handled
 
     poisoned, handled = asyncio.run(scenario())

@@ -14,15 +14,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import redis
+from chat_client import chat, follow
 from sse_client import read_events
 
 pytestmark = pytest.mark.e2e
-
-
-def chat(base: str, message: str, *, session: str | None = None, email: str = "user@example.com",
-         timeout: float = 30) -> httpx.Response:
-    body = {"session_id": session or uuid.uuid4().hex, "customer_email": email, "message": message}
-    return httpx.post(f"{base}/api/chat", json=body, timeout=timeout)
 
 
 def saga_of(base: str, message_id: str) -> dict:
@@ -126,15 +121,16 @@ def test_saga_events_stream_in_order_and_end_with_the_result(mesh) -> None:
 def test_slow_saga_answers_202_then_the_outcome(mesh) -> None:
     faults = {"GET /customers/{email}": {"latency_ms": 3500}}
     httpx.put(f"{mesh.mocks_url}/_admin/faults", json=faults, timeout=10).raise_for_status()
+    body = {"session_id": uuid.uuid4().hex, "customer_email": "user@example.com", "message": "My order 12345 is late!"}
     try:
-        r = chat(mesh.gateway_url, "My order 12345 is late!", timeout=30)
+        r = httpx.post(f"{mesh.gateway_url}/api/chat", json=body, timeout=30)
     finally:
         httpx.put(f"{mesh.mocks_url}/_admin/faults", json={}, timeout=10).raise_for_status()
 
     assert r.status_code == 202, r.text
     message_id = r.json()["message_id"]
     assert r.json()["status"] == "processing"
-    outcome = follow_up(mesh.gateway_url, message_id)
+    outcome = follow(mesh.gateway_url, message_id)
     assert outcome.status_code == 200 and outcome.json()["status"] == "resolved"
 
 
@@ -150,12 +146,15 @@ def test_replies_reach_the_right_gateway_instance(mesh) -> None:
     before = {url: replies_by_path(url) for url in urls}
     # Concurrent chats on both instances: each reply must come back on the subject of the instance that
     # published the message. A misrouted one would still end as 200, read from KV after the deadline; the
-    # gateway counts those separately, and none may appear.
+    # gateway counts those separately, and none may appear. One answered after the deadline (202, a busy
+    # machine) is followed to its outcome and reached the gateway by neither path in time.
     jobs = [(url, f"Where is my order 12345? ({i})") for i in range(6) for url in urls]
-    answers: dict[str, list[httpx.Response]] = {url: [] for url in urls}
+    answers: dict[str, list[tuple[int, httpx.Response]]] = {url: [] for url in urls}  # (first status, outcome)
 
     def send(url: str, text: str) -> None:
-        answers[url].append(chat(url, text))
+        body = {"session_id": uuid.uuid4().hex, "customer_email": "user@example.com", "message": text}
+        r = httpx.post(f"{url}/api/chat", json=body, timeout=30)
+        answers[url].append((r.status_code, follow(url, r.json()["message_id"]) if r.status_code == 202 else r))
 
     threads = [threading.Thread(target=send, args=job) for job in jobs]
     for t in threads:
@@ -164,8 +163,10 @@ def test_replies_reach_the_right_gateway_instance(mesh) -> None:
         t.join(timeout=60)
     for url in urls:
         after = replies_by_path(url)
-        assert [r.status_code for r in answers[url]] == [200] * 6, [r.text for r in answers[url]]
-        assert after["subject"] - before[url]["subject"] == 6, (url, before[url], after)
+        assert [r.status_code for _, r in answers[url]] == [200] * 6, [r.text for _, r in answers[url]]
+        in_time = sum(1 for first, _ in answers[url] if first == 200)
+        assert in_time >= 1, f"no chat on {url} was answered within the deadline: nothing was checked"
+        assert after["subject"] - before[url]["subject"] == in_time, (url, in_time, before[url], after)
         assert after["kv"] == before[url]["kv"], f"{url} read answers from KV: their replies went astray"
 
 
@@ -227,17 +228,10 @@ def test_respond_async_answers_202_at_once_then_the_outcome(mesh) -> None:
     body = {"session_id": uuid.uuid4().hex, "customer_email": "user@example.com", "message": "Where is my order 12345?"}
     r = httpx.post(f"{mesh.gateway_url}/api/chat", json=body, headers={"Prefer": "respond-async"}, timeout=30)
     assert r.status_code == 202 and r.headers["preference-applied"] == "respond-async", r.text
-    outcome = follow_up(mesh.gateway_url, r.json()["message_id"])
+    outcome = follow(mesh.gateway_url, r.json()["message_id"])
     assert outcome.status_code == 200 and outcome.json()["status"] == "resolved"
 
 
-def follow_up(base: str, message_id: str, wait_s: float = 30) -> httpx.Response:
-    deadline = time.monotonic() + wait_s
-    outcome = httpx.get(f"{base}/api/chat/{message_id}", timeout=10)
-    while outcome.status_code == 202 and time.monotonic() < deadline:
-        time.sleep(0.3)
-        outcome = httpx.get(f"{base}/api/chat/{message_id}", timeout=10)
-    return outcome
 
 
 def test_saga_events_stream_live_until_the_final_status(mesh) -> None:
@@ -336,11 +330,6 @@ def test_supervisor_restarts_a_killed_actor(mesh) -> None:
         time.sleep(0.2)
     assert after["pid"] != before["pid"] and after["restarts"] == before["restarts"] + 1
     r = chat(mesh.gateway_url, "Where is my order 12345?", timeout=60)
-    assert r.status_code in (200, 202)
-    message_id = r.json()["message_id"]
-    while r.status_code == 202 and time.monotonic() < deadline + 30:
-        time.sleep(0.3)
-        r = httpx.get(f"{mesh.gateway_url}/api/chat/{message_id}", timeout=10)
     assert r.status_code == 200 and r.json()["status"] == "resolved"
 
 

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 import urllib.parse
-import uuid
 from pathlib import Path
 
 import httpx
@@ -24,6 +23,7 @@ import nats
 import promql_parser
 import pytest
 import yaml
+from chat_client import answer
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
@@ -295,13 +295,7 @@ CHATS = ["My order 12345 is late!", "I want a refund for order 44444", "This is 
 @pytest.fixture(scope="module")
 def chats(traced_mesh):
     mesh, _ = traced_mesh
-    out = []
-    for text in CHATS:
-        r = httpx.post(f"{mesh.gateway_url}/api/chat", timeout=30, json={
-            "session_id": uuid.uuid4().hex, "customer_email": "user@example.com", "message": text})
-        assert r.status_code == 200, r.text
-        out.append(r.json())
-    return out
+    return [answer(mesh.gateway_url, text) for text in CHATS]
 
 
 def service_of(actor: str) -> str:
@@ -407,25 +401,13 @@ async def publish_poison(nats_url: str, actor: str) -> None:
         await nc.close()
 
 
-def answer(client: httpx.Client, email: str, text: str, timeout_s: float = 60) -> dict:
-    """Send a chat and follow its 202 until the saga's answer."""
-    r = client.post("/api/chat", json={"session_id": uuid.uuid4().hex, "customer_email": email, "message": text})
-    deadline = time.monotonic() + timeout_s
-    while r.status_code == 202 and time.monotonic() < deadline:
-        time.sleep(0.3)
-        r = client.get(f"/api/chat/{r.json()['message_id']}")
-    assert r.status_code == 200, (text, r.status_code, r.text)
-    return r.json()
-
-
 @pytest.fixture(scope="module")
 def faulty_load(traced_mesh, chats) -> list[dict]:
     mesh, _ = traced_mesh
     httpx.put(f"{mesh.mocks_url}/_admin/faults", json=LOAD_FAULTS, timeout=10).raise_for_status()
     try:
         asyncio.run(publish_poison(mesh.endpoints["nats_url"], "intent_analyzer"))
-        with httpx.Client(base_url=mesh.gateway_url, timeout=30) as client:
-            results = [answer(client, "user@example.com", text) for text in LOAD]
+        results = [answer(mesh.gateway_url, text) for text in LOAD]
     finally:
         httpx.put(f"{mesh.mocks_url}/_admin/faults", json={}, timeout=10).raise_for_status()
     refund, tracking = results

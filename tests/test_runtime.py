@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import orjson
 import pytest
@@ -97,6 +98,14 @@ async def test_failures_reach_the_error_handler_and_are_not_delivered_again(
 ) -> None:
     for cls in (Flaky, Done, Catcher):
         await harness.run_actor(cls)
+    # A terminated message is a dead letter: the error handler would get the failure a second time, as poison.
+    terminated: list[bytes] = []
+    advisories = f"$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.{harness.settings.stream_name}.flaky"
+
+    async def on_terminated(msg: Any) -> None:
+        terminated.append(msg.data)
+
+    await harness.nc.subscribe(advisories, cb=on_terminated)
     message = await harness.submit(["flaky", "done"], text)
 
     state = await harness.wait_terminal(message.message_id)
@@ -109,8 +118,13 @@ async def test_failures_reach_the_error_handler_and_are_not_delivered_again(
     assert caught and caught[0].data["enrichment"]["api_data"]["catcher"] == kind
     # The error handler saw payload.error (the toy catcher copies its kind), and `done` never ran.
     assert harness.executions("done", message.message_id) == []
-    await asyncio.sleep(harness.settings.ack_wait_s + 0.5)  # a redelivery would have happened by now
+    # Acked, not terminated and not left to time out: watch past ack_wait for a redelivery or an advisory.
+    quiet_until = time.monotonic() + harness.settings.ack_wait_s + 1
+    while time.monotonic() < quiet_until and not terminated \
+            and len(harness.executions("flaky", message.message_id)) <= expected_deliveries:
+        await asyncio.sleep(0.1)
     assert len(harness.executions("flaky", message.message_id)) == expected_deliveries
+    assert terminated == []
     info = await harness.consumer("flaky")
     assert info.num_ack_pending == 0 and info.num_pending == 0
 
