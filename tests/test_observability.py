@@ -27,6 +27,7 @@ import yaml
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
+from identity import auth
 from mesh_fixture import Mesh
 from observability import metrics
 from observability.logs import JsonFormatter, TraceContextFilter, TraceIndex
@@ -297,8 +298,8 @@ def chats(traced_mesh):
     mesh, _ = traced_mesh
     out = []
     for text in CHATS:
-        r = httpx.post(f"{mesh.gateway_url}/api/chat", timeout=30, json={
-            "session_id": uuid.uuid4().hex, "customer_email": "user@example.com", "message": text})
+        r = httpx.post(f"{mesh.gateway_url}/api/chat", timeout=30, headers=mesh.auth(), json={
+            "session_id": uuid.uuid4().hex, "message": text})
         assert r.status_code == 200, r.text
         out.append(r.json())
     return out
@@ -326,7 +327,7 @@ def chat_traces(traced_mesh, chats) -> list[tuple[dict, list[str], list[Span]]]:
     mesh, receiver = traced_mesh
     out = []
     for chat in chats:
-        saga = httpx.get(f"{mesh.gateway_url}/api/sagas/{chat['message_id']}", timeout=10).json()
+        saga = httpx.get(f"{mesh.gateway_url}/api/sagas/{chat['message_id']}", timeout=10, headers=mesh.auth()).json()
         route = [e["actor"] for e in saga["events"] if e["kind"] == "step_completed"]
         expected = {"supportmesh-gateway"} | {service_of(a) for a in route}
         done = receiver.wait_for(lambda r, t=chat["trace_id"], want=expected: trace_is_complete(
@@ -409,11 +410,12 @@ async def publish_poison(nats_url: str, actor: str) -> None:
 
 def answer(client: httpx.Client, email: str, text: str, timeout_s: float = 60) -> dict:
     """Send a chat and follow its 202 until the saga's answer."""
-    r = client.post("/api/chat", json={"session_id": uuid.uuid4().hex, "customer_email": email, "message": text})
+    signed_in = auth(email)
+    r = client.post("/api/chat", json={"session_id": uuid.uuid4().hex, "message": text}, headers=signed_in)
     deadline = time.monotonic() + timeout_s
     while r.status_code == 202 and time.monotonic() < deadline:
         time.sleep(0.3)
-        r = client.get(f"/api/chat/{r.json()['message_id']}")
+        r = client.get(f"/api/chat/{r.json()['message_id']}", headers=signed_in)
     assert r.status_code == 200, (text, r.status_code, r.text)
     return r.json()
 

@@ -99,11 +99,12 @@ def actions_of(mocks_url: str, order_id: str) -> list[dict]:
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.text[:40] for s in SCENARIOS])
 def test_scenario(mesh, scenario: Scenario) -> None:
     before = {oid: len(actions_of(mesh.mocks_url, oid)) for oid in scenario.effects}
-    r = httpx.post(f"{mesh.gateway_url}/api/chat", timeout=30, json={
-        "session_id": uuid.uuid4().hex, "customer_email": scenario.email, "message": scenario.text})
+    signed_in = mesh.auth(scenario.email)
+    r = httpx.post(f"{mesh.gateway_url}/api/chat", timeout=30, headers=signed_in, json={
+        "session_id": uuid.uuid4().hex, "message": scenario.text})
     assert r.status_code == 200, r.text
     body = r.json()
-    saga = httpx.get(f"{mesh.gateway_url}/api/sagas/{body['message_id']}", timeout=10).json()
+    saga = httpx.get(f"{mesh.gateway_url}/api/sagas/{body['message_id']}", timeout=10, headers=signed_in).json()
     done = [e for e in saga["events"] if e["kind"] == "step_completed"]
     intent = next(e for e in done if e["actor"] == "intent_analyzer")["data"]["enrichment"]["intent"]
 
