@@ -29,7 +29,8 @@ def test_chat_gives_up_after_wait_with_the_message_id(mesh, capsys) -> None:
     httpx.put(f"{mesh.mocks_url}/_admin/faults", json=faults, timeout=10).raise_for_status()
     try:
         started = time.monotonic()
-        code = main(["--gateway", mesh.gateway_url, "--token", mesh.token(), "--wait", "0.2", "Where is my order 12345?"])
+        code = main(["--gateway", mesh.gateway_url, "--token", mesh.token(), "--wait", "0.2",
+                     "Where is my order 12345?"])
         took = time.monotonic() - started
     finally:
         httpx.put(f"{mesh.mocks_url}/_admin/faults", json={}, timeout=10).raise_for_status()

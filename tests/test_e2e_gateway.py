@@ -307,7 +307,8 @@ def test_failed_saga_streams_the_aggregators_answer_then_closes(mesh) -> None:
     try:
         body = {"session_id": uuid.uuid4().hex, "customer_email": "user@example.com",
                 "message": "This is fraud, I will call my lawyer"}
-        r = httpx.post(f"{mesh.gateway_url}/api/chat", json=body, headers={**AUTH, "Prefer": "respond-async"}, timeout=30)
+        r = httpx.post(f"{mesh.gateway_url}/api/chat", json=body, headers={**AUTH, "Prefer": "respond-async"},
+                       timeout=30)
         assert r.status_code == 202, r.text
         message_id = r.json()["message_id"]
         events = read_events(mesh.gateway_url, message_id)
