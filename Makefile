@@ -23,12 +23,13 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# `make run` serves the API docs at /docs (off by default elsewhere); `supportmesh up` turns the demo sign-in on.
 # `make run ARGS=--observability` also needs Prometheus: system-deps.sh installs it when told so.
 OBSERVABILITY := $(if $(filter --observability,$(ARGS)),1,0)
 
 run: $(STAMP)
 	@SUPPORTMESH_OBSERVABILITY=$(OBSERVABILITY) scripts/system-deps.sh run
-	$(BIN)/supportmesh up $(ARGS)
+	SUPPORTMESH_API_DOCS=$${SUPPORTMESH_API_DOCS:-true} $(BIN)/supportmesh up $(ARGS)
 
 test: $(STAMP)
 	@scripts/system-deps.sh test

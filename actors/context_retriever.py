@@ -1,5 +1,11 @@
 """context_retriever: the customer, their orders, the order in question and its tracking, fetched in
-parallel from the commerce APIs. Never discloses an order of another customer."""
+parallel from the commerce APIs. Never discloses an order of another customer.
+
+A guest (`metadata.customer_verified` False: no token) is only a claim: no customer profile or order list is
+read by the email they typed. A guest's one way to an order is its number and the email it was placed with
+(the request's `customer_email`): the order is read by its number and used only when it carries that email;
+then its status and tracking are the whole context. The session's remembered context is neither read nor
+written for a guest."""
 
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ from typing import Any
 from actors.base import Actor, StepContext
 from actors.commerce import CommerceClient
 from gateway.sessions import SessionStore
-from saga.protocol import CustomerContext, Entities, Message
+from saga.protocol import GUEST_EMAIL, CustomerContext, Entities, Message
 from supportmesh.config import Settings
 
 log = logging.getLogger("supportmesh.actor.context_retriever")
@@ -59,10 +65,34 @@ class ContextRetriever(Actor):
                 "last_order_id": order["order_id"] if order else (previous or {}).get("last_order_id"),
             })
 
+    async def _guest_context(self, message: Message, ents: Entities) -> tuple[CustomerContext, dict[str, Any]]:
+        """A guest's context: the order proven by its number and the email on it, else nothing."""
+        email = message.payload.customer_email.lower()
+        order, shipment = None, None
+        notes = ["the customer is not signed in"]
+        if ents.order_number and email != GUEST_EMAIL:
+            found = await self.api.order(ents.order_number)
+            if found is not None and str(found.get("customer_email", "")).lower() == email:
+                order = order_summary(found)
+                if found.get("tracking_id"):
+                    shipment = await self.api.tracking(found["tracking_id"])
+            else:
+                # The same words whether the order does not exist or belongs to another email: nothing leaks.
+                notes.append(f"order {ents.order_number} was not found for the email given")
+        elif ents.order_number or ents.tracking_number:
+            notes.append("a guest must give the order number and the email address the order was placed with")
+        context = CustomerContext(order=order, tracking=shipment, notes=notes)
+        return context, {"guest": True, "order_id": order["order_id"] if order else None,
+                         "tracking_found": shipment is not None}
+
     async def handle(self, message: Message, ctx: StepContext) -> dict[str, Any]:
         started = time.perf_counter()
         email = message.payload.customer_email
         ents = message.payload.intent.entities if message.payload.intent else Entities()
+        if not message.metadata.customer_verified:
+            context, found = await self._guest_context(message, ents)
+            found["ms"] = round((time.perf_counter() - started) * 1000, 2)
+            return {"context": context, "api_data": {**message.payload.api_data, "context_retriever": found}}
 
         async def nothing() -> None:
             return None

@@ -4,7 +4,7 @@ policy, and the execution step inserted when an action is approved."""
 from __future__ import annotations
 
 from actors.base import Actor, StepContext, StepResult
-from actors.policy import decide_action
+from actors.policy import decide_action, guest_plan
 from saga.protocol import ActionPlan, Message
 from supportmesh.config import Settings
 
@@ -29,6 +29,9 @@ class DecisionRouter(Actor):
         if p.intent is None or p.intent.confidence < getattr(self, "min_confidence", 0.6):
             return StepResult(enrichment={"action_plan": ActionPlan(reason="low_confidence")},
                               remaining_route=ESCALATE, reason="low_confidence")
+        if not message.metadata.customer_verified:
+            # A guest never causes a side effect: the reply says how to sign in.
+            return StepResult(enrichment={"action_plan": guest_plan(p.intent, p.context)})
         decision = decide_action(p.intent, p.context)
         plan = decision.plan
         if decision.needs_human:

@@ -207,6 +207,9 @@ def ticket_summary(message: Message, reason: str, comp: Compensation, failure: s
     """What the human needs to know, reversals still to do first (and, for a failed saga, why it failed)."""
     p = message.payload
     lines = [f"Reason: {reason}", f"Customer said: {p.customer_message[:500]}"]
+    if not message.metadata.customer_verified:
+        lines.append("NOT SIGNED IN: a guest; the email is only what they typed: verify who they are before "
+                     "discussing or changing any order")
     if failure:
         lines.append(f"Saga failed for good (nothing automatic will happen any more): {failure[:300]}")
     if p.intent:

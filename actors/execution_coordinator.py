@@ -46,6 +46,10 @@ class ExecutionCoordinator(Actor):
         plan = message.payload.action_plan
         if plan is None or plan.action == "none" or not plan.approved or not plan.order_id:
             return {"execution_result": ExecutionResult(success=True, detail="nothing to execute")}
+        if not message.metadata.customer_verified:
+            # The decision router never approves a guest's action; a message that says otherwise is refused here
+            # too (the saga fails and goes to a human), so no side effect ever rests on an unverified claim.
+            raise PermanentError("refusing to act for a customer who is not signed in")
         key = idempotency_key(message.message_id, plan.action, plan.order_id)
         email = message.payload.customer_email
         order, customer, actions = await asyncio.gather(

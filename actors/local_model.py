@@ -96,6 +96,29 @@ def _when(iso_day: str | None) -> str:
         return iso_day
 
 
+def _guest_reply(order: dict[str, Any], tracking: dict[str, Any], plan: dict[str, Any],
+                 notes: list[str]) -> list[str]:
+    """A guest's reply: the proven order's status at most, and how to sign in for anything more."""
+    parts: list[str] = []
+    if order:
+        oid, status = order.get("order_id"), order.get("status", "unknown")
+        if tracking:
+            eta = tracking.get("expected_delivery") or tracking.get("estimated_delivery")
+            parts.append(f"Order {oid} is {status}: the latest scan shows it at "
+                         f"{tracking.get('location') or 'in transit'}, with delivery expected on {_when(eta)}.")
+        else:
+            parts.append(f"Order {oid} is currently {status}.")
+    elif any(" was not found for the email given" in n for n in notes):
+        parts.append("I couldn't find that order for the email address you gave.")
+    else:
+        parts.append("I can answer general questions. To look up an order, give me its order number and the "
+                     "email address it was placed with.")
+    if plan.get("action", "none") != "none":
+        parts.append("Refunds, cancellations and replacements need you to sign in to your account first; "
+                     "please sign in and ask again.")
+    return parts
+
+
 def compose_response(data: dict[str, Any], careful: bool = False) -> str:
     """A reply grounded only in `data` (the response prompt's data block)."""
     customer = data.get("customer") or {}
@@ -108,6 +131,8 @@ def compose_response(data: dict[str, Any], careful: bool = False) -> str:
     first_name = (customer.get("name") or "").split(" ")[0]
     parts: list[str] = [f"Hi {first_name}," if first_name else "Hello,"]
 
+    if data.get("signed_in") is False:
+        return " ".join(parts + _guest_reply(order, tracking, plan, notes))
     if not customer:
         parts.append("I couldn't find an account for the email address you used, so I can't look up orders "
                      "yet. Could you write from the address you ordered with, or give me your order number?")

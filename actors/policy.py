@@ -86,6 +86,19 @@ def evaluate(action: str, order: dict[str, Any] | None, customer: dict[str, Any]
     return Decision(ActionPlan(action="refund", order_id=order_id, amount=amount, approved=True, reason=reason))
 
 
+SIGN_IN_NOTE = "please sign in to your account first: I can only do that for a signed-in customer"
+
+
+def guest_plan(intent: Intent | None, context: CustomerContext | None) -> ActionPlan:
+    """The plan for a guest (no verified identity): never an approved action, whatever was asked."""
+    action = ACTIONS.get(intent.name) if intent else None
+    if action is None:
+        return ActionPlan(action="none")
+    order = context.order if context else None
+    return ActionPlan(action=action, order_id=str(order["order_id"]) if order else None, approved=False,
+                      reason=intent.name if intent else "", policy_notes=[SIGN_IN_NOTE])
+
+
 def decide_action(intent: Intent, context: CustomerContext | None) -> Decision:
     """An action plan within policy for the customer's request."""
     action = ACTIONS.get(intent.name)

@@ -54,6 +54,8 @@ def response_messages(data: dict[str, Any], violations: list[str] | None = None)
         "Only say an action (refund, cancellation, replacement) is done when action_plan.approved is true.",
         "When action_plan.approved is false, explain the policy note politely.",
         "Never promise or guarantee anything beyond the action plan. 2 to 5 sentences, no markdown.",
+        "When signed_in is false the customer is a guest: say that to look up an order they give its number and "
+        "the email it was placed with, and that refunds, cancellations and replacements need them to sign in.",
     ]
     extra = ""
     if violations:

@@ -17,6 +17,7 @@ def prompt_data(message: Message) -> dict[str, Any]:
     ctx = p.context
     return {
         "customer_message": p.customer_message,
+        "signed_in": message.metadata.customer_verified,
         "sentiment": p.sentiment.model_dump(include={"label", "urgency"}) if p.sentiment else None,
         "intent": p.intent.model_dump(include={"name", "confidence", "entities"}) if p.intent else None,
         "customer": ({k: ctx.customer.get(k) for k in ("name", "tier", "email")} if ctx and ctx.customer else None),

@@ -45,18 +45,30 @@ def pct(values: list[float], q: float) -> float:
 
 
 def body() -> dict[str, str]:
-    return {"session_id": uuid.uuid4().hex, "customer_email": "user@example.com", "message": MESSAGE}
+    return {"session_id": uuid.uuid4().hex, "message": MESSAGE}
+
+
+def signed_in(endpoints: dict[str, Any]) -> dict[str, str]:
+    """The `Authorization` header of user@example.com for the mesh of `endpoints` (its data dir's secret, or
+    SUPPORTMESH_AUTH_SECRET: the test mesh's)."""
+    from gateway.auth import mint_token, read_secret
+
+    secret = os.environ.get("SUPPORTMESH_AUTH_SECRET") or read_secret(endpoints["data_dir"])
+    if not secret:
+        raise SystemExit("no auth secret: set SUPPORTMESH_AUTH_SECRET to the mesh's")
+    return {"Authorization": f"Bearer {mint_token(secret, 'user@example.com', 3 * 3600)}"}
 
 
 # ---- the mesh ------------------------------------------------------------------------------------------
 
-async def chats(base: str, count: int, concurrency: int) -> tuple[list[float], float, list[str]]:
+async def chats(base: str, count: int, concurrency: int,
+                headers: dict[str, str]) -> tuple[list[float], float, list[str]]:
     """`count` chats with `concurrency` in flight: latencies (s), wall time (s), message ids."""
     sem = asyncio.Semaphore(concurrency)
     latencies: list[float] = []
     ids: list[str] = []
     limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
-    async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
+    async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits, headers=headers) as client:
 
         async def one() -> None:
             async with sem:
@@ -73,11 +85,11 @@ async def chats(base: str, count: int, concurrency: int) -> tuple[list[float], f
         return latencies, time.perf_counter() - t0, ids
 
 
-def per_actor(base: str, ids: list[str]) -> dict[str, Any]:
+def per_actor(base: str, ids: list[str], headers: dict[str, str]) -> dict[str, Any]:
     """Median step time per actor and median hop time (one step's completion to the next step's start)."""
     steps: dict[str, list[float]] = {}
     hops: list[float] = []
-    with httpx.Client(base_url=base, timeout=30) as client:
+    with httpx.Client(base_url=base, timeout=30, headers=headers) as client:
         for mid in ids:
             events = client.get(f"/api/sagas/{mid}").json()["events"]
             done = {e["step_index"]: e for e in events if e["kind"] == "step_completed"}
@@ -211,7 +223,7 @@ async def in_process(endpoints: dict[str, Any], count: int) -> list[float]:
     latencies = []
     for n in range(count + 10):
         message = new_message(session_id=uuid.uuid4().hex, customer_email="user@example.com",
-                              customer_message=MESSAGE, steps=HAPPY_PATH)
+                              customer_message=MESSAGE, steps=HAPPY_PATH, customer_verified=True)
         t0 = time.perf_counter()
         for actor in actors:
             raw = await actor.handle(message, ctx)
@@ -281,14 +293,15 @@ def write_report(results: dict[str, Any], out_dir: Path) -> None:
 async def run(endpoints: dict[str, Any], serial_n: int, levels: list[int], per_level: int,
               floor_n: int) -> dict[str, Any]:
     base = endpoints["gateway_url"]
-    await chats(base, 20, 1)  # warm-up
-    serial, _, ids = await chats(base, serial_n, 1)
+    headers = signed_in(endpoints)
+    await chats(base, 20, 1, headers)  # warm-up
+    serial, _, ids = await chats(base, serial_n, 1, headers)
     pids = {name: p["pid"] for name, p in endpoints["processes"].items() if p.get("pid")}
     pids.update({"nats-server": endpoints["nats_pid"]} if endpoints.get("nats_pid") else {})
     before = proc_usage(pids)
     sweep, total = [], 0
     for level in levels:
-        latencies, wall, _ = await chats(base, max(per_level, level * 4), level)
+        latencies, wall, _ = await chats(base, max(per_level, level * 4), level, headers)
         total += len(latencies)
         sweep.append({"concurrency": level, "chats": len(latencies), "chats_per_s": round(len(latencies) / wall, 1),
                       "p50_ms": pct(latencies, 50), "p99_ms": pct(latencies, 99)})
@@ -306,7 +319,7 @@ async def run(endpoints: dict[str, Any], serial_n: int, levels: list[int], per_l
         "chats_serial": serial_n,
         "serial": s,
         "concurrency": sweep,
-        "actors": per_actor(base, ids[-50:]),
+        "actors": per_actor(base, ids[-50:], headers),
         "processes": processes,
         "mesh_cpu_ms_per_chat": mesh_cpu,
         "raw_floor": {**summary(floor["serial"]), "inflight": floor["inflight"], "msgs_per_s": floor["msgs_per_s"],
@@ -342,7 +355,8 @@ def main() -> int:
     else:
         from mesh_fixture import Mesh
 
-        mesh = Mesh(Path(tempfile.mkdtemp(prefix="supportmesh-bench-"))).start()
+        # No secret given: `supportmesh up` keeps one in the data dir, where signed_in() reads it.
+        mesh = Mesh(Path(tempfile.mkdtemp(prefix="supportmesh-bench-")), env={"SUPPORTMESH_AUTH_SECRET": ""}).start()
         endpoints = mesh.endpoints
     try:
         results = asyncio.run(run(endpoints, serial_n, levels, per_level, floor_n))

@@ -3,6 +3,9 @@
 `POST /api/chat` turns a customer message into a saga (published through JetStream with a publish ack),
 waits for the reply up to the deadline, and otherwise answers 202 so the client follows up with
 `GET /api/chat/{message_id}` or the server-sent events of `/api/chat/{message_id}/events`.
+
+Who is asking comes from `Authorization: Bearer <JWT>` (gateway/auth.py), never from a body; without a token the
+caller is a guest. Every read answers only the owner of what it reads, else 404.
 """
 
 from __future__ import annotations
@@ -30,8 +33,9 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.auth import Caller, caller_from, mint_token, new_session_id
 from gateway.replies import REPLIES, ReplyRouter
-from gateway.schemas import ChatPending, ChatRequest, ChatResponse
+from gateway.schemas import ChatPending, ChatRequest, ChatResponse, DemoSignIn, SessionCreated
 from gateway.unavailable import RETRY_AFTER_S, UNAVAILABLE, handle_unavailable
 from observability import metrics
 from observability.tracing import (
@@ -42,7 +46,7 @@ from observability.tracing import (
     tracer,
 )
 from saga.log import TERMINAL, SagaEvent, SagaLog
-from saga.protocol import HAPPY_PATH, MESSAGE_ID, SESSION_ID, new_message, subject_for
+from saga.protocol import GUEST_EMAIL, HAPPY_PATH, MESSAGE_ID, SESSION_ID, new_message, subject_for
 from saga.protocol import Message as SagaMessage
 from saga.results import ChatResult, ResultStore
 from saga.transport import ensure_stream, msg_id, publish, record_start
@@ -121,6 +125,47 @@ class BodyLimit:
         await refused(scope, receive, send)
 
 
+# The widget and timeline pages load scripts and styles from /static only (no inline script or style), talk to
+# this origin only, and are never framed.
+CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                           "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+                           "frame-ancestors 'none'")
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+]
+# Swagger UI (when turned on) loads its script from a CDN with an inline bootstrap: no CSP there.
+DOCS_PATHS = ("/docs", "/redoc")
+
+
+class SecurityHeaders:
+    """Adds the security headers to every HTTP response (the CSP to all but the API docs pages). A plain ASGI
+    middleware, like BodyLimit."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.page_headers = [*SECURITY_HEADERS, (b"content-security-policy", CONTENT_SECURITY_POLICY.encode())]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            docs = str(scope.get("path", "")).startswith(DOCS_PATHS)
+            send = _adding_headers(send, SECURITY_HEADERS if docs else self.page_headers)
+        await self.app(scope, receive, send)
+
+
+def _adding_headers(send: Send, headers: list[tuple[bytes, bytes]]) -> Send:
+    """`send` with `headers` added to the response's start (those the response sets itself are kept)."""
+
+    async def adding(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            present = {k.lower() for k, _ in message.get("headers", [])}
+            message["headers"] = [*message.get("headers", []), *(h for h in headers if h[0] not in present)]
+        await send(message)
+
+    return adding
+
+
 class Gateway:
     """The gateway's connections and stores, opened once per process."""
 
@@ -188,11 +233,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await gw.stop()
 
+    docs = settings.api_docs
     app = FastAPI(
         title="supportmesh gateway",
         version="0.1.0",
         description="Customer-support agent over an actor mesh with durable sagas.",
         lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
     )
     app.state.gateway = gw
     web_dir = Path(settings.web_dir) if settings.web_dir else DEFAULT_WEB_DIR
@@ -200,6 +249,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     for unavailable in UNAVAILABLE:
         app.add_exception_handler(unavailable, handle_unavailable)
+    app.add_middleware(SecurityHeaders)
+
+    def caller(request: Request) -> Caller:
+        """Who sent the request (401 for a token that proves nothing)."""
+        return caller_from(request, settings.auth_secret, settings.auth_leeway_s)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -218,19 +272,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     async def chat(
         body: ChatRequest,
+        request: Request,
         prefer: str | None = Header(default=None, description="`respond-async`: answer 202 with the message id "
                                     "at once and follow the saga's events (what the widget does)"),
     ) -> Any:
-        """Send a customer message; the answer within the deadline, or 202 and the message id."""
+        """Send a customer message; the answer within the deadline, or 202 and the message id.
+
+        With `Authorization: Bearer <token>` the customer is the token's `sub` (a body `customer_email` naming
+        someone else is refused with 403); without one the chat is a guest chat (general answers, and the status
+        of one order given by its number and the `customer_email` it was placed with; never an action)."""
+        who = caller(request)
+        if who.verified and body.customer_email and body.customer_email != who.email:
+            raise HTTPException(403, "customer_email does not match the signed-in customer")
+        await _claim_session(gw, body.session_id, who)
         started = time.perf_counter()
         metrics.CHATS_IN_FLIGHT.inc()
         message = new_message(
             session_id=body.session_id,
-            customer_email=body.customer_email,
+            customer_email=who.email or body.customer_email or GUEST_EMAIL,
             customer_message=body.message,
             steps=HAPPY_PATH,
             reply_subject=gw.replies.subject,
             deadline_s=settings.chat_deadline_s,
+            customer_verified=who.verified,
         )
         trace_id = current_trace_id()
         message = message.model_copy(update={"metadata": message.metadata.model_copy(update={"trace_id": trace_id})})
@@ -240,7 +304,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 # The session is marked active before publishing, so the aggregator's final status is never
                 # overwritten by "active"; it is written alongside the saga's start (independent writes).
                 await asyncio.gather(
-                    _touch_session(gw, body.session_id, message.message_id, "active", body.customer_email),
+                    _touch_session(gw, body.session_id, message.message_id, "active"),
                     record_start(gw.saga, message),
                 )
             except Exception as exc:
@@ -268,15 +332,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics.CHATS_IN_FLIGHT.dec()
 
     @app.get("/api/chat/{message_id}", response_model=ChatResponse, responses={202: {"model": ChatPending}})
-    async def chat_outcome(message_id: str) -> Any:
-        """The outcome of a message: 200 when finished, 202 while its saga runs, 404 if unknown."""
+    async def chat_outcome(message_id: str, request: Request) -> Any:
+        """The outcome of a message: 200 when finished, 202 while its saga runs, 404 if unknown (or not the
+        caller's: a customer's token, or for a guest the session id in `X-Session-Id`)."""
         _check_id(message_id)
+        who = caller(request)
         gw.require_nats()
         result = await gw.results.get(message_id)
         if result is not None:
+            if not who.may_read(result.owner, result.session_id):
+                raise HTTPException(404, f"no message {message_id}")
             return _response(result)
         state = await gw.saga.state(message_id)
-        if state is None:
+        if state is None or not who.may_read(state.owner, state.session_id):
             raise HTTPException(404, f"no message {message_id}")
         return JSONResponse(ChatPending(message_id=message_id, trace_id=state.trace_id).model_dump(), status_code=202)
 
@@ -284,20 +352,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def chat_events(message_id: str, request: Request) -> EventSourceResponse:
         """Server-sent events of the saga: its history, then live events, then the result; then close."""
         _check_id(message_id)
+        who = caller(request)
         gw.require_nats()
-        if await gw.saga.state(message_id) is None and await gw.results.get(message_id) is None:
+        state, result = await asyncio.gather(gw.saga.state(message_id), gw.results.get(message_id))
+        if not any(r is not None and who.may_read(r.owner, r.session_id) for r in (state, result)):
             raise HTTPException(404, f"no message {message_id}")
         return EventSourceResponse(_event_stream(gw, message_id, request), ping=10)
 
     @app.get("/api/sagas/{message_id}")
-    async def saga(message_id: str) -> dict[str, Any]:
-        """The saga log of one message: its state, every event in order, and the result."""
+    async def saga(message_id: str, request: Request) -> dict[str, Any]:
+        """The saga log of one message: its state, every event in order, and the result (the owner's only)."""
         _check_id(message_id)
+        who = caller(request)
         gw.require_nats()
         state, events, result = await asyncio.gather(
             gw.saga.state(message_id), gw.saga.history(message_id), gw.results.get(message_id)
         )
         if state is None and not events:
+            raise HTTPException(404, f"no saga for message {message_id}")
+        if not any(r is not None and who.may_read(r.owner, r.session_id) for r in (state, result)):
             raise HTTPException(404, f"no saga for message {message_id}")
         state_doc = state.model_dump(mode="json", exclude={"revision"}) if state else None
         if state_doc is not None and events:
@@ -310,11 +383,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "result": result.model_dump(mode="json") if result else None,
         }
 
+    @app.post("/api/sessions", response_model=SessionCreated, status_code=201)
+    async def create_session(request: Request) -> SessionCreated:
+        """A fresh, unguessable session id bound to the caller (the signed-in customer, or the guest holding it)."""
+        who = caller(request)
+        session_id = new_session_id()
+        await _claim_session(gw, session_id, who)
+        return SessionCreated(session_id=session_id, signed_in=who.verified)
+
     @app.get("/api/sessions/{session_id}/history")
-    async def session_history(session_id: str, limit: int = 200) -> dict[str, Any]:
-        """The conversation of a session, oldest first (from SQLite)."""
+    async def session_history(session_id: str, request: Request, limit: int = 200) -> dict[str, Any]:
+        """The conversation of a session, oldest first (from SQLite); only its owner's (a guest's session is
+        read with its id, which is the guest's proof)."""
         if not SESSION_ID.match(session_id):
             raise HTTPException(422, "session_id must be 1-64 characters of [A-Za-z0-9_-]")
+        who = caller(request)
+        try:
+            owner = await gw.sessions.get_owner(session_id)
+        except Exception:
+            raise HTTPException(503, "cannot check the session's owner right now") from None
+        if not Caller(email=who.email, session_id=session_id).may_read(owner, session_id):
+            raise HTTPException(404, f"no session {session_id}")
         limit = max(1, min(limit, 1000))
         rows = await gw.history.history(session_id, limit=limit)
         return {"session_id": session_id, "messages": [_history_row(r) for r in rows]}
@@ -326,8 +415,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "jaeger_ui_url": settings.jaeger_ui_url,
             "chat_deadline_s": settings.chat_deadline_s,
             "follow_timeout_s": FOLLOW_TIMEOUT_S,
-            "default_email": "user@example.com",
+            "demo_sign_in": settings.demo_sign_in,
         }
+
+    if settings.demo_sign_in:
+        from mocks.data import build_seed
+
+        demo_customers = {c["email"]: c for c in build_seed()["customers"].values()}
+
+        @app.get("/api/demo/customers")
+        async def demo_customers_list() -> dict[str, Any]:
+            """The seeded demo customers one may sign in as (local demo only: SUPPORTMESH_DEMO_SIGN_IN)."""
+            return {"customers": [{"email": c["email"], "name": c["name"]} for c in demo_customers.values()]}
+
+        @app.post("/api/demo/sign-in")
+        async def demo_sign_in(body: DemoSignIn) -> dict[str, Any]:
+            """A short-lived token for a seeded demo customer (local demo only: SUPPORTMESH_DEMO_SIGN_IN)."""
+            customer = demo_customers.get(body.email.lower())
+            if customer is None:
+                raise HTTPException(404, "not a demo customer")
+            if not settings.auth_secret:
+                raise HTTPException(503, "this gateway has no auth secret: it cannot sign anyone in")
+            token = mint_token(settings.auth_secret, customer["email"], settings.demo_token_ttl_s)
+            return {"token": token, "email": customer["email"], "name": customer["name"],
+                    "expires_in": settings.demo_token_ttl_s}
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -452,7 +563,24 @@ async def _wait_for_result(gw: Gateway, message_id: str, waiter: asyncio.Future[
     return result
 
 
-async def _touch_session(gw: Gateway, session_id: str, message_id: str, status: str, email: str) -> None:
+async def _claim_session(gw: Gateway, session_id: str, who: Caller) -> None:
+    """Make sure the session is the caller's: an unknown id is bound to the caller (a client may propose one);
+    an id bound to someone else, or one with history but no owner, is refused (403)."""
+    try:
+        owner = await gw.sessions.get_owner(session_id, refresh_s=gw.settings.saga_ttl_s)
+        if owner is None:
+            if await gw.history.has_session(session_id):
+                owner = "unknown"  # recorded before owners were (or its binding expired): nobody may take it over
+            else:
+                owner = await gw.sessions.claim(session_id, who.owner, gw.settings.saga_ttl_s)
+    except Exception as exc:
+        log.warning("could not check the owner of a session", exc_info=True)
+        raise HTTPException(503, f"cannot check the session's owner right now: {type(exc).__name__}") from None
+    if owner != who.owner:
+        raise HTTPException(403, "this session belongs to someone else: start a new one (POST /api/sessions)")
+
+
+async def _touch_session(gw: Gateway, session_id: str, message_id: str, status: str) -> None:
     try:
         await gw.sessions.set_state(session_id, last_message_id=message_id, status=status)
     except Exception:

@@ -82,6 +82,11 @@ class HistoryStore:
         await self.db.commit()
         return cur.rowcount
 
+    async def has_session(self, session_id: str) -> bool:
+        """Whether any message of the session is recorded."""
+        cur = await self.db.execute("SELECT 1 FROM messages WHERE session_id = ? LIMIT 1", (session_id,))
+        return await cur.fetchone() is not None
+
     async def history(self, session_id: str, limit: int = 200) -> list[dict[str, Any]]:
         """The latest `limit` rows of a session, oldest first (a customer row before its agent row)."""
         cur = await self.db.execute(

@@ -16,6 +16,10 @@ k3d-build:  ## build the image and import it into the cluster
 	k3d image import $(IMAGE) -c $(K3D_CLUSTER)
 
 k3d-deploy:  ## apply the manifests and wait for every rollout
+	kubectl get namespace $(NAMESPACE) >/dev/null 2>&1 || kubectl create namespace $(NAMESPACE)
+	# The gateway's token key (README "Security model"): created once, kept across deploys.
+	kubectl -n $(NAMESPACE) get secret supportmesh-auth >/dev/null 2>&1 || kubectl -n $(NAMESPACE) create secret \
+	  generic supportmesh-auth --from-literal=auth-secret="$$(openssl rand -base64 48)"
 	kubectl apply -k $(OVERLAY)
 	kubectl -n $(NAMESPACE) rollout status statefulset/nats --timeout=180s
 	kubectl -n $(NAMESPACE) rollout status statefulset/redis --timeout=180s

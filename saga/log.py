@@ -127,6 +127,8 @@ class SagaState(BaseModel):
     updated_at: float = Field(default_factory=time.time)
     started_at: float | None = None
     trace_id: str | None = None
+    # Who may read the saga (`customer:<email>` or `guest`, see gateway/auth.py): set at the start, kept after.
+    owner: str | None = None
     revision: int | None = None
 
 
@@ -241,6 +243,7 @@ class SagaLog:
         trace_id: str | None = None,
         expected_revision: int | None = None,
         allow_reopen: bool = False,
+        owner: str | None = None,
     ) -> int | None:
         """Move the saga's state forward with compare-and-set; returns the new revision, or None when the
         change was refused (the saga is already terminal, or already further along).
@@ -266,6 +269,7 @@ class SagaLog:
                 updated_at=now,
                 started_at=(current.started_at if current and current.started_at else now),
                 trace_id=trace_id or (current.trace_id if current else None),
+                owner=owner or (current.owner if current else None),
             )
             body = orjson.dumps(new.model_dump(mode="json", exclude={"revision"}, exclude_none=True))
             try:

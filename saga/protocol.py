@@ -70,6 +70,17 @@ def text_problem(value: str) -> str | None:
     return None
 
 
+# The owner of what a guest (a caller without a verified identity) starts; a customer's is `customer:<email>`.
+GUEST_OWNER = "guest"
+# The payload's email of a guest who gave none (a reserved domain: it never names a customer).
+GUEST_EMAIL = "guest@guest.invalid"
+
+
+def customer_owner(email: str) -> str:
+    """The owner of what a verified customer starts."""
+    return f"customer:{email.lower()}"
+
+
 def subject_for(actor: str) -> str:
     """The JetStream subject an actor consumes from."""
     return f"{SUBJECT_PREFIX}.{actor}"
@@ -309,6 +320,10 @@ class MessageMetadata(_Strict):
     redeliveries: int = 0
     regenerations: int = 0
     tags: dict[str, str] = Field(default_factory=dict)
+    # Set by the gateway only (never from a request body): True when `payload.customer_email` is the `sub` of a
+    # verified token. False is a guest: `customer_email` is only a claim, no action is ever taken, and only an
+    # order proven by its number and its email is read (actors/context_retriever.py).
+    customer_verified: bool = False
 
 
 class Message(_Strict):
@@ -338,6 +353,11 @@ class Message(_Strict):
     def step_index(self) -> int:
         """Index of the current step in the route."""
         return self.route.current_step
+
+    @property
+    def owner(self) -> str:
+        """Who may read this saga: the verified customer, else the guest holding its session id."""
+        return customer_owner(self.payload.customer_email) if self.metadata.customer_verified else GUEST_OWNER
 
     def to_bytes(self) -> bytes:
         """Serialize for the wire (orjson: several times cheaper than the standard json per hop)."""
@@ -379,6 +399,7 @@ def new_message(
     reply_subject: str | None = None,
     deadline_s: float | None = None,
     message_id: str | None = None,
+    customer_verified: bool = False,
 ) -> Message:
     """Build the first message of a saga, as the gateway does."""
     now = time.time()
@@ -391,5 +412,6 @@ def new_message(
             created_at=now,
             deadline_at=(now + deadline_s) if deadline_s else None,
             reply_subject=reply_subject,
+            customer_verified=customer_verified,
         ),
     )

@@ -40,6 +40,8 @@ class ChatResult(BaseModel):
     execution_result: dict[str, Any] | None = None
     trace_id: str | None = None
     finished_at: float = Field(default_factory=time.time)
+    # Who may read it (`customer:<email>` or `guest`, see gateway/auth.py).
+    owner: str | None = None
 
     def to_bytes(self) -> bytes:
         """Serialize for KV and the reply subject."""
@@ -117,6 +119,7 @@ def build_result(message: Message, trace_id: str | None = None) -> ChatResult:
         action_plan=p.action_plan.model_dump(mode="json") if p.action_plan else None,
         execution_result=p.execution_result.model_dump(mode="json") if p.execution_result else None,
         trace_id=trace_id or message.metadata.trace_id,
+        owner=message.owner,
     )
 
 

@@ -178,6 +178,7 @@ async def record_start(saga: SagaLog, message: Message) -> None:
             actor=message.route.current,
             session_id=message.session_id,
             trace_id=message.metadata.trace_id,
+            owner=message.owner,
         ),
     )
 

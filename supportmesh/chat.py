@@ -3,12 +3,17 @@
 Past the gateway's deadline the answer is followed up with `GET /api/chat/{id}` for a bounded time
 (`--wait`, by default the gateway's `follow_timeout_s`); then the command stops with the message id, so the
 answer can still be looked up later.
+
+The customer is signed in with a token: `--token` (or `SUPPORTMESH_TOKEN`), else one minted for `--email` with the
+local secret (`SUPPORTMESH_AUTH_SECRET`, else `<data-dir>/secrets/auth-secret`, as `supportmesh token` does).
+`--guest` sends no token: a guest chat (no actions; an order only by its number and the `--email` on it).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import uuid
@@ -16,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from gateway.auth import mint_token, read_secret
 
 DEFAULT_WAIT_S = 180.0
 EXIT_STILL_PROCESSING = 3
@@ -50,6 +57,17 @@ def follow(client: httpx.Client, message_id: str, wait_s: float, poll_s: float =
     return None
 
 
+def _token(args: argparse.Namespace) -> str | None:
+    """The token to send: given, else minted with the local secret; None for a guest (or without a secret)."""
+    if args.guest:
+        return None
+    given = args.token or os.environ.get("SUPPORTMESH_TOKEN")
+    if given:
+        return given
+    secret = os.environ.get("SUPPORTMESH_AUTH_SECRET") or read_secret(args.data_dir)
+    return mint_token(secret, args.email, 600) if secret else None
+
+
 def _print_answer(data: dict[str, Any], url: str) -> None:
     print(f"[{data['status']}] {data['response']}")
     plan = data.get("action_plan") or {}
@@ -63,7 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="supportmesh chat", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("message", help="what the customer says")
-    parser.add_argument("--email", default="user@example.com")
+    parser.add_argument("--email", default="user@example.com", help="the customer (signed in as them unless --guest)")
+    parser.add_argument("--token", default=None, help="a customer token (default: $SUPPORTMESH_TOKEN, else minted "
+                        "for --email with the local secret)")
+    parser.add_argument("--guest", action="store_true", help="send no token: a guest chat")
     parser.add_argument("--session", default=None, help="session id (default: a new one)")
     parser.add_argument("--gateway", default=None, help="gateway URL (default: from .supportmesh/endpoints.json)")
     parser.add_argument("--data-dir", default=".supportmesh")
@@ -75,8 +96,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--wait must be positive")
     url = args.gateway or _gateway_url(args.data_dir)
     body = {"session_id": args.session or uuid.uuid4().hex, "customer_email": args.email, "message": args.message}
+    token = _token(args)
+    if token is None and not args.guest:
+        print("supportmesh chat: no token and no local secret: sending as a guest (see `supportmesh token`)",
+              file=sys.stderr)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with httpx.Client(base_url=url, timeout=30) as client:
+        with httpx.Client(base_url=url, timeout=30, headers=headers) as client:
             r = client.post("/api/chat", json=body)
             if r.status_code == 202:  # past the deadline: follow up for a bounded time
                 message_id = r.json()["message_id"]

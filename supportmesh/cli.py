@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "gateway": ("gateway.server", "run the HTTP gateway"),
     "mocks": ("mocks.server", "run the mock customer, orders and tracking APIs"),
     "chat": ("supportmesh.chat", "send one message to a running mesh and print the answer"),
+    "token": ("supportmesh.token", "print a customer token for local use: supportmesh token EMAIL"),
     "chaos": ("supportmesh.chaos", "kill random actor processes (local) or pods (k8s)"),
     "demo": ("supportmesh.demo", "run the runtime demo: toy actors and their saga log"),
 }

@@ -85,6 +85,17 @@ class Settings(BaseSettings):
     jaeger_ui_url: str = "http://127.0.0.1:16686"
     # Where the widget's files are (default: the repository's web/ folder; the container image sets it).
     web_dir: str = ""
+    # Identity: HS256 key of the customer tokens (`Authorization: Bearer <JWT>`, `sub` = the customer's email).
+    # Unset, the gateway verifies no token (every chat is a guest chat); `supportmesh up` generates one.
+    auth_secret: str = Field(default="", repr=False)
+    # Clock skew tolerated on `exp` / `iat`.
+    auth_leeway_s: float = Field(default=30.0, ge=0, le=300)
+    # `POST /api/demo/sign-in`: mints a token for a seeded demo customer (local demo only; `supportmesh up` turns
+    # it on, the Kubernetes base does not). Lifetime of those tokens.
+    demo_sign_in: bool = False
+    demo_token_ttl_s: int = Field(default=3600, gt=0, le=24 * 3600)
+    # `/docs` and `/openapi.json` (off unless configured; `make run` turns them on).
+    api_docs: bool = False
 
     # observability: every process serves /metrics (actors on this port; 0 = pick a free one)
     metrics_port: int = 0

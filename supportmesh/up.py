@@ -5,6 +5,11 @@ the mock commerce APIs, every actor (`--replicas N` processes each) and the gate
 process is restarted with backoff, as Kubernetes would); writes `<data-dir>/endpoints.json` with every URL and
 PID; logs each process to `<data-dir>/logs/<name>.log`; prints the widget URL; stops everything in order on
 Ctrl-C or SIGTERM.
+
+The gateway verifies customer tokens with `SUPPORTMESH_AUTH_SECRET`; when it is unset, a secret is generated once
+and kept at `<data-dir>/secrets/auth-secret` (0600, in a 0700 directory) and reused on the next start
+(`supportmesh token EMAIL` signs with it). The demo sign-in picker is on (`SUPPORTMESH_DEMO_SIGN_IN`, default
+true here: this is the local demo).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any
 
 import httpx
 
+from gateway.auth import load_or_create_secret
 from saga.protocol import HAPPY_PATH
 from supportmesh.natsserver import NatsServer, free_port
 from supportmesh.redisserver import RedisServer
@@ -80,6 +86,10 @@ class LocalMesh:
         self.observability = observability
         self.prometheus_port = _port(prometheus_port) if observability else 0
         self.extra_env = env or {}
+        self.auth_secret = (self.extra_env.get("SUPPORTMESH_AUTH_SECRET") or os.environ.get("SUPPORTMESH_AUTH_SECRET")
+                            or load_or_create_secret(self.data_dir))
+        # The sign-in picker of the demo customers: on for the local demo unless turned off.
+        self.demo_sign_in = {**os.environ, **self.extra_env}.get("SUPPORTMESH_DEMO_SIGN_IN", "true")
         self.supervisor = Supervisor(on_change=self.write_endpoints)
         self.started_at = time.time()
         self._tasks: list[asyncio.Task[None]] = []
@@ -145,7 +155,8 @@ class LocalMesh:
             self.supervisor.add(Child(
                 name=f"gateway-{i}", kind="gateway", url=f"http://{self.host}:{port}", metrics_port=port,
                 argv=[python, "-m", "gateway.server", "--host", self.host, "--port", str(port)],
-                env=self._env(), log_path=logs / f"gateway-{i}.log",
+                env=self._env(SUPPORTMESH_AUTH_SECRET=self.auth_secret, SUPPORTMESH_DEMO_SIGN_IN=self.demo_sign_in),
+                log_path=logs / f"gateway-{i}.log",
             ))
         if self.observability:
             self._start_prometheus()
@@ -298,8 +309,10 @@ def main(argv: list[str] | None = None) -> int:
             await mesh.stop()
             raise
         print(f"\n  supportmesh is up: open {mesh.gateway_url}/  (Ctrl-C to stop)\n"
-              f"  API docs   {mesh.gateway_url}/docs\n"
+              f"  token      supportmesh token user@example.com --data-dir {mesh.data_dir}\n"
               f"  endpoints  {mesh.endpoints_path}\n  logs       {mesh.data_dir / 'logs'}/", flush=True)
+        if os.environ.get("SUPPORTMESH_API_DOCS", "").lower() in ("1", "true", "yes", "on"):
+            print(f"  API docs   {mesh.gateway_url}/docs", flush=True)
         if mesh.observability:
             print(f"  Prometheus http://{mesh.host}:{mesh.prometheus_port}/", flush=True)
         await mesh.run(stop)

@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import nats
+from identity import auth
 
 from saga.log import SagaLog
 from supportmesh.up import ACTORS
@@ -30,6 +31,7 @@ class Outcome:
     started_at: float = 0.0
     text: str = ""
     not_accepted: int = 0  # 503s before the gateway accepted it
+    email: str = ""  # the signed-in customer who sent it (who may read its saga)
 
 
 def build_messages(mocks_url: str, count: int) -> list[tuple[str, str]]:
@@ -57,15 +59,16 @@ async def run_load(base: str, messages: list[tuple[str, str]], concurrency: int,
     async with httpx.AsyncClient(base_url=base, timeout=60) as client:
 
         async def one(email: str, text: str) -> Outcome:
-            body = {"session_id": uuid.uuid4().hex, "customer_email": email, "message": text}
+            body = {"session_id": uuid.uuid4().hex, "message": text}
+            headers = auth(email)  # signed in as the customer
             async with sem:
                 started = time.monotonic()
-                r = await client.post("/api/chat", json=body)
+                r = await client.post("/api/chat", json=body, headers=headers)
                 refused = 0
                 while r.status_code == 503 and refused < NOT_ACCEPTED_RETRIES:
                     refused += 1
                     await asyncio.sleep(0.5)
-                    r = await client.post("/api/chat", json=body)
+                    r = await client.post("/api/chat", json=body, headers=headers)
                 if r.status_code not in (200, 202):
                     raise AssertionError(f"the gateway refused {text!r} after {refused} 503s: {r.status_code} {r.text}")
             first, accepted = r.status_code, r.json()
@@ -73,12 +76,12 @@ async def run_load(base: str, messages: list[tuple[str, str]], concurrency: int,
             while r.status_code == 202 and time.monotonic() < deadline:
                 await asyncio.sleep(0.5)
                 try:
-                    r = await client.get(f"/api/chat/{accepted['message_id']}")
+                    r = await client.get(f"/api/chat/{accepted['message_id']}", headers=headers)
                 except httpx.HTTPError:
                     continue
             final = r.json() if r.status_code == 200 else {"status": "missing", "response": ""}
             return Outcome(accepted["message_id"], final["status"], final.get("response", ""), first,
-                           time.monotonic() - started, started, text, refused)
+                           time.monotonic() - started, started, text, refused, email)
 
         return list(await asyncio.gather(*(one(e, t) for e, t in messages)))
 
@@ -158,7 +161,8 @@ def check_invariants(endpoints: dict[str, Any], outcomes: list[Outcome], *, sinc
     assert not bad_rows, f"history rows per message should be 2: {list(bad_rows.items())[:5]}"
 
     with httpx.Client(timeout=10) as client:
-        states = {mid: client.get(f"{endpoints['gateway_url']}/api/sagas/{mid}").json()["state"] for mid in ids}
+        states = {o.message_id: client.get(f"{endpoints['gateway_url']}/api/sagas/{o.message_id}",
+                                           headers=auth(o.email)).json()["state"] for o in outcomes}
     not_terminal = {mid: s for mid, s in states.items() if s["status"] not in ("completed", "escalated")}
     assert not not_terminal, f"sagas not in a terminal state: {list(not_terminal.items())[:5]}"
 

@@ -110,12 +110,17 @@ async def gateway(harness, redis_url, tmp_path):
     """The gateway application with its connections open, and an HTTP client calling it in process."""
     from gateway.app import create_app
 
+    from identity import AUTH, TEST_SECRET
+
     settings = harness.settings.model_copy(update={
-        "redis_url": redis_url, "sqlite_path": str(tmp_path / "history.db"), "chat_deadline_s": 1.5})
+        "redis_url": redis_url, "sqlite_path": str(tmp_path / "history.db"), "chat_deadline_s": 1.5,
+        "auth_secret": TEST_SECRET})
     app = create_app(settings)
     gw = app.state.gateway
     await gw.start()
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway", timeout=30)
+    # Signed in as user@example.com (tests/identity.py): every request carries the token.
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway", timeout=30,
+                               headers=AUTH)
     try:
         yield gw, client
     finally:

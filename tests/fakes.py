@@ -46,7 +46,10 @@ class ScriptedLLM:
         return LLMResult(text=self.answers.pop(0), model="scripted")
 
 
-def make_message(text: str, email: str = "user@example.com", **payload: Any) -> Message:
-    """A message at its first step, with payload fields already set."""
-    message = new_message(session_id="test-session", customer_email=email, customer_message=text)
+def make_message(text: str, email: str = "user@example.com", *, verified: bool = True,
+                 **payload: Any) -> Message:
+    """A message at its first step, with payload fields already set (from a signed-in customer unless
+    `verified` is False: a guest)."""
+    message = new_message(session_id="test-session", customer_email=email, customer_message=text,
+                          customer_verified=verified)
     return message.enriched(payload) if payload else message

@@ -24,7 +24,11 @@ class Mesh:
         self.replicas = replicas
         self.gateways = gateways
         self.observability = observability
-        self.env = env or {}
+        # The mesh verifies tokens with the test secret (tests/identity.py) unless told otherwise; an empty value
+        # makes `supportmesh up` use (or create) the one in the data dir.
+        from identity import TEST_SECRET
+
+        self.env = {"SUPPORTMESH_AUTH_SECRET": TEST_SECRET, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout_s: float = 150.0) -> Mesh:
@@ -86,6 +90,23 @@ class Mesh:
     @property
     def mocks_url(self) -> str:
         return self.endpoints["mocks_url"]
+
+    @property
+    def auth_secret(self) -> str:
+        """The secret the mesh's gateways verify tokens with."""
+        from gateway.auth import read_secret
+
+        return self.env.get("SUPPORTMESH_AUTH_SECRET") or read_secret(self.data_dir) or ""
+
+    def token(self, email: str = "user@example.com") -> str:
+        """A token of the customer `email` that this mesh accepts."""
+        from identity import token
+
+        return token(email, secret=self.auth_secret)
+
+    def auth(self, email: str = "user@example.com") -> dict[str, str]:
+        """The `Authorization` header of the signed-in customer `email`, for this mesh."""
+        return {"Authorization": f"Bearer {self.token(email)}"}
 
     def log_tail(self, chars: int = 4000) -> str:
         """The end of the runner's log and of the logs of processes that wrote errors."""

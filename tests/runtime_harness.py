@@ -135,7 +135,7 @@ class Harness:
         """Start a saga with the given route (as the gateway does). `publish=False` records its start but
         "loses" its first hop."""
         message = new_message(session_id="s1", customer_email="user@example.com", customer_message=text,
-                              steps=steps, reply_subject=reply_subject)
+                              steps=steps, reply_subject=reply_subject, customer_verified=True)
         message = message.model_copy(update={"route": message.route.model_copy(update={"error_handler": error_handler})})
         if publish:
             await start_saga(self.js, self.saga, message)

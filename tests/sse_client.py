@@ -6,15 +6,18 @@ import json
 import time
 
 import httpx
+from identity import AUTH
 
 
-def read_events(base: str, message_id: str, *, within_s: float | None = None) -> list[tuple[str, dict, float]]:
+def read_events(base: str, message_id: str, *, within_s: float | None = None,
+                headers: dict[str, str] = AUTH) -> list[tuple[str, dict, float]]:
     """Every server-sent event of a saga, with the time it arrived, until the server closes the stream. With
     `within_s`, the stream must close within that many seconds (checked on every line, the gateway's pings
-    included, so a stream left open is caught long before its idle timeout)."""
+    included, so a stream left open is caught long before its idle timeout). Read as the customer `headers`
+    sign in (the saga's owner: user@example.com by default)."""
     events = []
     give_up = time.monotonic() + within_s if within_s is not None else None
-    with httpx.stream("GET", f"{base}/api/chat/{message_id}/events", timeout=30) as r:
+    with httpx.stream("GET", f"{base}/api/chat/{message_id}/events", timeout=30, headers=headers) as r:
         assert r.status_code == 200
         kind = None
         for line in r.iter_lines():

@@ -9,7 +9,7 @@ from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
 from actors import guardrail_validator, sentiment_analyzer
 from actors.commerce import CommerceClient
-from actors.context_retriever import ContextRetriever
+from actors.context_retriever import ContextRetriever, order_summary
 from actors.decision_router import DecisionRouter
 from actors.execution_coordinator import ExecutionCoordinator
 from actors.intent_analyzer import IntentAnalyzer, IntentParseError, parse_intent
@@ -304,3 +304,44 @@ async def test_unapproved_plan_executes_nothing(mock_transport) -> None:
     out = await actor.handle(make_message("x", action_plan=ActionPlan(action="refund", order_id="44444")),
                              FakeContext())
     assert out["execution_result"].actions == []
+
+
+# ---- guests (no verified identity) ---------------------------------------------------------------------------
+
+async def test_guest_context_is_only_the_order_proven_by_number_and_email(mock_transport, redis_url) -> None:
+    actor = await retriever(mock_transport, redis_url)
+    intent = Intent(name="order_status", confidence=0.9, entities=Entities(order_number="12345"))
+    out = await actor.handle(make_message("where is 12345", verified=False, intent=intent), FakeContext())
+    ctx = out["context"]
+    assert ctx.customer is None and ctx.orders == []  # no profile or order list by a claimed email
+    assert ctx.order["order_id"] == "12345" and set(ctx.order) == set(order_summary(ORDER))
+    assert ctx.tracking["location"] == "Distribution Center"
+    # The right number with another email reads nothing, and says so in the same words as a missing order.
+    wrong = await actor.handle(make_message("where is 67890", verified=False, intent=Intent(
+        name="order_status", confidence=0.9, entities=Entities(order_number="67890"))), FakeContext())
+    assert wrong["context"].order is None and wrong["context"].tracking is None
+    assert "Smart Watch" not in wrong["context"].model_dump_json()
+    assert "order 67890 was not found for the email given" in wrong["context"].notes
+
+
+async def test_guest_never_gets_an_approved_action() -> None:
+    router = DecisionRouter()
+    calm = Sentiment(label="NEUTRAL", score=0, confidence=0.8, urgency="low")
+    refund = Intent(name="refund_request", confidence=0.9)
+    r = await router.handle(make_message("x", verified=False, sentiment=calm, intent=refund,
+                                         context=ctx_with(ORDER)), FakeContext())
+    plan = r.enrichment["action_plan"]
+    assert plan.action == "refund" and plan.approved is False and "sign in" in plan.policy_notes[0]
+    assert r.remaining_route is None  # no execution step
+
+
+async def test_execution_refuses_a_guests_plan_even_if_approved(mock_transport) -> None:
+    from actors.base import PermanentError
+
+    actor = ExecutionCoordinator()
+    actor.api = CommerceClient(Settings(), transport=mock_transport)
+    plan = ActionPlan(action="refund", order_id="44444", amount=10.0, approved=True, reason="refund_request")
+    with pytest.raises(PermanentError):
+        await actor.handle(make_message("refund", verified=False, action_plan=plan), FakeContext())
+    actions = (await actor.api.http.get("http://127.0.0.1:8100/orders/44444/actions")).json()["actions"]
+    assert actions == []

@@ -155,12 +155,13 @@ FINISHED = frozenset({"saga_completed", "saga_failed"})
 KILL_LINE = re.compile(r"@(?P<wall>\d+\.\d+)\] (?P<victim>[a-z_]+)-\d+: SIGKILL")
 
 
-def resumptions(mesh: Mesh, output: str, message_ids: list[str]) -> list[dict]:
+def resumptions(mesh: Mesh, output: str, message_ids: dict[str, str]) -> list[dict]:
     """For each kill printed by `supportmesh chaos`, the sagas whose step was running on the killed process
     (one process per actor here: a step of that actor started and not finished at the kill) and the time from
     the kill to the saga's next event (the saga moving again)."""
     with httpx.Client(timeout=10) as client:
-        events = {mid: client.get(f"{mesh.gateway_url}/api/sagas/{mid}").json()["events"] for mid in message_ids}
+        events = {mid: client.get(f"{mesh.gateway_url}/api/sagas/{mid}", headers=mesh.auth(email)).json()["events"]
+                  for mid, email in message_ids.items()}  # {message id: the customer who sent it}
     kills = []
     for m in KILL_LINE.finditer(output):
         wall, actor = float(m["wall"]), m["victim"]
@@ -199,7 +200,7 @@ def test_actor_kills_every_second_during_load(chaos_mesh: Mesh) -> None:
         set_faults(chaos_mesh, {})
 
     figures = invariants(chaos_mesh, outcomes, since)
-    kills = resumptions(chaos_mesh, output, [o.message_id for o in outcomes])
+    kills = resumptions(chaos_mesh, output, {o.message_id: o.email for o in outcomes})
     delays = sorted(d for k in kills for d in k["interrupted"].values() if d is not None)
     stuck = [(k["actor"], mid) for k in kills for mid, d in k["interrupted"].items() if d is None]
     figures.update(kills=len(kills), kills_that_caught_a_step=sum(1 for k in kills if k["interrupted"]),

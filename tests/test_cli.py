@@ -17,7 +17,7 @@ def test_chat_follows_a_slow_answer_past_the_deadline(mesh, capsys) -> None:
     faults = {"GET /customers/{email}": {"latency_ms": 3500}}  # longer than the gateway's 3 s deadline
     httpx.put(f"{mesh.mocks_url}/_admin/faults", json=faults, timeout=10).raise_for_status()
     try:
-        code = main(["--gateway", mesh.gateway_url, "--wait", "60", "My order 12345 is late!"])
+        code = main(["--gateway", mesh.gateway_url, "--token", mesh.token(), "--wait", "60", "My order 12345 is late!"])
     finally:
         httpx.put(f"{mesh.mocks_url}/_admin/faults", json={}, timeout=10).raise_for_status()
     out = capsys.readouterr().out
@@ -29,7 +29,8 @@ def test_chat_gives_up_after_wait_with_the_message_id(mesh, capsys) -> None:
     httpx.put(f"{mesh.mocks_url}/_admin/faults", json=faults, timeout=10).raise_for_status()
     try:
         started = time.monotonic()
-        code = main(["--gateway", mesh.gateway_url, "--wait", "0.2", "Where is my order 12345?"])
+        code = main(["--gateway", mesh.gateway_url, "--token", mesh.token(), "--wait", "0.2",
+                     "Where is my order 12345?"])
         took = time.monotonic() - started
     finally:
         httpx.put(f"{mesh.mocks_url}/_admin/faults", json={}, timeout=10).raise_for_status()
@@ -41,10 +42,10 @@ def test_chat_gives_up_after_wait_with_the_message_id(mesh, capsys) -> None:
     assert took < 30  # the 3 s deadline plus a short follow-up, not the saga's whole run
     # The id it printed is the real one: the answer is there once the saga ends.
     deadline = time.monotonic() + 30
-    r = httpx.get(f"{mesh.gateway_url}/api/chat/{message_id}", timeout=10)
+    r = httpx.get(f"{mesh.gateway_url}/api/chat/{message_id}", timeout=10, headers=mesh.auth())
     while r.status_code == 202 and time.monotonic() < deadline:
         time.sleep(0.3)
-        r = httpx.get(f"{mesh.gateway_url}/api/chat/{message_id}", timeout=10)
+        r = httpx.get(f"{mesh.gateway_url}/api/chat/{message_id}", timeout=10, headers=mesh.auth())
     assert r.status_code == 200
 
 

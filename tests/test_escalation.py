@@ -172,3 +172,12 @@ def test_compensation_settings_are_read_with_every_other_setting(monkeypatch) ->
     monkeypatch.setenv("SUPPORTMESH_COMPENSATION_DEADLINE_S", "0")
     with pytest.raises(ValidationError, match="compensation_deadline_s"):
         Settings()
+
+
+def test_a_guests_ticket_says_the_email_is_unverified() -> None:
+    comp = failed_saga_compensation(saga_effects(
+        new_message(session_id="s1", customer_email="user@example.com", customer_message="help"), []), str)
+    for verified, warned in ((False, True), (True, False)):
+        message = new_message(session_id="s1", customer_email="user@example.com", customer_message="help",
+                              customer_verified=verified)
+        assert ("NOT SIGNED IN" in ticket_summary(message, "critical_sentiment", comp)) is warned

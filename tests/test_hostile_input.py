@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from chat_client import chat
 from pydantic import ValidationError
 
 from actors.commerce import CommerceClient
@@ -78,14 +79,8 @@ def test_control_characters_in_messages_get_422_at_the_gateway(mesh, text: str) 
 def test_a_pathological_message_is_answered_quickly_end_to_end(mesh) -> None:
     """3 KB that stalled the intent analyzer for hours before its order-number pattern was fixed."""
     started = time.monotonic()
-    r = httpx.post(f"{mesh.gateway_url}/api/chat", timeout=60, json={
-        "session_id": uuid.uuid4().hex, "customer_email": "user@example.com",
-        "message": "where is my order" + " " * 3000 + "x"})
-    assert r.status_code in (200, 202), r.text
-    message_id = r.json()["message_id"]
-    while r.json()["status"] == "processing" and time.monotonic() - started < 30:
-        time.sleep(0.2)  # polling interval, not synchronisation
-        r = httpx.get(f"{mesh.gateway_url}/api/chat/{message_id}", timeout=10)
+    r = chat(mesh.gateway_url, "where is my order" + " " * 3000 + "x", timeout=60, follow_s=30)
+    assert r.status_code == 200, r.text
     assert r.json()["status"] in ("resolved", "escalated") and time.monotonic() - started < 30
 
 

@@ -353,3 +353,20 @@ if failed:
     sys.exit(json.dumps(failed, indent=1))
 print(json.dumps(done))
 """
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_gateway_takes_its_token_key_from_a_secret(overlay: str) -> None:
+    """SUPPORTMESH_AUTH_SECRET comes from the Secret `supportmesh-auth` (never a literal, never the ConfigMap), and
+    the demo sign-in and the API docs are not turned on."""
+    docs = render(overlay)
+    gateway = by_kind(docs, "Deployment")["gateway"]["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in gateway.get("env", [])}
+    assert env["SUPPORTMESH_AUTH_SECRET"] == {
+        "name": "SUPPORTMESH_AUTH_SECRET",
+        "valueFrom": {"secretKeyRef": {"name": "supportmesh-auth", "key": "auth-secret"}}}
+    config = by_kind(docs, "ConfigMap")["supportmesh-config"]["data"]
+    assert "SUPPORTMESH_AUTH_SECRET" not in config
+    for name in ("SUPPORTMESH_DEMO_SIGN_IN", "SUPPORTMESH_API_DOCS"):
+        assert name not in config and name not in env, name
+    assert not [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == "supportmesh-auth"]

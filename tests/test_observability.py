@@ -320,7 +320,7 @@ def chat_traces(traced_mesh, chats) -> list[tuple[dict, list[str], list[Span]]]:
     mesh, receiver = traced_mesh
     out = []
     for chat in chats:
-        saga = httpx.get(f"{mesh.gateway_url}/api/sagas/{chat['message_id']}", timeout=10).json()
+        saga = httpx.get(f"{mesh.gateway_url}/api/sagas/{chat['message_id']}", timeout=10, headers=mesh.auth()).json()
         route = [e["actor"] for e in saga["events"] if e["kind"] == "step_completed"]
         expected = {"supportmesh-gateway"} | {service_of(a) for a in route}
         done = receiver.wait_for(lambda r, t=chat["trace_id"], want=expected: trace_is_complete(

@@ -10,6 +10,7 @@ import uuid
 import httpx
 import nats
 import pytest
+from chat_client import answer
 
 from actors.base import PermanentError
 from actors.commerce import CommerceClient
@@ -121,10 +122,8 @@ async def test_the_recheck_reads_the_orders_history_fresh(coordinator) -> None:
 # ---- end to end against the whole mesh ------------------------------------------------------------------------
 
 def chat(mesh, text: str, email: str = "user@example.com") -> dict:
-    r = httpx.post(f"{mesh.gateway_url}/api/chat", timeout=30, json={
-        "session_id": uuid.uuid4().hex, "customer_email": email, "message": text})
-    assert r.status_code == 200, r.text
-    return r.json()
+    """The answer to `text` from the signed-in customer `email` (a 202 followed to the outcome)."""
+    return answer(mesh.gateway_url, text, email=email)
 
 
 def actions_of(mesh, order_id: str) -> list[dict]:

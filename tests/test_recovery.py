@@ -81,7 +81,7 @@ async def run_refund(h: Harness, text: str, steps: list[str], order_id: str = "4
 
     sub = await h.nc.subscribe(subject, cb=collect)
     message = new_message(session_id="s-escalation", customer_email="user@example.com", customer_message=text,
-                          steps=steps, reply_subject=subject)
+                          steps=steps, reply_subject=subject, customer_verified=True)
     plan = ActionPlan(action="refund", order_id=order_id, amount=amount, approved=True, reason="refund_request")
     message = message.enriched({"action_plan": plan})
     await start_saga(h.js, h.saga, message)

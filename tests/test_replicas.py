@@ -24,13 +24,14 @@ import httpx
 import nats
 import pytest
 from chaos_load import build_messages, check_invariants, run_load, sagas_since
+from identity import AUTH
 from mesh_fixture import Mesh
 from proc_check import alive
 from sse_client import read_events
 
 from gateway.app import STREAM_IDLE_TIMEOUT_S
 from saga.log import SagaLog
-from saga.protocol import new_message_id
+from saga.protocol import customer_owner, new_message_id
 from supportmesh.up import ACTORS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -148,7 +149,8 @@ async def record_state_without_start(nats_url: str, message_id: str) -> None:
     nc = await nats.connect(nats_url)
     try:
         saga = await SagaLog.open(nc.jetstream(timeout=10))
-        await saga.set_state(message_id, status="running", step_index=0, actor="gateway", session_id="s-never")
+        await saga.set_state(message_id, status="running", step_index=0, actor="gateway", session_id="s-never",
+                             owner=customer_owner("user@example.com"))  # the customer AUTH signs in as
     finally:
         await nc.close()
 
@@ -168,7 +170,7 @@ def test_event_stream_of_a_saga_that_never_started_ends_when_it_is_failed(replic
         [("saga", "saga_failed", "not_started")], events
     assert events[0][1]["actor"] == "escalation_router"  # the sweeper runs in the error handler's processes
     assert took < STREAM_IDLE_TIMEOUT_S / 2
-    saga = httpx.get(f"{replica_mesh.gateway_url}/api/sagas/{message_id}", timeout=10).json()
+    saga = httpx.get(f"{replica_mesh.gateway_url}/api/sagas/{message_id}", timeout=10, headers=AUTH).json()
     assert saga["state"]["status"] == "failed" and len(saga["events"]) == 1  # both sweepers: one record
     # Asked again once it is failed: the same single event, and the stream ends at once.
     again_at = time.monotonic()
@@ -236,7 +238,7 @@ def test_chaos_include_nats_kills_nats_server_which_is_restarted(replica_mesh: M
     [outcome] = asyncio.run(run_load(replica_mesh.gateway_url, [("user@example.com", "Where is my order 12345?")],
                                      concurrency=1))
     assert outcome.status == "resolved", outcome
-    saga = httpx.get(f"{replica_mesh.gateway_url}/api/sagas/{outcome.message_id}", timeout=10).json()
+    saga = httpx.get(f"{replica_mesh.gateway_url}/api/sagas/{outcome.message_id}", timeout=10, headers=AUTH).json()
     assert saga["state"]["status"] == "completed"
     assert replica_mesh.endpoints["nats_pid"] == new_pid  # no second restart
 

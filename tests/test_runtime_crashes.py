@@ -255,7 +255,7 @@ async def test_side_effect_happens_once_when_its_process_dies_before_recording(h
                                 env={**env, "SUPPORTMESH_CRASH_POINT": "execution_coordinator:after_handler"})
     await harness.run_actor(Done)
     message = new_message(session_id="s1", customer_email="user@example.com", customer_message="refund please",
-                          steps=["execution_coordinator", "done"])
+                          steps=["execution_coordinator", "done"], customer_verified=True)
     plan = ActionPlan(action="refund", order_id="44444", amount=5.0, approved=True, reason="refund_request")
     message = message.enriched({"action_plan": plan})
     await start_saga(harness.js, harness.saga, message)

@@ -11,6 +11,7 @@ import uuid
 
 import httpx
 import pytest
+from identity import AUTH
 from nats.js.api import KeyValueConfig, StorageType
 from prometheus_client import REGISTRY
 
@@ -90,10 +91,9 @@ async def hammer(gateways: list[str], count: int,
     """Start `count` chats (respond-async: they run while the reads come in), then read them 200 times at once
     through every gateway — their saga log, their outcome and their event stream (to its end). Returns
     (route, status, Retry-After) per read."""
-    async with httpx.AsyncClient(timeout=60) as client:
+    async with httpx.AsyncClient(timeout=60, headers=AUTH) as client:  # signed in: the sagas' owner reads them
         async def chat(i: int) -> str:
-            body = {"session_id": uuid.uuid4().hex, "customer_email": "user@example.com",
-                    "message": f"Where is my order 12345? ({i})"}
+            body = {"session_id": uuid.uuid4().hex, "message": f"Where is my order 12345? ({i})"}
             r = await client.post(f"{gateways[i % len(gateways)]}/api/chat", json=body,
                                   headers={"Prefer": "respond-async"})
             assert r.status_code == 202, r.text
@@ -157,7 +157,6 @@ def test_reads_while_nats_server_stalls_answer_503_never_500(mesh) -> None:
     results = asyncio.run(scenario())
     no_5xx_but_503(results)
     assert any(r[1] == 503 for r in results), "the stall was never noticed: the test tested nothing"
-    r = httpx.post(f"{gateways[0]}/api/chat", json={"session_id": uuid.uuid4().hex, "customer_email":
-                                                       "user@example.com", "message": "Where is my order 12345?"},
-                   timeout=60)
+    r = httpx.post(f"{gateways[0]}/api/chat", json={"session_id": uuid.uuid4().hex,
+                                                   "message": "Where is my order 12345?"}, timeout=60, headers=AUTH)
     assert r.status_code in (200, 202), r.text  # the mesh goes on after the stall

@@ -108,7 +108,8 @@ def actions_of(mocks_url: str, order_id: str) -> list[dict]:
 def test_scenario(mesh, scenario: Scenario) -> None:
     before = {oid: len(actions_of(mesh.mocks_url, oid)) for oid in scenario.effects}
     body = answer(mesh.gateway_url, scenario.text, email=scenario.email)
-    saga = httpx.get(f"{mesh.gateway_url}/api/sagas/{body['message_id']}", timeout=10).json()
+    saga = httpx.get(f"{mesh.gateway_url}/api/sagas/{body['message_id']}", timeout=10,
+                     headers=mesh.auth(scenario.email)).json()
     done = [e for e in saga["events"] if e["kind"] == "step_completed"]
     intent = next(e for e in done if e["actor"] == "intent_analyzer")["data"]["enrichment"]["intent"]
 

@@ -37,8 +37,18 @@ def page(browser, mesh):
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
     page.dialogs = dialogs  # type: ignore[attr-defined]
     page.goto(mesh.gateway_url + "/")
+    sign_in(page, "user@example.com")
     yield page
     context.close()
+
+
+def sign_in(page, email: str) -> None:
+    """Sign in through the demo picker (as a shop's page would hand the widget a token)."""
+    page.get_by_test_id("sign-in").wait_for(timeout=10_000)
+    page.get_by_test_id("demo-customer").select_option(email)
+    page.get_by_test_id("sign-in-button").click()
+    page.get_by_test_id("signed-in").wait_for(timeout=10_000)
+    assert page.get_by_test_id("who").inner_text() == email
 
 
 def send(page, text: str) -> None:
@@ -79,7 +89,27 @@ def test_markup_in_a_message_is_shown_as_text(page) -> None:
     assert page.dialogs == []  # type: ignore[attr-defined]
 
 
+def test_sign_in_picker_then_chat_as_that_customer_and_as_a_guest(page) -> None:
+    page.get_by_test_id("sign-out").click()
+    sign_in(page, "jane.smith@example.com")
+    send(page, "Where is my order 67890?")
+    reply = page.get_by_test_id("agent-message").last
+    reply.wait_for(timeout=20_000)
+    assert "67890" in reply.inner_text() and "Jane" in reply.inner_text()
+    page.screenshot(path=str(ARTIFACTS / "widget-signed-in.png"), full_page=True)
+    # Signed out: a guest, in a new conversation; Jane's order is not theirs to see without its email.
+    page.get_by_test_id("sign-out").click()
+    page.get_by_test_id("sign-in").wait_for(timeout=10_000)
+    assert page.get_by_test_id("agent-message").count() == 0
+    send(page, "Where is my order 67890?")
+    reply = page.get_by_test_id("agent-message").last
+    reply.wait_for(timeout=20_000)
+    assert "Jane" not in reply.inner_text() and "delivered" not in reply.inner_text()
+    assert "email address it was placed with" in reply.inner_text()
+
+
 def test_bad_email_shows_the_reason(page) -> None:
+    page.get_by_test_id("sign-out").click()  # a guest names the email of an order
     page.get_by_test_id("email-input").fill("not-an-email")
     send(page, "hello")
     error = page.locator("#error")
@@ -221,7 +251,8 @@ async def deliver_failed_answer(mesh, session_id: str) -> str:
     from saga.transport import start_saga
 
     message = new_message(session_id=session_id, customer_email="user@example.com",
-                          customer_message="I want a refund for order 12345", steps=["response_aggregator"])
+                          customer_message="I want a refund for order 12345", steps=["response_aggregator"],
+                          customer_verified=True)
     mid = message.message_id
     refund = ExecutedAction(action="refund", order_id="12345", action_id=f"act_{mid[:8]}", amount=5.0,
                             idempotency_key=f"{mid}:refund")
@@ -254,10 +285,10 @@ def test_an_action_marked_undone_reads_as_reversed_not_done(page, mesh) -> None:
     with ThreadPoolExecutor(1) as pool:  # Playwright's sync API holds this thread's event loop
         message_id = pool.submit(asyncio.run, deliver_failed_answer(mesh, session)).result(timeout=60)
     deadline = time.monotonic() + 30
-    while httpx.get(f"{mesh.gateway_url}/api/chat/{message_id}", timeout=10).status_code != 200:
+    while httpx.get(f"{mesh.gateway_url}/api/chat/{message_id}", timeout=10, headers=mesh.auth()).status_code != 200:
         assert time.monotonic() < deadline, "the aggregator never answered"
         time.sleep(0.2)
-    result = httpx.get(f"{mesh.gateway_url}/api/chat/{message_id}", timeout=10).json()
+    result = httpx.get(f"{mesh.gateway_url}/api/chat/{message_id}", timeout=10, headers=mesh.auth()).json()
     assert [a["status"] for a in result["execution_result"]["actions"]] == ["undone", "active"]
 
     page.reload()  # the widget rebuilds the conversation from the session's history

@@ -14,8 +14,19 @@ function el(tag, attrs, ...children) {
   return node;
 }
 
+// Who the customer is: the token the sign-in gave (sent as a bearer token), and the session the server issued (a
+// guest's proof that the session and its messages are theirs).
+function authHeaders() {
+  const headers = {};
+  const token = localStorage.getItem("supportmesh.token");
+  const session = localStorage.getItem("supportmesh.session");
+  if (token) headers.Authorization = `Bearer ${token}`;
+  if (session) headers["X-Session-Id"] = session;
+  return headers;
+}
+
 async function getJSON(url) {
-  const response = await fetch(url, { headers: { Accept: "application/json" } });
+  const response = await fetch(url, { headers: { Accept: "application/json", ...authHeaders() } });
   let body = null;
   try { body = await response.json(); } catch (_) { body = null; }
   return { status: response.status, body };

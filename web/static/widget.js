@@ -1,18 +1,92 @@
 "use strict";
 
+// The session id comes from the server (POST /api/sessions): unguessable, and bound to whoever asked for it.
 const state = {
-  sessionId: localStorage.getItem("supportmesh.session") || newSessionId(),
-  config: { jaeger_ui_url: "", default_email: "user@example.com" },
+  sessionId: localStorage.getItem("supportmesh.session") || "",
+  config: { jaeger_ui_url: "" },
 };
-localStorage.setItem("supportmesh.session", state.sessionId);
 
 const $ = (id) => document.getElementById(id);
 const conversation = $("conversation");
 const progress = $("progress");
 
-function newSessionId() {
-  const id = (crypto.randomUUID ? crypto.randomUUID() : String(Date.now()) + Math.random()).replace(/[^A-Za-z0-9]/g, "");
-  return id.slice(0, 32);
+async function newSession() {
+  const response = await fetch("/api/sessions", { method: "POST", headers: authHeaders() });
+  if (response.status !== 201) throw new Error(`could not start a conversation (${response.status})`);
+  state.sessionId = (await response.json()).session_id;
+  localStorage.setItem("supportmesh.session", state.sessionId);
+  conversation.replaceChildren();
+}
+
+// Signed in (a token from the shop, or the demo picker) or a guest: the identity row shows which.
+function showIdentity() {
+  const who = localStorage.getItem("supportmesh.token") ? localStorage.getItem("supportmesh.who") || "" : "";
+  $("signed-in").hidden = !who;
+  $("guest").hidden = Boolean(who);
+  $("who").textContent = who;
+  $("sign-in").hidden = Boolean(who) || !state.config.demo_sign_in;
+}
+
+async function signIn(email) {
+  const response = await fetch("/api/demo/sign-in", {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ email }),
+  });
+  const body = await response.json().catch(() => ({}));
+  if (response.status !== 200) throw new Error(typeof body.detail === "string" ? body.detail : "Sign-in failed.");
+  localStorage.setItem("supportmesh.token", body.token);
+  localStorage.setItem("supportmesh.who", body.email);
+  await newSession();  // a session belongs to whoever started it: a new identity starts a new one
+  showIdentity();
+}
+
+async function signOut() {
+  localStorage.removeItem("supportmesh.token");
+  localStorage.removeItem("supportmesh.who");
+  await newSession();
+  showIdentity();
+}
+
+async function setUpSignIn() {
+  if (!state.config.demo_sign_in) return;
+  const { status, body } = await getJSON("/api/demo/customers");
+  if (status !== 200) return;
+  $("demo-customer").replaceChildren(...body.customers.map(
+    (c) => el("option", { value: c.email, text: `${c.name} <${c.email}>` })));
+  $("sign-in").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    showError("");
+    try { await signIn($("demo-customer").value); } catch (err) { showError(err.message); }
+  });
+}
+
+// Server-sent events read with fetch (EventSource cannot send the Authorization header): calls
+// handlers[event](data) for each event until the stream ends.
+async function readEvents(url, handlers, signal) {
+  const response = await fetch(url, { headers: { Accept: "text/event-stream", ...authHeaders() }, signal });
+  if (response.status !== 200 || !response.body) throw new Error(`event stream: ${response.status}`);
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += value;
+    let end;
+    while ((end = buffer.search(/\r\n\r\n|\n\n|\r\r/)) >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end).replace(/^(\r\n\r\n|\n\n|\r\r)/, "");
+      let event = "message";
+      const data = [];
+      for (const line of block.split(/\r\n|\r|\n/)) {
+        if (!line || line.startsWith(":")) continue;
+        const colon = line.indexOf(":");
+        const field = colon < 0 ? line : line.slice(0, colon);
+        const text = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+        if (field === "event") event = text;
+        else if (field === "data") data.push(text);
+      }
+      if (data.length && Object.hasOwn(handlers, event)) handlers[event](data.join("\n"));
+    }
+  }
 }
 
 function showError(text) {
@@ -118,12 +192,12 @@ function follow(messageId, pending) {
   const limitS = Number(state.config.follow_timeout_s) || 180;
   return new Promise((resolve) => {
     let done = false;
-    let source = null;
+    const events = new AbortController();
     let pollTimer = null;
     const seen = [];
     const stop = () => {
       done = true;
-      if (source) source.close();
+      events.abort();
       clearTimeout(pollTimer);
       clearTimeout(limitTimer);
       resolve();
@@ -144,17 +218,27 @@ function follow(messageId, pending) {
       } catch (_) { /* the gateway may be restarting: try again */ }
       if (!done) pollTimer = setTimeout(poll, 1000);
     };
-    source = new EventSource(`/api/chat/${encodeURIComponent(messageId)}/events`);
-    source.addEventListener("saga", (event) => {
-      const e = JSON.parse(event.data);
-      seen.push(e);
-      showStep(pending, e);
-    });
-    source.addEventListener("result", (event) => finish(JSON.parse(event.data)));
-    source.onerror = () => {
-      source.close();
-      poll();
-    };
+    readEvents(`/api/chat/${encodeURIComponent(messageId)}/events`, {
+      saga: (data) => {
+        const e = JSON.parse(data);
+        seen.push(e);
+        showStep(pending, e);
+      },
+      result: (data) => finish(JSON.parse(data)),
+    }, events.signal).then(poll, poll);  // a stream that ends or breaks without the result: poll
+  });
+}
+
+function post(text, email) {
+  // A signed-in customer is who the token says (no email in the body); a guest may name the email of an order.
+  const body = { session_id: state.sessionId, message: text };
+  if (email && !localStorage.getItem("supportmesh.token")) body.customer_email = email;
+  // respond-async: the gateway answers 202 with the message id at once, so every message shows its steps
+  // live; a gateway that ignores the preference answers 200 within its deadline, which works too.
+  return fetch("/api/chat", {
+    method: "POST",
+    headers: { "Content-Type": "application/json", Prefer: "respond-async", ...authHeaders() },
+    body: JSON.stringify(body),
   });
 }
 
@@ -166,14 +250,20 @@ async function send(text) {
   $("send").disabled = true;
   showError("");
   try {
-    // respond-async: the gateway answers 202 with the message id at once, so every message shows its steps
-    // live; a gateway that ignores the preference answers 200 within its deadline, which works too.
-    const response = await fetch("/api/chat", {
-      method: "POST",
-      headers: { "Content-Type": "application/json", Prefer: "respond-async" },
-      body: JSON.stringify({ session_id: state.sessionId, customer_email: email, message: text }),
-    });
+    let response = await post(text, email);
+    if (response.status === 403 && !localStorage.getItem("supportmesh.token")) {
+      // The stored session is not this guest's (someone signed in or out elsewhere): start a fresh one.
+      await newSession();
+      addCustomer(text);
+      response = await post(text, email);
+    }
     const body = await response.json().catch(() => ({}));
+    if (response.status === 401) {
+      await signOut();
+      setProgress("");
+      showError("Your sign-in has expired or is not valid: please sign in again.");
+      return;
+    }
     if (response.status === 200) {
       addAgent(body);
       setProgress("");
@@ -206,6 +296,11 @@ async function compensations(result) {
 
 async function restoreHistory() {
   const { status, body } = await getJSON(`/api/sessions/${encodeURIComponent(state.sessionId)}/history`);
+  if (status === 404 || status === 401) {  // not this customer's session (or the token expired): a fresh one
+    if (status === 401) localStorage.removeItem("supportmesh.token");
+    await newSession();
+    return;
+  }
   if (status !== 200) return;
   for (const row of body.messages) {
     if (row.sender === "customer") addCustomer(row.content);
@@ -221,7 +316,11 @@ async function restoreHistory() {
 async function init() {
   const { status, body } = await getJSON("/api/config");
   if (status === 200) state.config = body;
-  $("email").value = localStorage.getItem("supportmesh.email") || state.config.default_email;
+  $("email").value = localStorage.getItem("supportmesh.email") || "";
+  if (!state.sessionId) await newSession();
+  await setUpSignIn();
+  showIdentity();
+  $("sign-out").addEventListener("click", () => signOut().catch((err) => showError(err.message)));
   $("composer").addEventListener("submit", (event) => {
     event.preventDefault();
     const text = $("message").value.trim();
@@ -235,12 +334,9 @@ async function init() {
       $("composer").requestSubmit();
     }
   });
-  $("new-conversation").addEventListener("click", () => {
-    state.sessionId = newSessionId();
-    localStorage.setItem("supportmesh.session", state.sessionId);
-    conversation.replaceChildren();
-  });
+  $("new-conversation").addEventListener("click", () => newSession().catch((err) => showError(err.message)));
   await restoreHistory();
+  showIdentity();
   $("message").focus();
 }
 
