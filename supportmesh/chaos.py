@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -78,10 +79,13 @@ class LocalBackend:
         return json.loads(self.endpoints.read_text())
 
     def victims(self) -> list[str]:
+        """Actor processes that are serving: a process the supervisor is still starting (its `/readyz` not yet
+        200) holds no step, so killing it again would test nothing (and on a busy machine most kills would)."""
         doc = self._read()
         names = [
             name for name, p in doc["processes"].items()
             if p.get("kind") == "actor" and p.get("pid") and (self.actors is None or p.get("actor") in self.actors)
+            and _ready(p.get("url"))
         ]
         if self.include_nats and doc.get("nats_pid"):
             names.append("nats-server")
@@ -98,6 +102,17 @@ class LocalBackend:
             except ProcessLookupError:
                 return f"pid {pid} already gone"
         return f"SIGKILL pid {pid}"
+
+
+def _ready(url: str | None, timeout_s: float = 2.0) -> bool:
+    """True when the process at `url` answers `/readyz` with 200 (one without a URL counts as ready)."""
+    if not url:
+        return True
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/readyz", timeout=timeout_s) as r:  # noqa: S310 (loopback)
+            return r.status == 200
+    except (OSError, ValueError):
+        return False
 
 
 class K8sBackend:
@@ -128,7 +143,10 @@ class K8sBackend:
         for pod in pods:
             meta = pod.get("metadata", {})
             actor = meta.get("labels", {}).get("supportmesh.io/actor")
-            running = pod.get("status", {}).get("phase") == "Running"
+            status = pod.get("status", {})
+            # Running and Ready: a pod still starting holds no step (killing it tests nothing).
+            running = status.get("phase") == "Running" and any(
+                c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions", []))
             # A pod being deleted still says Running until it is gone: deleting it again kills nothing.
             terminating = bool(meta.get("deletionTimestamp"))
             if running and not terminating and (self.actors is None or actor in self.actors):

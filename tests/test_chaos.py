@@ -76,11 +76,12 @@ if sys.argv[1:3] == ["delete", "pod"] and sys.argv[3] == {failing_delete!r}:
     return kubectl, calls
 
 
-def pod(name: str, actor: str, terminating: bool = False) -> dict:
+def pod(name: str, actor: str, terminating: bool = False, ready: bool = True) -> dict:
     meta = {"name": name, "labels": {"supportmesh.io/actor": actor}}
     if terminating:
         meta["deletionTimestamp"] = "2024-01-01T00:00:00Z"  # being deleted, still reported Running
-    return {"metadata": meta, "status": {"phase": "Running"}}
+    conditions = [{"type": "Ready", "status": "True" if ready else "False"}]
+    return {"metadata": meta, "status": {"phase": "Running", "conditions": conditions}}
 
 
 def run_k8s_chaos(kubectl: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -108,13 +109,14 @@ def test_k8s_backend_deletes_actor_pods_through_kubectl(tmp_path) -> None:
 @pytest.mark.timeout(20)
 def test_k8s_backend_skips_terminating_pods_and_survives_failed_deletes(tmp_path) -> None:
     pods = [pod("intent-analyzer-a", "intent_analyzer", terminating=True), pod("intent-analyzer-b", "intent_analyzer"),
-            pod("context-retriever-a", "context_retriever")]
+            pod("context-retriever-a", "context_retriever"), pod("intent-analyzer-c", "intent_analyzer", ready=False)]
     kubectl, calls = fake_kubectl(tmp_path, pods, failing_delete="context-retriever-a")
     out = run_k8s_chaos(kubectl, "--actors", "intent_analyzer,context_retriever", "--interval", "0.1")
     assert out.returncode == 0, out.stderr  # failed deletes are reported, not fatal
     recorded = [json.loads(line) for line in calls.read_text().splitlines()]
     deleted = [c[2] for c in recorded if c[:2] == ["delete", "pod"]]
     assert "intent-analyzer-a" not in deleted  # already terminating: deleting it again kills nothing
+    assert "intent-analyzer-c" not in deleted  # still starting (not Ready): it holds no step yet
     assert "intent-analyzer-b" in deleted and "context-retriever-a" in deleted  # it went on after a failure
     failures = deleted.count("context-retriever-a")
     assert out.stdout.count("failed: kubectl delete pod context-retriever-a") == failures
@@ -128,6 +130,44 @@ def test_k8s_backend_exits_nonzero_when_every_round_fails(tmp_path) -> None:
     out = run_k8s_chaos(tmp_path / "no-such-kubectl")
     assert out.returncode == 1 and "every round failed" in out.stderr
     assert "failed" in out.stdout.strip().splitlines()[-1]
+
+
+def test_local_backend_kills_only_processes_that_are_serving(tmp_path) -> None:
+    """A process the supervisor is still starting (its /readyz not 200) holds no step: it is no victim."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from threading import Thread
+
+    from supportmesh.chaos import LocalBackend
+
+    def health(status: int) -> ThreadingHTTPServer:
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                self.send_response(status if self.path == "/readyz" else 404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                return
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        Thread(target=server.serve_forever, daemon=True).start()
+        return server
+
+    serving, starting = health(200), health(503)
+    try:
+        processes = {
+            "intent_analyzer-0": {"kind": "actor", "actor": "intent_analyzer", "pid": 11,
+                                  "url": f"http://127.0.0.1:{serving.server_address[1]}"},
+            "context_retriever-0": {"kind": "actor", "actor": "context_retriever", "pid": 12,
+                                    "url": f"http://127.0.0.1:{starting.server_address[1]}"},
+            "decision_router-0": {"kind": "actor", "actor": "decision_router", "pid": 13,
+                                  "url": "http://127.0.0.1:9"},  # nothing listens: not serving
+        }
+        (tmp_path / "endpoints.json").write_text(json.dumps({"processes": processes}))
+        assert LocalBackend(tmp_path, None, include_nats=False).victims() == ["intent_analyzer-0"]
+    finally:
+        serving.shutdown()
+        starting.shutdown()
 
 
 # ---- scenarios against the local mesh ----------------------------------------------------------------------
