@@ -19,7 +19,7 @@ from typing import Any
 import nats
 import nats.errors
 import orjson
-from fastapi import FastAPI, Header, HTTPException, Request
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -27,9 +27,11 @@ from opentelemetry.trace import SpanKind
 from prometheus_client import REGISTRY
 from prometheus_client.exposition import choose_encoder
 from sse_starlette.sse import EventSourceResponse
+from starlette.background import BackgroundTask
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.ratelimit import RateLimited, RateLimiter, guarded, handle_rate_limited, rate_limit
 from gateway.replies import REPLIES, ReplyRouter
 from gateway.schemas import ChatPending, ChatRequest, ChatResponse
 from gateway.unavailable import RETRY_AFTER_S, UNAVAILABLE, handle_unavailable
@@ -193,13 +195,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Customer-support agent over an actor mesh with durable sagas.",
         lifespan=lifespan,
+        dependencies=[Depends(rate_limit)],
     )
     app.state.gateway = gw
+    app.state.rate_limiter = RateLimiter(settings)
     web_dir = Path(settings.web_dir) if settings.web_dir else DEFAULT_WEB_DIR
 
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     for unavailable in UNAVAILABLE:
         app.add_exception_handler(unavailable, handle_unavailable)
+    app.add_exception_handler(RateLimited, handle_rate_limited)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -287,7 +292,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         gw.require_nats()
         if await gw.saga.state(message_id) is None and await gw.results.get(message_id) is None:
             raise HTTPException(404, f"no message {message_id}")
-        return EventSourceResponse(_event_stream(gw, message_id, request), ping=10)
+        slot = await app.state.rate_limiter.open_stream(EVENTS_ROUTE, request)
+        stream = guarded(_event_stream(gw, message_id, request), slot)
+        return EventSourceResponse(stream, ping=10, background=BackgroundTask(slot.release) if slot else None)
 
     @app.get("/api/sagas/{message_id}")
     async def saga(message_id: str) -> dict[str, Any]:

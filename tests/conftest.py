@@ -110,8 +110,11 @@ async def gateway(harness, redis_url, tmp_path):
     """The gateway application with its connections open, and an HTTP client calling it in process."""
     from gateway.app import create_app
 
+    from mesh_fixture import LOAD_LIMITS
+
     settings = harness.settings.model_copy(update={
-        "redis_url": redis_url, "sqlite_path": str(tmp_path / "history.db"), "chat_deadline_s": 1.5})
+        "redis_url": redis_url, "sqlite_path": str(tmp_path / "history.db"), "chat_deadline_s": 1.5,
+        **LOAD_LIMITS})
     app = create_app(settings)
     gw = app.state.gateway
     await gw.start()
