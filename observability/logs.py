@@ -90,6 +90,18 @@ def redact(text: str) -> str:
     return EMAIL.sub(REDACTED_EMAIL, text) if ("@" in text or "%40" in text) else text
 
 
+def error_text(exc: BaseException) -> str:
+    """`Type: message` of an exception, for logs, spans and the saga log, without the input values that a
+    validation error quotes (a message's text, an email): pydantic's field locations and reasons only."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        reasons = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}"
+                            for e in exc.errors(include_input=False, include_url=False, include_context=False))
+        return f"{type(exc).__name__}: {exc.error_count()} invalid in {exc.title}: {reasons}"
+    return f"{type(exc).__name__}: {exc}"
+
+
 class RedactingFilter(logging.Filter):
     """No email address in any log line: the record's message, formatted with its args, is redacted (and the
     args dropped); so is the text of its exception (`exc_text`, which formatters reuse)."""

@@ -4,7 +4,9 @@ appear anywhere in any exported span (name, attributes, events, status, resource
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 
 import httpx
 import pytest
@@ -20,7 +22,26 @@ CUSTOMERS = list(build_seed()["customers"])[:4]
 MESSAGES = ["Where is my order 12345? Quokka marmalade telescope", "I want a refund for order 67890, tangerine zeppelin",
             "Please cancel my last order, periwinkle accordion", "This is fraud, I will call my lawyer! saxophone walrus"]
 # Distinctive words of the messages: none is in any template, prompt or seed record.
-WORDS = ["quokka", "marmalade", "tangerine", "zeppelin", "periwinkle", "accordion", "saxophone", "walrus"]
+WORDS = ["quokka", "marmalade", "tangerine", "zeppelin", "periwinkle", "accordion", "saxophone", "walrus",
+         "gooseberry"]
+# A forged bus message the actor cannot read (terminated as poison): its error is logged, not its text.
+# (Short: pydantic quotes the whole input of a missing field, in the first 500 characters that are logged.)
+POISON = {"customer_email": CUSTOMERS[1], "customer_message": "my gooseberry secret"}
+
+
+async def publish_poison(nats_url: str) -> None:
+    import nats
+    import orjson
+
+    nc = await nats.connect(nats_url)
+    try:
+        await nc.jetstream().publish("ecommerce.support.intent_analyzer", orjson.dumps(POISON))
+    finally:
+        await nc.close()
+
+
+def logged(mesh: Mesh, text: str) -> bool:
+    return any(text in path.read_text(errors="replace") for path in (mesh.data_dir / "logs").glob("*.log"))
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +61,11 @@ def telemetry(tmp_path_factory):
                 done = receiver.wait_for(lambda r, t=chat["trace_id"], want=expected: trace_is_complete(
                     r.traces().get(t, []), want), timeout=60)
                 assert done, (expected, sorted({s.service for s in receiver.traces().get(chat["trace_id"], [])}))
+            asyncio.run(publish_poison(mesh.endpoints["nats_url"]))
+            deadline = time.monotonic() + 60
+            while not logged(mesh, "poison message terminated") and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert logged(mesh, "poison message terminated")
         finally:
             mesh.stop()
         lines = [(path.name, line) for path in sorted((mesh.data_dir / "logs").glob("*.log"))
@@ -108,3 +134,15 @@ def test_log_records_are_redacted_at_the_source() -> None:
     text = out.getvalue()
     assert text.count("<email>") == 5, text
     assert not re.search(r"@|%40", text), text
+
+
+def test_error_text_quotes_no_input() -> None:
+    from observability.logs import error_text
+    from saga.protocol import Message
+
+    with pytest.raises(Exception) as caught:
+        Message.model_validate(POISON)
+    text = error_text(caught.value)
+    assert text.startswith("ValidationError: ") and "customer_message" in text
+    assert "gooseberry" not in text and "@" not in text, text
+    assert error_text(ValueError("bad thing")) == "ValueError: bad thing"
