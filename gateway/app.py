@@ -189,6 +189,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await gw.stop()
+            await app.state.rate_limiter.close()
 
     app = FastAPI(
         title="supportmesh gateway",

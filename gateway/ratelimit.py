@@ -39,14 +39,20 @@ from supportmesh.config import Settings
 log = logging.getLogger("supportmesh.gateway.ratelimit")
 
 CHAT_ROUTE = "/api/chat"
-READ_ROUTES = frozenset({"/api/chat/{message_id}", "/api/chat/{message_id}/events", "/api/sagas/{message_id}",
+EVENTS_ROUTE = "/api/chat/{message_id}/events"
+READ_ROUTES = frozenset({"/api/chat/{message_id}", EVENTS_ROUTE, "/api/sagas/{message_id}",
                          "/api/sessions/{session_id}/history"})
+# Every (route, scope) that can be refused: their counters start at zero (so `increase()` sees the first 429).
+REFUSALS = [(CHAT_ROUTE, "address"), (CHAT_ROUTE, "customer"), *((r, "address") for r in sorted(READ_ROUTES)),
+            (EVENTS_ROUTE, "customer")]
 # A Redis call of the limiter gives up after this long (then the request goes through).
 REDIS_TIMEOUT_S = 0.5
 # A stream's place in the cap lasts this long unless renewed (every event renews it; a stream closes after
 # `STREAM_IDLE_TIMEOUT_S` without events): the safety net for a gateway that dies with streams open.
 STREAM_SLOT_TTL_S = 150.0
 KEY_PREFIX = "supportmesh:ratelimit"
+# Retry-After of a stream refused by the cap: a guess (a place frees when another stream closes).
+STREAM_RETRY_AFTER_S = 5
 
 # Atomically: drop expired slots, refuse when `limit` are held, otherwise hold one until `expires`.
 ACQUIRE_SLOT = """
@@ -135,6 +141,8 @@ class RateLimiter:
         self.limiter = MovingWindowRateLimiter(self.storage)
         self.redis = aioredis.from_url(settings.redis_url, **options)
         self._acquire = self.redis.register_script(ACQUIRE_SLOT)
+        for route, scope in REFUSALS:
+            metrics.RATE_LIMITED.labels(route, scope)
 
     async def close(self) -> None:
         """Close the stream cap's connection pool."""
@@ -172,7 +180,7 @@ class RateLimiter:
             log.warning("stream cap unavailable, letting the stream open: %s", type(exc).__name__)
             return None
         if not held:
-            raise RateLimited(route, scope, 5,
+            raise RateLimited(route, scope, STREAM_RETRY_AFTER_S,
                               f"at most {self.max_streams} open event streams per {scope}; close one first")
         metrics.OPEN_STREAMS.inc()
         return slot
