@@ -11,6 +11,7 @@ from urllib.parse import quote
 import httpx
 
 from actors.base import PermanentError
+from observability.tracing import URL_TEMPLATE
 from supportmesh.config import Settings
 
 
@@ -38,46 +39,49 @@ class CommerceClient:
         """Close the connection pool."""
         await self.http.aclose()
 
-    async def _get(self, url: str) -> Any | None:
-        r = await self.http.get(url)
+    # Every call names the route template of its URL: its span carries that, never the path (emails, ids).
+    async def _get(self, url: str, template: str) -> Any | None:
+        r = await self.http.get(url, extensions={URL_TEMPLATE: template})
         if r.status_code == 404:
             return None
-        r.raise_for_status()
+        _raise_for_status(r, template)
         return r.json()
 
-    async def _post(self, url: str, body: dict[str, Any], key: str | None) -> dict[str, Any]:
-        r = await self.http.post(url, json=body, headers={"Idempotency-Key": key} if key else None)
+    async def _post(self, url: str, template: str, body: dict[str, Any], key: str | None) -> dict[str, Any]:
+        r = await self.http.post(url, json=body, headers={"Idempotency-Key": key} if key else None,
+                                 extensions={URL_TEMPLATE: template})
         if r.status_code in (400, 404, 409, 422):
-            raise PermanentError(f"{r.status_code} from {url}: {r.text[:300]}")
-        r.raise_for_status()
+            raise PermanentError(f"{r.status_code} from {r.request.method} {template}: {_detail(r)}")
+        _raise_for_status(r, template)
         return r.json()
 
     async def customer(self, email: str) -> dict[str, Any] | None:
         """A customer by email, or None."""
-        return await self._get(f"{self.customers_url}/customers/{segment(email)}")
+        return await self._get(f"{self.customers_url}/customers/{segment(email)}", "/customers/{email}")
 
     async def customer_orders(self, email: str) -> list[dict[str, Any]]:
         """A customer's orders, most recent first (empty for an unknown customer)."""
-        data = await self._get(f"{self.customers_url}/customers/{segment(email)}/orders")
+        data = await self._get(f"{self.customers_url}/customers/{segment(email)}/orders", "/customers/{email}/orders")
         return list(data.get("orders", [])) if data else []
 
     async def order(self, order_id: str) -> dict[str, Any] | None:
         """An order, or None."""
-        return await self._get(f"{self.orders_url}/orders/{segment(order_id)}")
+        return await self._get(f"{self.orders_url}/orders/{segment(order_id)}", "/orders/{order_id}")
 
     async def tracking(self, tracking_id: str) -> dict[str, Any] | None:
         """A shipment, or None."""
-        return await self._get(f"{self.tracking_url}/tracking/{segment(tracking_id)}")
+        return await self._get(f"{self.tracking_url}/tracking/{segment(tracking_id)}", "/tracking/{tracking_id}")
 
     async def act(self, action: str, order_id: str, body: dict[str, Any], key: str) -> dict[str, Any]:
         """Perform a refund / replacement / cancellation once per idempotency key."""
         path = {"refund": "refunds", "replacement": "replacements", "cancel": "cancellation"}[action]
-        return await self._post(f"{self.orders_url}/orders/{segment(order_id)}/{path}", body, key)
+        return await self._post(f"{self.orders_url}/orders/{segment(order_id)}/{path}", f"/orders/{{order_id}}/{path}",
+                                body, key)
 
     async def order_actions(self, order_id: str) -> list[dict[str, Any]]:
         """Every action performed on an order, with its idempotency key and status (empty for an unknown
         order). Recovery reads it to find effects whose answer was lost."""
-        data = await self._get(f"{self.orders_url}/orders/{segment(order_id)}/actions")
+        data = await self._get(f"{self.orders_url}/orders/{segment(order_id)}/actions", "/orders/{order_id}/actions")
         return list(data.get("actions", [])) if data else []
 
     def undo_url(self, action_id: str) -> str:
@@ -86,8 +90,26 @@ class CommerceClient:
 
     async def undo(self, url: str) -> dict[str, Any]:
         """Undo an action (idempotent)."""
-        return await self._post(url, {}, None)
+        return await self._post(url, "/actions/{action_id}/undo", {}, None)
 
     async def open_ticket(self, body: dict[str, Any], key: str) -> dict[str, Any]:
         """Open a human handoff ticket once per key."""
-        return await self._post(f"{self.customers_url}/tickets", body, key)
+        return await self._post(f"{self.customers_url}/tickets", "/tickets", body, key)
+
+
+def _detail(r: httpx.Response) -> str:
+    """The API's `detail` of a refusal, short (the body of an error answer, not customer data)."""
+    try:
+        detail = r.json().get("detail", "")
+    except Exception:
+        detail = r.text
+    return str(detail)[:300]
+
+
+def _raise_for_status(r: httpx.Response, template: str) -> None:
+    """httpx's error for a 4xx/5xx, with the route template in its message instead of the URL (the message is
+    logged, recorded on spans and in the saga log)."""
+    if r.is_success:
+        return
+    raise httpx.HTTPStatusError(f"{r.status_code} {r.reason_phrase} from {r.request.method} {template}",
+                                request=r.request, response=r)

@@ -24,6 +24,7 @@ import contextlib
 import logging
 import os
 import time
+import traceback
 from typing import Any
 
 import nats
@@ -39,6 +40,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from actors.base import Actor, FailureContext, PermanentError, StepResult
 from observability import metrics
+from observability.logs import error_text
 from observability.tracing import (
     current_trace_id,
     extract_context,
@@ -358,7 +360,10 @@ class ActorRuntime:
             next_message = apply_step(message, memo)
             _crash_point(self.name, "after_handler", attempt)
         except Exception as exc:
-            span.record_exception(exc)
+            # The exception's text without the input values a validation error quotes (customer text).
+            span.record_exception(exc, attributes={
+                "exception.message": error_text(exc),
+                "exception.stacktrace": "".join(traceback.format_tb(exc.__traceback__)) + error_text(exc)})
             span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
             return await self._failed(msg, message, attempt, exc, time.perf_counter() - t0)
         await self._note_route_change(message, next_message, memo, attempt)
@@ -392,7 +397,7 @@ class ActorRuntime:
             result = await self._call_handler(msg, message, attempt)
         except Exception as exc:
             await msg.term()
-            log.error("step failed (saga log off): %s", exc, extra=self._extra(message, attempt))
+            log.error("step failed (saga log off): %s", error_text(exc), extra=self._extra(message, attempt))
             return "failed"
         await self._forward(apply_step(message, self._memo_of(result)))
         await msg.ack()
@@ -474,7 +479,7 @@ class ActorRuntime:
     # ---- failures ---------------------------------------------------------------------------------
 
     async def _failed(self, msg: Msg, message: Message, attempt: int, exc: Exception, elapsed: float) -> str:
-        detail = f"{type(exc).__name__}: {exc}"[:500]
+        detail = error_text(exc)[:500]
         retryable = is_retryable(exc)
         if retryable and not self.policy.exhausted(attempt):
             delay = self.policy.delay(attempt)
@@ -643,7 +648,7 @@ class ActorRuntime:
         could be salvaged (the message id and session the message claims) so its saga can be answered."""
         seq = msg.metadata.sequence.stream
         salvaged = _salvage_ids(msg.data)
-        detail = f"{type(exc).__name__}: {exc}"[:500]
+        detail = error_text(exc)[:500]
         await self.saga.record(
             SagaEvent(
                 message_id=poison_id(self.name, seq),

@@ -22,7 +22,7 @@ from typing import Any
 import nats
 import nats.errors
 import orjson
-from fastapi import FastAPI, Header, HTTPException, Request
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -30,10 +30,12 @@ from opentelemetry.trace import SpanKind
 from prometheus_client import REGISTRY
 from prometheus_client.exposition import choose_encoder
 from sse_starlette.sse import EventSourceResponse
+from starlette.background import BackgroundTask
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.auth import Caller, caller_from, mint_token, new_session_id
+from gateway.ratelimit import RateLimited, RateLimiter, guarded, handle_rate_limited, rate_limit
 from gateway.replies import REPLIES, ReplyRouter
 from gateway.schemas import ChatPending, ChatRequest, ChatResponse, DemoSignIn, SessionCreated
 from gateway.unavailable import RETRY_AFTER_S, UNAVAILABLE, handle_unavailable
@@ -232,6 +234,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await gw.stop()
+            await app.state.rate_limiter.close()
 
     docs = settings.api_docs
     app = FastAPI(
@@ -242,14 +245,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url="/docs" if docs else None,
         redoc_url="/redoc" if docs else None,
         openapi_url="/openapi.json" if docs else None,
+        dependencies=[Depends(rate_limit)],
     )
     app.state.gateway = gw
+    app.state.rate_limiter = RateLimiter(settings)
     web_dir = Path(settings.web_dir) if settings.web_dir else DEFAULT_WEB_DIR
 
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     for unavailable in UNAVAILABLE:
         app.add_exception_handler(unavailable, handle_unavailable)
     app.add_middleware(SecurityHeaders)
+    app.add_exception_handler(RateLimited, handle_rate_limited)
 
     def caller(request: Request) -> Caller:
         """Who sent the request (401 for a token that proves nothing)."""
@@ -357,7 +363,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state, result = await asyncio.gather(gw.saga.state(message_id), gw.results.get(message_id))
         if not any(r is not None and who.may_read(r.owner, r.session_id) for r in (state, result)):
             raise HTTPException(404, f"no message {message_id}")
-        return EventSourceResponse(_event_stream(gw, message_id, request), ping=10)
+        slot = await app.state.rate_limiter.open_stream(EVENTS_ROUTE, request)
+        stream = guarded(_event_stream(gw, message_id, request), slot)
+        return EventSourceResponse(stream, ping=10, background=BackgroundTask(slot.release) if slot else None)
 
     @app.get("/api/sagas/{message_id}")
     async def saga(message_id: str, request: Request) -> dict[str, Any]:

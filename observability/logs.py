@@ -8,6 +8,7 @@ shutdown, background work on no message) have none: an invented id would point a
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import threading
 import time
@@ -77,6 +78,47 @@ class TraceContextFilter(logging.Filter):
         return True
 
 
+# An email address, also as a URL path segment escapes it (`%40`). Linear time: a match can only start where no
+# local-part character precedes it (so a long run of them is scanned once, not once per position), and the
+# domain's labels and dots are disjoint classes (one way to split them).
+EMAIL = re.compile(r"(?<![A-Za-z0-9._+-])[A-Za-z0-9._+-]+(?:@|%40)[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+REDACTED_EMAIL = "<email>"
+
+
+def redact(text: str) -> str:
+    """`text` with every email address replaced by `<email>`."""
+    return EMAIL.sub(REDACTED_EMAIL, text) if ("@" in text or "%40" in text) else text
+
+
+def error_text(exc: BaseException) -> str:
+    """`Type: message` of an exception, for logs, spans and the saga log, without the input values that a
+    validation error quotes (a message's text, an email): pydantic's field locations and reasons only."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        reasons = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}"
+                            for e in exc.errors(include_input=False, include_url=False, include_context=False))
+        return f"{type(exc).__name__}: {exc.error_count()} invalid in {exc.title}: {reasons}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+class RedactingFilter(logging.Filter):
+    """No email address in any log line: the record's message, formatted with its args, is redacted (and the
+    args dropped); so is the text of its exception (`exc_text`, which formatters reuse)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format string: log what there is
+            message = f"{record.msg} {record.args}"
+        record.msg, record.args = redact(message), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     """Formats a record as one JSON object."""
 
@@ -91,8 +133,10 @@ class JsonFormatter(logging.Formatter):
             value = getattr(record, name, None)
             if value is not None:
                 out[name] = value
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
+        if record.exc_text:
+            out["exc"] = record.exc_text
+        elif record.exc_info:
+            out["exc"] = redact(self.formatException(record.exc_info))
         return orjson.dumps(out, default=str).decode()
 
 
@@ -101,6 +145,7 @@ def setup_logging(service: str, level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     handler.addFilter(TraceContextFilter())
+    handler.addFilter(RedactingFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

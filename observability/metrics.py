@@ -45,6 +45,18 @@ GATEWAY_UNAVAILABLE = Counter(
     "Requests answered 503 because NATS, Redis or SQLite did not answer in time, by route template.",
     ["route"],
 )
+RATE_LIMITED = Counter(
+    "supportmesh_gateway_rate_limited_total",
+    "Requests refused with 429 by a rate limit or the open-stream cap, by route template and scope "
+    "(address, customer).",
+    ["route", "scope"],
+)
+RATE_LIMITER_ERRORS = Counter(
+    "supportmesh_gateway_rate_limiter_errors_total",
+    "Limiter checks that could not reach Redis and let the request through (the limiter fails open).",
+    ["check"],
+)
+OPEN_STREAMS = Gauge("supportmesh_gateway_open_streams", "Event streams this gateway serves now.")
 CHATS_IN_FLIGHT = Gauge("supportmesh_chats_in_flight", "Chats the gateway is waiting on.")
 LLM_LATENCY_SECONDS = Histogram(
     "supportmesh_llm_latency_seconds", "LLM call latency by model.", ["model", "purpose"], buckets=LATENCY_BUCKETS
@@ -114,3 +126,5 @@ def init_gateway_series() -> None:
     init_saga_event_series()
     for status in ("resolved", "escalated", "processing"):
         CHAT_LATENCY_SECONDS.labels(status)
+    for check in ("rate_limit", "stream_cap"):
+        RATE_LIMITER_ERRORS.labels(check)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from typing import Any
+from urllib.parse import urlsplit
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -101,11 +102,49 @@ def messaging_attributes(operation: str, destination: str, message_id: str, hop_
     return attrs
 
 
+# No personal data in spans: a request's path carries emails (the commerce APIs' /customers/{email}) and session
+# ids, so HTTP spans carry the route template where the instrumentation would put the path or the whole URL.
+# Message ids (random uuids) are not personal, but they are in no URL attribute either: the template is what
+# groups requests, and the message id is on the saga's own spans (`messaging.message.conversation_id`).
+SERVER_URL_ATTRIBUTES = ("http.target", "url.path", "http.url", "url.full")
+# The httpx request extension (`extensions={URL_TEMPLATE: ...}`) naming the route template of a request's URL.
+URL_TEMPLATE = "supportmesh.url_template"
+
+
+def route_template(app: Any, scope: dict[str, Any]) -> str | None:
+    """The template of the route of `app` that a request's ASGI scope matches (`/customers/{email}`), or None."""
+    from starlette.routing import Match
+
+    for route in getattr(app, "routes", ()):
+        match, _ = route.matches(scope)
+        if match == Match.FULL:
+            return getattr(route, "path", None)
+    return None
+
+
+def _scrub_server_span(app: Any, span: Any, scope: dict[str, Any]) -> None:
+    """Replace the request's path in a server span by its route template (the query goes: it may carry ids)."""
+    if not span.is_recording():
+        return
+    template = route_template(app, scope) or "/{unmatched}"
+    attributes = getattr(span, "attributes", None) or {}
+    for key in SERVER_URL_ATTRIBUTES:
+        if key in attributes:
+            parts = urlsplit(str(attributes[key]))
+            origin = f"{parts.scheme}://{parts.netloc}" if parts.scheme else ""
+            span.set_attribute(key, origin + template)
+    if "url.query" in attributes:
+        span.set_attribute("url.query", "")
+    span.set_attribute("http.route", template)
+
+
 def instrument_fastapi(app: Any) -> None:
-    """Server spans for every HTTP request of a FastAPI app (health and metrics paths excluded)."""
+    """Server spans for every HTTP request of a FastAPI app (health and metrics paths excluded), with the route
+    template in place of the request's path."""
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-    FastAPIInstrumentor.instrument_app(app, excluded_urls="/metrics,/healthz,/readyz")
+    FastAPIInstrumentor.instrument_app(app, excluded_urls="/metrics,/healthz,/readyz",
+                                       server_request_hook=lambda span, scope: _scrub_server_span(app, span, scope))
 
 
 _litellm_instrumented = False
@@ -145,8 +184,32 @@ def instrument_litellm(*, log_content: bool) -> None:
     _litellm_instrumented = True
 
 
+def _scrub_client_span(span: Any, request: Any) -> None:
+    """A client span's URL is its origin and the route template the caller named (`URL_TEMPLATE`); without
+    one, the origin alone (never the path or query, which carry emails and ids)."""
+    if not span.is_recording():
+        return
+    method, url, _, _, extensions = request
+    template = (extensions or {}).get(URL_TEMPLATE)
+    port = f":{url.port}" if url.port else ""
+    safe = f"{url.scheme}://{url.host}{port}{template or ''}"
+    attributes = getattr(span, "attributes", None) or {}
+    for key in ("http.url", "url.full"):
+        if key in attributes:
+            span.set_attribute(key, safe)
+    if template:
+        span.set_attribute("url.template", template)
+        span.update_name(f"{method.decode() if isinstance(method, bytes) else method} {template}")
+
+
+async def _scrub_client_span_async(span: Any, request: Any) -> None:
+    _scrub_client_span(span, request)
+
+
 def instrument_httpx() -> None:
-    """Client spans (and trace context propagation) for every httpx client of the process."""
+    """Client spans (and trace context propagation) for every httpx client of the process, with the route
+    template in place of the request's path."""
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
-    HTTPXClientInstrumentor().instrument()
+    HTTPXClientInstrumentor().instrument(request_hook=_scrub_client_span,
+                                         async_request_hook=_scrub_client_span_async)

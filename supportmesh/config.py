@@ -10,7 +10,7 @@ import math
 import os
 from functools import lru_cache
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # LiteLLM reaches for the internet at import unless told otherwise; every process sets these early.
@@ -96,12 +96,39 @@ class Settings(BaseSettings):
     demo_token_ttl_s: int = Field(default=3600, gt=0, le=24 * 3600)
     # `/docs` and `/openapi.json` (off unless configured; `make run` turns them on).
     api_docs: bool = False
+    # Rate limits (gateway/ratelimit.py), kept in Redis so every gateway shares them; `limits` notation
+    # ("20/minute", "3/2second", "100/hour;1000/day"). POST /api/chat (each starts a saga) per client address
+    # and per customer; the reads (outcome, saga, history, events) per client address.
+    rate_limit_chat_address: str = "60/minute"
+    rate_limit_chat_customer: str = "20/minute"
+    rate_limit_reads: str = "600/minute"
+    # Open event streams (GET /api/chat/{id}/events) at once per customer (per address for guests).
+    max_streams_per_customer: int = Field(default=5, ge=1)
+    # Peers (IPs or CIDRs, comma-separated) whose X-Forwarded-For is believed; nobody's by default.
+    trusted_proxies: str = ""
 
     # observability: every process serves /metrics (actors on this port; 0 = pick a free one)
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
     log_level: str = "INFO"
     service_name: str = Field(default="supportmesh")
+
+    @field_validator("rate_limit_chat_address", "rate_limit_chat_customer", "rate_limit_reads")
+    @classmethod
+    def _rate_limit(cls, value: str) -> str:
+        from limits import parse_many
+
+        parse_many(value)  # ValueError on a malformed limit: refused at start, not at the first request
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, value: str) -> str:
+        import ipaddress
+
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            ipaddress.ip_network(part, strict=False)
+        return value
 
 
 # How long a stopping actor waits for its steps in flight, and the pod's grace period around that, in one place:

@@ -111,10 +111,11 @@ async def gateway(harness, redis_url, tmp_path):
     from gateway.app import create_app
 
     from identity import AUTH, TEST_SECRET
+    from mesh_fixture import LOAD_LIMITS
 
     settings = harness.settings.model_copy(update={
         "redis_url": redis_url, "sqlite_path": str(tmp_path / "history.db"), "chat_deadline_s": 1.5,
-        "auth_secret": TEST_SECRET})
+        "auth_secret": TEST_SECRET, **LOAD_LIMITS})
     app = create_app(settings)
     gw = app.state.gateway
     await gw.start()

@@ -13,6 +13,12 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+# The suite's loads all come from one address (the chaos suite sends 300 chats at concurrency 20, end-to-end tests
+# poll reads and open streams): limits far above them, so only the rate-limit tests (which set their own) meet
+# one. The defaults are a real deployment's (supportmesh/config.py).
+LOAD_LIMITS = {"rate_limit_chat_address": "100000/minute", "rate_limit_chat_customer": "100000/minute",
+               "rate_limit_reads": "1000000/minute", "max_streams_per_customer": 10000}
+LOAD_LIMITS_ENV = {f"SUPPORTMESH_{name.upper()}": str(value) for name, value in LOAD_LIMITS.items()}
 
 
 class Mesh:
@@ -28,7 +34,7 @@ class Mesh:
         # makes `supportmesh up` use (or create) the one in the data dir.
         from identity import TEST_SECRET
 
-        self.env = {"SUPPORTMESH_AUTH_SECRET": TEST_SECRET, **(env or {})}
+        self.env = {"SUPPORTMESH_AUTH_SECRET": TEST_SECRET, **LOAD_LIMITS_ENV, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout_s: float = 150.0) -> Mesh:

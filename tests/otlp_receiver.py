@@ -55,11 +55,12 @@ class Span:
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     status_code: str = "UNSET"
     status_message: str = ""
+    resource: dict[str, Any] = field(default_factory=dict)
 
     def texts(self) -> list[str]:
         """Every string the span exports: its name, attribute keys and values, event names and attributes,
-        and its status message."""
-        out = [self.name, self.status_message, *_strings(self.attributes)]
+        its status message, and its resource's attributes."""
+        out = [self.name, self.status_message, *_strings(self.attributes), *_strings(self.resource)]
         for name, attrs in self.events:
             out += [name, *_strings(attrs)]
         return out
@@ -97,13 +98,15 @@ class OTLPReceiver:
     def _store(self, request: ExportTraceServiceRequest) -> None:
         spans = []
         for rs in request.resource_spans:
-            service = next((_value(a.value) for a in rs.resource.attributes if a.key == "service.name"), "")
+            resource = _attributes(rs.resource.attributes)
+            service = resource.get("service.name", "")
             for ss in rs.scope_spans:
                 for s in ss.spans:
                     spans.append(Span(s.trace_id.hex(), s.span_id.hex(), s.parent_span_id.hex(), s.name,
                                       KINDS.get(s.kind, str(s.kind)), service, _attributes(s.attributes),
                                       [(e.name, _attributes(e.attributes)) for e in s.events],
-                                      STATUS.get(s.status.code, str(s.status.code)), s.status.message))
+                                      STATUS.get(s.status.code, str(s.status.code)), s.status.message,
+                                      resource))
         with self._lock:
             self.spans.extend(spans)
 
