@@ -172,8 +172,11 @@ class ActorRuntime:
         )
         self.js = self.nc.jetstream(timeout=10)
         await transport.ensure_stream(self.js, self.settings)
-        self.saga = await SagaLog.open(self.js, ttl_s=self.settings.saga_ttl_s)
-        self.results = await ResultStore.open(self.js, ttl_s=self.settings.saga_ttl_s)
+        self.saga = await SagaLog.open(self.js, ttl_s=self.settings.saga_ttl_s,
+                                       log_max_bytes=self.settings.saga_log_max_bytes,
+                                       state_max_bytes=self.settings.saga_state_max_bytes)
+        self.results = await ResultStore.open(self.js, ttl_s=self.settings.saga_ttl_s,
+                                              max_bytes=self.settings.chat_results_max_bytes)
         await self.actor.start(self.settings)
         await self._bind()
         self._loop_task = asyncio.create_task(self._fetch_loop(), name=f"{self.name}-fetch")

@@ -142,8 +142,9 @@ class Gateway:
         )
         self.js = self.nc.jetstream(timeout=STORE_TIMEOUT_S)
         await ensure_stream(self.js, s)
-        self.saga = await SagaLog.open(self.js, ttl_s=s.saga_ttl_s, read_timeout_s=STORE_TIMEOUT_S)
-        self.results = await ResultStore.open(self.js, ttl_s=s.saga_ttl_s)
+        self.saga = await SagaLog.open(self.js, ttl_s=s.saga_ttl_s, read_timeout_s=STORE_TIMEOUT_S,
+                                       log_max_bytes=s.saga_log_max_bytes, state_max_bytes=s.saga_state_max_bytes)
+        self.results = await ResultStore.open(self.js, ttl_s=s.saga_ttl_s, max_bytes=s.chat_results_max_bytes)
         self.replies = ReplyRouter(self.nc)
         await self.replies.start()
         from gateway.history import HistoryStore

@@ -36,7 +36,7 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     nats.errors.StaleConnectionError,
     nats.errors.OutboundBufferLimitError,
     nats.errors.FlushTimeoutError,
-    nats.js.errors.ServiceUnavailableError,
+    nats.js.errors.ServiceUnavailableError,  # also a full bucket or stream: 503 "maximum bytes exceeded" (10077)
     nats.js.errors.ServerError,
     DirectGetError,
     redis.exceptions.ConnectionError,
