@@ -32,7 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.replies import REPLIES, ReplyRouter
 from gateway.schemas import ChatPending, ChatRequest, ChatResponse
-from gateway.unavailable import RETRY_AFTER_S, UNAVAILABLE, handle_unavailable
+from gateway.unavailable import RETRY_AFTER_S, UNAVAILABLE, handle_unavailable, route_template
 from observability import metrics
 from observability.tracing import (
     current_trace_id,
@@ -121,6 +121,31 @@ class BodyLimit:
         await refused(scope, receive, send)
 
 
+class CountResponses:
+    """Counts every response by route template and status class (`supportmesh_gateway_responses_total`), for
+    the 5xx-rate alert. An exception that escapes the app becomes Starlette's 500: counted as 5xx here."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def recording_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording_send)
+        finally:
+            metrics.GATEWAY_RESPONSES.labels(route_template(scope), f"{status // 100}xx").inc()
+
+
 class Gateway:
     """The gateway's connections and stores, opened once per process."""
 
@@ -199,6 +224,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     web_dir = Path(settings.web_dir) if settings.web_dir else DEFAULT_WEB_DIR
 
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(CountResponses)
     for unavailable in UNAVAILABLE:
         app.add_exception_handler(unavailable, handle_unavailable)
 

@@ -84,6 +84,15 @@ async def ensure_deadletter_stream(js: JetStreamContext, settings: Settings) -> 
         await js.update_stream(config)
 
 
+def storage_streams(settings: Settings) -> list[str]:
+    """Every stream the mesh stores data in: the work stream, the dead letters and the KV buckets' streams."""
+    from saga.log import LOG_BUCKET, STATE_BUCKET
+    from saga.results import RESULTS_BUCKET
+
+    return [settings.stream_name, deadletter_stream_name(settings),
+            *(f"KV_{bucket}" for bucket in (LOG_BUCKET, STATE_BUCKET, RESULTS_BUCKET))]
+
+
 def consumer_config(actor: str, *, ack_wait_s: float, max_deliver: int, max_ack_pending: int) -> ConsumerConfig:
     """The durable pull consumer of one actor; every replica of the actor fetches from it."""
     return ConsumerConfig(

@@ -199,10 +199,22 @@ def test_prometheus_config_passes_promtool(k3d, tmp_path) -> None:
             job.setdefault("static_configs", [{"targets": ["127.0.0.1:9090"]}])
         relabels = {tuple(r.get("source_labels", [])): r for r in job.get("relabel_configs", [])}
         assert ("__meta_kubernetes_pod_annotation_prometheus_io_scrape",) in relabels
-    path = tmp_path / "prometheus.yml"
+    # The alert rules: the ConfigMap prometheus-rules, mounted where rule_files looks, is grafana/alerts/ itself.
+    rules = by_kind(k3d, "ConfigMap")["prometheus-rules"]["data"]
+    assert rules == {p.name: p.read_text() for p in (REPO / "grafana/alerts").glob("*.yml")}
+    prometheus = by_kind(k3d, "Deployment")["prometheus"]["spec"]["template"]["spec"]
+    volume = next(v["name"] for v in prometheus["volumes"] if v.get("configMap", {}).get("name") == "prometheus-rules")
+    mount = next(m["mountPath"] for m in prometheus["containers"][0]["volumeMounts"] if m["name"] == volume)
+    assert config["rule_files"] == [f"{mount}/*.yml"]
+    for name, body in rules.items():
+        (tmp_path / name).write_text(body)
+    config["rule_files"] = [str(tmp_path / "*.yml")]  # promtool checks the rules through the config
+    path = tmp_path / "prometheus.yaml"
     path.write_text(yaml.safe_dump(config))
     out = subprocess.run(["promtool", "check", "config", str(path)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+    count = sum(len(group["rules"]) for body in rules.values() for group in yaml.safe_load(body)["groups"])
+    assert count and f"SUCCESS: {count} rules found" in out.stdout + out.stderr
 
 
 def test_nats_is_durable(k3d) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from nats.js.api import DiscardPolicy
 
+from observability import metrics
 from saga.log import LOG_BUCKET, STATE_BUCKET, SagaLog
 from saga.results import RESULTS_BUCKET, ResultStore
 from saga.transport import deadletter_stream_name, ensure_deadletter_stream, ensure_stream
@@ -53,7 +54,10 @@ async def test_full_saga_log_answers_503_and_recovers(gateway, harness) -> None:
     info.config.max_bytes = max(info.state.bytes, 1)  # full: the next write is refused
     await js.update_stream(info.config)
 
+    errors = metrics.GATEWAY_RESPONSES.labels("/api/chat", "5xx")
+    before = errors._value.get()
     r = await client.post("/api/chat", json=CHAT, headers={"Prefer": "respond-async"})
+    assert errors._value.get() == before + 1  # what the gateway-errors alert counts
     # nats-server answers such a write 503 "maximum bytes exceeded" (err_code 10077): unavailable, not a bug.
     assert r.status_code == 503, r.text
     assert r.headers["Retry-After"].isdigit()
