@@ -132,7 +132,7 @@ class CountResponses:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        status = 500
+        status: int | None = None
 
         async def recording_send(message: Message) -> None:
             nonlocal status
@@ -142,8 +142,14 @@ class CountResponses:
 
         try:
             await self.app(scope, receive, recording_send)
+        except asyncio.CancelledError:  # the client went away: its answer, if any was started, is counted
+            raise
+        except BaseException:
+            status = status or 500
+            raise
         finally:
-            metrics.GATEWAY_RESPONSES.labels(route_template(scope), f"{status // 100}xx").inc()
+            if status is not None:
+                metrics.GATEWAY_RESPONSES.labels(route_template(scope), f"{status // 100}xx").inc()
 
 
 class Gateway:

@@ -66,3 +66,25 @@ async def test_full_saga_log_answers_503_and_recovers(gateway, harness) -> None:
     await js.update_stream(info.config)
     r = await client.post("/api/chat", json=CHAT, headers={"Prefer": "respond-async"})
     assert r.status_code == 202, r.text
+
+
+async def test_gateway_counts_an_unhandled_error_as_5xx() -> None:
+    """A bug that escapes a route is Starlette's 500: the gateway-errors alert must see it."""
+    import httpx
+    from fastapi import FastAPI
+
+    from gateway.app import CountResponses
+
+    app = FastAPI()
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("bug")
+
+    app.add_middleware(CountResponses)
+    errors = metrics.GATEWAY_RESPONSES.labels("/boom", "5xx")
+    before = errors._value.get()
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+        assert (await client.get("/boom")).status_code == 500
+    assert errors._value.get() == before + 1
