@@ -315,9 +315,13 @@ async def ensure_bucket(js: JetStreamContext, name: str, ttl_s: float, max_bytes
                 KeyValueConfig(bucket=name, history=1, ttl=ttl_s, storage=StorageType.FILE, direct=True,
                                max_bytes=max_bytes)
             )
-        except Exception:
-            # Another process created it between our two calls.
-            kv = await js.key_value(name)
+        except Exception as create_error:
+            # Another process created it between our two calls; else the server's refusal is the error to see
+            # (e.g. "insufficient storage resources": the limits add up to more than JetStream's max_file_store).
+            try:
+                kv = await js.key_value(name)
+            except BucketNotFoundError:
+                raise create_error from None
     if await ensure_direct(js, f"KV_{name}", max_bytes=max_bytes):
         kv = await js.key_value(name)
     return kv

@@ -585,3 +585,24 @@ def test_policy_flows_follow_the_code() -> None:
 
     assert users("redis_url", "SessionStore") == REDIS_USERS
     assert users("actors.commerce", "_api_url") == MOCK_USERS
+
+
+def size_bytes(text: str) -> int:
+    """A Kubernetes quantity (2Gi) or a nats.conf size (1792MB, read here as MiB: 1000-based it still fits)."""
+    units = {"Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
+    number, unit = re.fullmatch(r"(\d+)([A-Za-z]*)", text.strip()).groups()
+    return int(number) * units.get(unit, 1)
+
+
+def test_jetstream_storage_holds_every_limit(k3d) -> None:
+    """nats-server reserves each stream's and bucket's max_bytes against max_file_store: the ConfigMap's limits
+    must fit in it (or nothing starts), and it must fit in the volume, with room left for JetStream's files."""
+    settings = generate_actors.pod_settings()
+    limits = [settings.saga_log_max_bytes, settings.saga_state_max_bytes, settings.chat_results_max_bytes,
+              settings.stream_max_bytes, settings.deadletter_max_bytes]
+    assert all(limit > 0 for limit in limits)
+    conf = by_kind(k3d, "ConfigMap")["nats-config"]["data"]["nats.conf"]
+    store = size_bytes(re.search(r"max_file_store:\s*(\S+)", conf).group(1))
+    volume = size_bytes(by_kind(k3d, "StatefulSet")["nats"]["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]
+                        ["requests"]["storage"])
+    assert sum(limits) <= store <= 0.9 * volume, (sum(limits), store, volume)

@@ -88,3 +88,24 @@ async def test_gateway_counts_an_unhandled_error_as_5xx() -> None:
     async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
         assert (await client.get("/boom")).status_code == 500
     assert errors._value.get() == before + 1
+
+
+async def test_limits_above_jetstream_storage_are_refused_loudly(tmp_path) -> None:
+    """JetStream reserves every max_bytes against its max_file_store: a bucket that does not fit is refused
+    with the server's reason (not a misleading "bucket not found"). k8s/base/nats.yaml sizes max_file_store
+    for the defaults (tests/test_k8s.py checks the sum)."""
+    import nats
+    import pytest
+    from nats.js.errors import APIError
+
+    from supportmesh.natsserver import NatsServer
+
+    server = NatsServer(store_dir=tmp_path / "js", max_file_store="100MB").start()
+    try:
+        nc = await nats.connect(server.url)
+        with pytest.raises(APIError) as refused:
+            await SagaLog.open(nc.jetstream(), log_max_bytes=80 * MIB, state_max_bytes=64 * MIB)
+        assert refused.value.err_code == 10047, refused.value  # insufficient storage resources
+        await nc.close()
+    finally:
+        server.stop()
