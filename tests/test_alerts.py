@@ -84,6 +84,7 @@ RULE_TESTS = {
                  "exp_alerts": [fired("SupportmeshJetStreamStorageHigh", "JetStream KV_saga_log is 85% full",
                                       severity="warning", stream="KV_saga_log")]},
                 {"eval_time": "10m", "alertname": "SupportmeshJetStreamStorageFull", "exp_alerts": []},
+                {"eval_time": "14m", "alertname": "SupportmeshStorageUnwatched", "exp_alerts": []},
                 {"eval_time": "25m", "alertname": "SupportmeshConsumerBacklogGrowing",
                  "exp_alerts": [fired("SupportmeshConsumerBacklogGrowing",
                                       "intent_analyzer has 600 messages waiting and its backlog keeps growing",
@@ -96,7 +97,17 @@ RULE_TESTS = {
                  "exp_alerts": [fired("SupportmeshGatewayErrors", "10% of /api/chat answers are 5xx",
                                       severity="critical", route="/api/chat")]},
             ],
-        }
+        },
+        {   # nobody exports the storage gauges (the escalation router is down)
+            "interval": "1m",
+            "input_series": [{"series": 'supportmesh_consumer_pending{actor="intent_analyzer"}', "values": "0x20"}],
+            "alert_rule_test": [
+                {"eval_time": "5m", "alertname": "SupportmeshStorageUnwatched", "exp_alerts": []},
+                {"eval_time": "15m", "alertname": "SupportmeshStorageUnwatched", "exp_alerts": [fired(
+                    "SupportmeshStorageUnwatched", "No JetStream storage metrics for 10 minutes: is the escalation "
+                    "router running and scraped?", severity="warning")]},
+            ],
+        },
     ],
 }
 
