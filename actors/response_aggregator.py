@@ -2,7 +2,10 @@
 KV and answers the waiting gateway. Every write is idempotent: the step may run twice after a crash.
 
 It also delivers the answer of a saga that failed elsewhere (the runtime routes it here with the reply set
-and the outcome `failed`), so that answer is in the history like any other."""
+and the outcome `failed`), so that answer is in the history like any other.
+
+Being the one process that writes the history, it also enforces its retention: every
+`history_prune_interval_s` it deletes rows older than `history_retention_days`, in batches."""
 
 from __future__ import annotations
 
@@ -30,8 +33,23 @@ class ResponseAggregator(Actor):
     async def start(self, settings: Settings) -> None:
         self.history = await HistoryStore(settings.sqlite_path).open()
         self.sessions = SessionStore(settings.redis_url, ttl_s=settings.session_ttl_s)
+        self._prune_task = asyncio.create_task(self._prune_loop(settings), name="history-prune")
+
+    async def _prune_loop(self, settings: Settings) -> None:
+        while True:
+            try:
+                deleted = await self.history.prune(settings.history_retention_days,
+                                                   batch=settings.history_prune_batch)
+                if deleted:
+                    log.info("deleted %d history rows older than %s days", deleted, settings.history_retention_days)
+            except Exception as exc:  # a locked or full disk: try again next time
+                log.warning("history retention failed: %s", exc)
+            await asyncio.sleep(settings.history_prune_interval_s)
 
     async def stop(self) -> None:
+        self._prune_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._prune_task
         await self.history.close()
         await self.sessions.close()
 

@@ -174,8 +174,11 @@ class ActorRuntime:
         )
         self.js = self.nc.jetstream(timeout=10)
         await transport.ensure_stream(self.js, self.settings)
-        self.saga = await SagaLog.open(self.js, ttl_s=self.settings.saga_ttl_s)
-        self.results = await ResultStore.open(self.js, ttl_s=self.settings.saga_ttl_s)
+        self.saga = await SagaLog.open(self.js, ttl_s=self.settings.saga_ttl_s,
+                                       log_max_bytes=self.settings.saga_log_max_bytes,
+                                       state_max_bytes=self.settings.saga_state_max_bytes)
+        self.results = await ResultStore.open(self.js, ttl_s=self.settings.saga_ttl_s,
+                                              max_bytes=self.settings.chat_results_max_bytes)
         await self.actor.start(self.settings)
         await self._bind()
         self._loop_task = asyncio.create_task(self._fetch_loop(), name=f"{self.name}-fetch")
@@ -670,13 +673,24 @@ class ActorRuntime:
         await msg.term()
 
     async def _backlog_loop(self, interval_s: float = 5.0) -> None:
-        """Export the consumer's backlog (pending and ack-pending) for the dashboards and autoscalers."""
+        """Export the consumer's backlog (pending and ack-pending) for the dashboards and autoscalers (and, in
+        the error handler, the storage use of every stream and bucket)."""
         while not self._stopping.is_set():
             with contextlib.suppress(Exception):
                 info = await self.js.consumer_info(self.settings.stream_name, self.name)
                 metrics.CONSUMER_PENDING.labels(self.name).set(info.num_pending or 0)
                 metrics.CONSUMER_ACK_PENDING.labels(self.name).set(info.num_ack_pending or 0)
+            if self.actor.handles_dead_letters:  # one process kind exports the storage use of the whole mesh
+                await self._export_storage()
             await asyncio.sleep(interval_s)
+
+    async def _export_storage(self) -> None:
+        """Bytes used and size limit of every stream and bucket (the storage alert compares the two)."""
+        for stream in transport.storage_streams(self.settings):
+            with contextlib.suppress(Exception):
+                info = await self.js.stream_info(stream)
+                metrics.JETSTREAM_BYTES.labels(stream).set(info.state.bytes or 0)
+                metrics.JETSTREAM_MAX_BYTES.labels(stream).set(info.config.max_bytes or -1)
 
     # ---- dead letters (error handler only) -------------------------------------------------------
 

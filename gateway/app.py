@@ -38,7 +38,7 @@ from gateway.auth import Caller, caller_from, mint_token, new_session_id
 from gateway.ratelimit import RateLimited, RateLimiter, guarded, handle_rate_limited, rate_limit
 from gateway.replies import REPLIES, ReplyRouter
 from gateway.schemas import ChatPending, ChatRequest, ChatResponse, DemoSignIn, SessionCreated
-from gateway.unavailable import RETRY_AFTER_S, UNAVAILABLE, handle_unavailable
+from gateway.unavailable import RETRY_AFTER_S, UNAVAILABLE, handle_unavailable, route_template
 from observability import metrics
 from observability.tracing import (
     current_trace_id,
@@ -168,6 +168,37 @@ def _adding_headers(send: Send, headers: list[tuple[bytes, bytes]]) -> Send:
     return adding
 
 
+class CountResponses:
+    """Counts every response by route template and status class (`supportmesh_gateway_responses_total`), for
+    the 5xx-rate alert. An exception that escapes the app becomes Starlette's 500: counted as 5xx here."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status: int | None = None
+
+        async def recording_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording_send)
+        except asyncio.CancelledError:  # the client went away: its answer, if any was started, is counted
+            raise
+        except BaseException:
+            status = status or 500
+            raise
+        finally:
+            if status is not None:
+                metrics.GATEWAY_RESPONSES.labels(route_template(scope), f"{status // 100}xx").inc()
+
+
 class Gateway:
     """The gateway's connections and stores, opened once per process."""
 
@@ -189,8 +220,9 @@ class Gateway:
         )
         self.js = self.nc.jetstream(timeout=STORE_TIMEOUT_S)
         await ensure_stream(self.js, s)
-        self.saga = await SagaLog.open(self.js, ttl_s=s.saga_ttl_s, read_timeout_s=STORE_TIMEOUT_S)
-        self.results = await ResultStore.open(self.js, ttl_s=s.saga_ttl_s)
+        self.saga = await SagaLog.open(self.js, ttl_s=s.saga_ttl_s, read_timeout_s=STORE_TIMEOUT_S,
+                                       log_max_bytes=s.saga_log_max_bytes, state_max_bytes=s.saga_state_max_bytes)
+        self.results = await ResultStore.open(self.js, ttl_s=s.saga_ttl_s, max_bytes=s.chat_results_max_bytes)
         self.replies = ReplyRouter(self.nc)
         await self.replies.start()
         from gateway.history import HistoryStore
@@ -252,6 +284,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     web_dir = Path(settings.web_dir) if settings.web_dir else DEFAULT_WEB_DIR
 
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(CountResponses)
     for unavailable in UNAVAILABLE:
         app.add_exception_handler(unavailable, handle_unavailable)
     app.add_middleware(SecurityHeaders)

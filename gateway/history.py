@@ -1,12 +1,16 @@
 """Conversation history in SQLite (aiosqlite, WAL mode), with the specification's table exactly.
 
+Rows older than the retention (`SUPPORTMESH_HISTORY_RETENTION_DAYS`) are deleted by `prune`, which the response
+aggregator runs periodically.
+
 The response aggregator writes two rows per chat message — the customer's (`message_id`) and the agent's
 (`<message_id>:agent`) — with INSERT OR IGNORE, so a step that runs twice after a crash writes them once.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import asyncio
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,7 @@ CREATE TABLE IF NOT EXISTS messages (
     payload TEXT -- Full enriched payload as JSON
 );
 CREATE INDEX IF NOT EXISTS idx_session ON messages(session_id, timestamp);
+CREATE INDEX IF NOT EXISTS idx_timestamp ON messages(timestamp);
 """
 
 
@@ -97,3 +102,21 @@ class HistoryStore:
         rows = [dict(r) for r in await cur.fetchall()]
         rows.reverse()
         return rows
+
+    async def prune(self, retention_days: float, *, batch: int = 1000, now: datetime | None = None) -> int:
+        """Delete rows older than `retention_days` (0 keeps everything), `batch` rows per transaction so the
+        writer is never blocked for long; returns how many rows were deleted."""
+        if retention_days <= 0:
+            return 0
+        cutoff = ((now or datetime.now(UTC)) - timedelta(days=retention_days)).isoformat(timespec="microseconds")
+        deleted = 0
+        while True:
+            cur = await self.db.execute(
+                "DELETE FROM messages WHERE rowid IN (SELECT rowid FROM messages WHERE timestamp < ? LIMIT ?)",
+                (cutoff, batch),
+            )
+            await self.db.commit()
+            deleted += cur.rowcount
+            if cur.rowcount < batch:
+                return deleted
+            await asyncio.sleep(0)  # let the step in flight write its rows between two batches

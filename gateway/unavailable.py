@@ -17,6 +17,7 @@ import nats.js.errors
 import redis.exceptions
 from fastapi import Request
 from fastapi.responses import JSONResponse
+from starlette.types import Scope
 
 from observability import metrics
 from saga.direct import DirectGetError
@@ -36,7 +37,7 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     nats.errors.StaleConnectionError,
     nats.errors.OutboundBufferLimitError,
     nats.errors.FlushTimeoutError,
-    nats.js.errors.ServiceUnavailableError,
+    nats.js.errors.ServiceUnavailableError,  # also a full bucket or stream: 503 "maximum bytes exceeded" (10077)
     nats.js.errors.ServerError,
     DirectGetError,
     redis.exceptions.ConnectionError,
@@ -45,10 +46,14 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
 )
 
 
-def route_of(request: Request) -> str:
+def route_template(scope: Scope) -> str:
     """The route template (`/api/sagas/{message_id}`), never the URL: labels stay bounded, ids stay out."""
-    route = request.scope.get("route")
-    return getattr(route, "path", "unmatched")
+    return getattr(scope.get("route"), "path", "unmatched")
+
+
+def route_of(request: Request) -> str:
+    """The route template of a request."""
+    return route_template(request.scope)
 
 
 def unavailable_response(route: str, exc: BaseException) -> JSONResponse:

@@ -15,16 +15,20 @@ k3d-build:  ## build the image and import it into the cluster
 	docker build -t $(IMAGE) .
 	k3d image import $(IMAGE) -c $(K3D_CLUSTER)
 
-k3d-deploy:  ## apply the manifests and wait for every rollout
-	kubectl get namespace $(NAMESPACE) >/dev/null 2>&1 || kubectl create namespace $(NAMESPACE)
+k3d-deploy:  ## apply the manifests (creating the token key and Grafana's admin Secrets once) and wait
+	kubectl create namespace $(NAMESPACE) --dry-run=client -o yaml | kubectl apply -f -
 	# The gateway's token key (README "Security model"): created once, kept across deploys.
 	kubectl -n $(NAMESPACE) get secret supportmesh-auth >/dev/null 2>&1 || kubectl -n $(NAMESPACE) create secret \
 	  generic supportmesh-auth --from-literal=auth-secret="$$(openssl rand -base64 48)"
+	kubectl -n $(NAMESPACE) get secret grafana-admin >/dev/null 2>&1 || \
+	  kubectl -n $(NAMESPACE) create secret generic grafana-admin --from-literal=admin-user=admin \
+	  --from-literal=admin-password="$$(head -c 24 /dev/urandom | base64)"
 	kubectl apply -k $(OVERLAY)
 	kubectl -n $(NAMESPACE) rollout status statefulset/nats --timeout=180s
 	kubectl -n $(NAMESPACE) rollout status statefulset/redis --timeout=180s
 	for d in $$(kubectl -n $(NAMESPACE) get deploy -o name); do \
 	  kubectl -n $(NAMESPACE) rollout status $$d --timeout=300s || exit 1; done
+	@echo "grafana admin password: kubectl -n $(NAMESPACE) get secret grafana-admin -o jsonpath='{.data.admin-password}' | base64 -d"
 	@echo "widget http://localhost:8000  grafana http://localhost:3000  jaeger http://localhost:16686  prometheus http://localhost:9090"
 
 k3d-chaos:  ## delete random actor pods every 5 s for a minute

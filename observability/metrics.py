@@ -68,6 +68,16 @@ CONSUMER_PENDING = Gauge("supportmesh_consumer_pending", "Messages waiting in an
 CONSUMER_ACK_PENDING = Gauge(
     "supportmesh_consumer_ack_pending", "Messages delivered to an actor and not yet acked.", ["actor"]
 )
+JETSTREAM_BYTES = Gauge(
+    "supportmesh_jetstream_bytes", "Bytes stored in a JetStream stream or KV bucket (KV_<bucket>).", ["stream"]
+)
+JETSTREAM_MAX_BYTES = Gauge(
+    "supportmesh_jetstream_max_bytes", "Size limit of a JetStream stream or KV bucket (-1: none).", ["stream"]
+)
+GATEWAY_RESPONSES = Counter(
+    "supportmesh_gateway_responses_total", "Gateway responses by route template and status class (2xx..5xx).",
+    ["route", "code"],
+)
 MOCK_API_LATENCY_SECONDS = Histogram(
     "supportmesh_mock_api_latency_seconds", "Mock commerce API latency by route.", ["route", "method"],
     buckets=LATENCY_BUCKETS,

@@ -6,7 +6,13 @@ OpenTelemetry service name), so a series leads to its traces in Jaeger."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 import yaml
+
+# The alert rules (storage, backlog, dead letters, gateway 5xx), shared with k8s (grafana/kustomization.yaml).
+ALERT_RULES = Path(__file__).resolve().parent.parent / "grafana" / "alerts" / "supportmesh.rules.yml"
 
 
 def job_name(process: str) -> str:
@@ -19,10 +25,13 @@ def service_name(process: str) -> str:
     return f"supportmesh-{job_name(process)}"
 
 
-def render_scrape_config(targets: dict[str, list[str]], scrape_interval: str = "5s") -> str:
-    """A prometheus.yml scraping `targets` ({process kind: ["host:port", ...]}), e.g. from endpoints.json."""
+def render_scrape_config(targets: dict[str, list[str]], scrape_interval: str = "5s",
+                         rule_files: Sequence[str | Path] = ()) -> str:
+    """A prometheus.yml scraping `targets` ({process kind: ["host:port", ...]}), e.g. from endpoints.json, and
+    evaluating the alert rules of `rule_files`."""
     config = {
         "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
+        **({"rule_files": [str(path) for path in rule_files]} if rule_files else {}),
         "scrape_configs": [
             {
                 "job_name": job_name(process),

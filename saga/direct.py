@@ -73,12 +73,17 @@ async def read_subjects(nc: Any, stream: str, subject_filter: str, *, batch: int
         await sub.unsubscribe()
 
 
-async def ensure_direct(js: Any, stream: str) -> bool:
-    """Turn on `allow_direct` for a stream created without it (KV buckets created by older versions);
-    returns True when it was changed."""
+async def ensure_direct(js: Any, stream: str, *, max_bytes: int | None = None) -> bool:
+    """Turn on `allow_direct` for a stream created without it (KV buckets created by older versions), and bring
+    its `max_bytes` to `max_bytes` when given (a bucket created before it had a limit, or with another one);
+    returns True when the stream was changed."""
     info = await js.stream_info(stream)
-    if info.config.allow_direct:
+    config = info.config
+    changed = not config.allow_direct or (max_bytes is not None and (config.max_bytes or -1) != max_bytes)
+    if not changed:
         return False
-    info.config.allow_direct = True
-    await js.update_stream(info.config)
+    config.allow_direct = True
+    if max_bytes is not None:
+        config.max_bytes = max_bytes
+    await js.update_stream(config)
     return True

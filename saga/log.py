@@ -143,10 +143,11 @@ class SagaLog:
         self._state = state_kv
 
     @classmethod
-    async def open(cls, js: JetStreamContext, *, ttl_s: float = 7 * 24 * 3600, read_timeout_s: float = 5.0) -> SagaLog:
-        """Open both buckets, creating them (file storage, retention TTL) when missing."""
-        log_kv = await ensure_bucket(js, LOG_BUCKET, ttl_s)
-        state_kv = await ensure_bucket(js, STATE_BUCKET, ttl_s)
+    async def open(cls, js: JetStreamContext, *, ttl_s: float = 7 * 24 * 3600, read_timeout_s: float = 5.0,
+                   log_max_bytes: int = -1, state_max_bytes: int = -1) -> SagaLog:
+        """Open both buckets, creating them (file storage, retention TTL, size limit; -1 = none) when missing."""
+        log_kv = await ensure_bucket(js, LOG_BUCKET, ttl_s, log_max_bytes)
+        state_kv = await ensure_bucket(js, STATE_BUCKET, ttl_s, state_max_bytes)
         return cls(js, log_kv, state_kv, read_timeout_s=read_timeout_s)
 
     # ---- events ---------------------------------------------------------------------------------
@@ -306,19 +307,25 @@ def _may_move(current: SagaState, status: str, step_index: int, allow_reopen: bo
     return True
 
 
-async def ensure_bucket(js: JetStreamContext, name: str, ttl_s: float) -> Any:
-    """Open a KV bucket, creating it when missing (file storage, one value per key, retention TTL, direct gets
-    on). A bucket created without direct gets (by an older version) gets them turned on."""
+async def ensure_bucket(js: JetStreamContext, name: str, ttl_s: float, max_bytes: int = -1) -> Any:
+    """Open a KV bucket, creating it when missing (file storage, one value per key, retention TTL, at most
+    `max_bytes` (-1 = no limit; a full bucket refuses writes), direct gets on). A bucket created without direct
+    gets (by an older version) gets them turned on, and an existing bucket gets the current size limit."""
     try:
         kv = await js.key_value(name)
     except BucketNotFoundError:
         try:
             return await js.create_key_value(
-                KeyValueConfig(bucket=name, history=1, ttl=ttl_s, storage=StorageType.FILE, direct=True)
+                KeyValueConfig(bucket=name, history=1, ttl=ttl_s, storage=StorageType.FILE, direct=True,
+                               max_bytes=max_bytes)
             )
-        except Exception:
-            # Another process created it between our two calls.
-            kv = await js.key_value(name)
-    if await ensure_direct(js, f"KV_{name}"):
+        except Exception as create_error:
+            # Another process created it between our two calls; else the server's refusal is the error to see
+            # (e.g. "insufficient storage resources": the limits add up to more than JetStream's max_file_store).
+            try:
+                kv = await js.key_value(name)
+            except BucketNotFoundError:
+                raise create_error from None
+    if await ensure_direct(js, f"KV_{name}", max_bytes=max_bytes):
         kv = await js.key_value(name)
     return kv

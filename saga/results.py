@@ -60,9 +60,9 @@ class ResultStore:
         self._kv = kv
 
     @classmethod
-    async def open(cls, js: JetStreamContext, *, ttl_s: float) -> ResultStore:
-        """Open the bucket, creating it (file storage, TTL) if it does not exist yet."""
-        kv = await ensure_bucket(js, RESULTS_BUCKET, ttl_s)
+    async def open(cls, js: JetStreamContext, *, ttl_s: float, max_bytes: int = -1) -> ResultStore:
+        """Open the bucket, creating it (file storage, TTL, size limit; -1 = none) if it does not exist yet."""
+        kv = await ensure_bucket(js, RESULTS_BUCKET, ttl_s, max_bytes)
         return cls(kv)
 
     async def save(self, result: ChatResult) -> bool:

@@ -12,6 +12,7 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
+    DiscardPolicy,
     RetentionPolicy,
     StorageType,
     StreamConfig,
@@ -35,7 +36,8 @@ TRACE_HEADERS = ("traceparent", "tracestate")
 
 
 def stream_config(settings: Settings) -> StreamConfig:
-    """The one stream over `ecommerce.support.>`: file storage, work-queue retention, a duplicate window."""
+    """The one stream over `ecommerce.support.>`: file storage, work-queue retention, a duplicate window, a size
+    limit that refuses new messages when reached (discard new: dropping old ones would lose sagas in flight)."""
     return StreamConfig(
         name=settings.stream_name,
         subjects=[f"{SUBJECT_PREFIX}.>"],
@@ -43,6 +45,8 @@ def stream_config(settings: Settings) -> StreamConfig:
         storage=StorageType.FILE,
         duplicate_window=settings.duplicate_window_s,
         max_age=settings.stream_max_age_s,
+        max_bytes=settings.stream_max_bytes,
+        discard=DiscardPolicy.NEW,
     )
 
 
@@ -71,11 +75,22 @@ async def ensure_deadletter_stream(js: JetStreamContext, settings: Settings) -> 
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
         max_age=settings.saga_ttl_s,
+        max_bytes=settings.deadletter_max_bytes,
+        discard=DiscardPolicy.NEW,
     )
     try:
         await js.add_stream(config)
     except BadRequestError:
         await js.update_stream(config)
+
+
+def storage_streams(settings: Settings) -> list[str]:
+    """Every stream the mesh stores data in: the work stream, the dead letters and the KV buckets' streams."""
+    from saga.log import LOG_BUCKET, STATE_BUCKET
+    from saga.results import RESULTS_BUCKET
+
+    return [settings.stream_name, deadletter_stream_name(settings),
+            *(f"KV_{bucket}" for bucket in (LOG_BUCKET, STATE_BUCKET, RESULTS_BUCKET))]
 
 
 def consumer_config(actor: str, *, ack_wait_s: float, max_deliver: int, max_ack_pending: int) -> ConsumerConfig:

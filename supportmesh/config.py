@@ -19,6 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # The local, deterministic model registered with LiteLLM (actors/local_model.py): no key, no network.
 LOCAL_LLM_MODEL = "supportmesh-local/deterministic"
+MIB = 1024 * 1024
 
 
 class Settings(BaseSettings):
@@ -35,6 +36,19 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     session_ttl_s: int = 24 * 3600
     sqlite_path: str = ".supportmesh/history.db"
+    # Storage limits (bytes) of every JetStream bucket and stream: a full one refuses writes (the gateway
+    # answers 503) instead of filling the volume. The defaults add up to 1.375 GiB, ~69 % of the 2 Gi NATS
+    # volume in k8s, leaving room for JetStream's own files and compaction; alerts fire at 80 % of each.
+    saga_log_max_bytes: int = Field(default=768 * MIB, ge=-1)
+    saga_state_max_bytes: int = Field(default=64 * MIB, ge=-1)
+    chat_results_max_bytes: int = Field(default=256 * MIB, ge=-1)
+    stream_max_bytes: int = Field(default=256 * MIB, ge=-1)
+    deadletter_max_bytes: int = Field(default=64 * MIB, ge=-1)
+    # Conversation history (SQLite) older than this is deleted, in batches, every `history_prune_interval_s`
+    # by the response aggregator (the process that writes it). 0 keeps everything.
+    history_retention_days: float = Field(default=90, ge=0)
+    history_prune_interval_s: float = Field(default=3600, gt=0)
+    history_prune_batch: int = Field(default=1000, gt=0)
 
     # mock commerce APIs (one process serves all three by default)
     customers_api_url: str = "http://127.0.0.1:8100"

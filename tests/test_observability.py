@@ -30,7 +30,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from mesh_fixture import Mesh
 from observability import metrics
 from observability.logs import JsonFormatter, TraceContextFilter, TraceIndex
-from observability.prometheus import render_scrape_config
+from observability.prometheus import ALERT_RULES, render_scrape_config
 from otlp_receiver import OTLPReceiver, Span
 from supportmesh.up import ACTORS
 
@@ -220,7 +220,8 @@ def test_make_run_installs_prometheus_only_for_observability(tmp_path, args: str
 
 def test_generated_scrape_config_passes_promtool(tmp_path) -> None:
     config = tmp_path / "prometheus.yml"
-    config.write_text(render_scrape_config({"gateway": ["127.0.0.1:8000"], "intent_analyzer": ["127.0.0.1:9101"]}))
+    config.write_text(render_scrape_config({"gateway": ["127.0.0.1:8000"], "intent_analyzer": ["127.0.0.1:9101"]},
+                                           rule_files=[ALERT_RULES]))
     out = subprocess.run(["promtool", "check", "config", str(config)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
 

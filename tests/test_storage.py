@@ -52,3 +52,64 @@ async def test_session_keys_and_ttl(redis_url) -> None:
     for key in ("session:abc:state", "session:abc:context"):
         assert 0 < raw.ttl(key) <= 120
     await sessions.close()
+
+
+def _seed(path, rows: list[tuple[str, str]]) -> None:
+    """Rows (message_id, timestamp) written straight into the table, as an older aggregator left them."""
+    db = sqlite3.connect(path)
+    db.executemany("INSERT INTO messages (message_id, session_id, timestamp, sender, content) VALUES (?, 's', ?, "
+                   "'customer', 'hi')", rows)
+    db.commit()
+    db.close()
+
+
+def _ids(path) -> set[str]:
+    db = sqlite3.connect(path)
+    try:
+        return {r[0] for r in db.execute("SELECT message_id FROM messages")}
+    finally:
+        db.close()
+
+
+async def test_history_retention_deletes_old_rows_in_batches(tmp_path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    path = tmp_path / "history.db"
+    store = await HistoryStore(path).open()
+    now = datetime(2026, 6, 1, tzinfo=UTC)
+    stamp = lambda days: (now - timedelta(days=days)).isoformat(timespec="microseconds")  # noqa: E731
+    old = [(f"old{i}", stamp(91 + i)) for i in range(25)]
+    kept = [("new0", stamp(1)), ("edge", stamp(89.9))]
+    _seed(path, old + kept)
+
+    assert await store.prune(0, now=now) == 0  # 0 keeps everything
+    assert await store.prune(90, batch=7, now=now) == 25  # four batches of at most 7
+    assert _ids(path) == {"new0", "edge"}
+    assert await store.prune(90, batch=7, now=now) == 0
+    await store.close()
+
+
+async def test_response_aggregator_prunes_history_periodically(tmp_path, redis_url) -> None:
+    import asyncio
+    import time
+    from datetime import UTC, datetime, timedelta
+
+    from actors.response_aggregator import ResponseAggregator
+    from supportmesh.config import Settings
+
+    path = tmp_path / "history.db"
+    await (await HistoryStore(path).open()).close()
+    settings = Settings(sqlite_path=str(path), redis_url=redis_url, history_retention_days=30,
+                        history_prune_interval_s=0.2, history_prune_batch=2)
+    actor = ResponseAggregator()
+    await actor.start(settings)
+    try:
+        # Rows that grow old while the aggregator runs are deleted by a later round, without a restart.
+        _seed(path, [(f"old{i}", (datetime.now(UTC) - timedelta(days=31)).isoformat()) for i in range(5)]
+              + [("recent", datetime.now(UTC).isoformat())])
+        deadline = time.monotonic() + 30
+        while _ids(path) != {"recent"}:
+            assert time.monotonic() < deadline, f"old rows still there: {_ids(path)}"
+            await asyncio.sleep(0.05)
+    finally:
+        await actor.stop()
