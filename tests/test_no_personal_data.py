@@ -54,7 +54,8 @@ def telemetry(tmp_path_factory):
         try:
             for email, text in zip(CUSTOMERS, MESSAGES, strict=True):
                 chat = answer(mesh.gateway_url, text, email=email)
-                saga = httpx.get(f"{mesh.gateway_url}/api/sagas/{chat['message_id']}", timeout=10).json()
+                saga = httpx.get(f"{mesh.gateway_url}/api/sagas/{chat['message_id']}", timeout=10,
+                                 headers=mesh.auth(email)).json()  # only the saga's owner may read it
                 route = [e["actor"] for e in saga["events"] if e["kind"] == "step_completed"]
                 assert "context_retriever" in route, route  # the commerce calls with the email were made
                 expected = {"supportmesh-gateway", "supportmesh-mocks"} | {service_of(a) for a in route}

@@ -11,7 +11,7 @@ from saga.results import RESULTS_BUCKET, ResultStore
 from saga.transport import deadletter_stream_name, ensure_deadletter_stream, ensure_stream
 from supportmesh.config import MIB, Settings
 
-CHAT = {"session_id": "s-full", "customer_email": "ann@example.com", "message": "where is my order 1001?"}
+CHAT = {"session_id": "s-full", "message": "where is my order 1001?"}  # from the signed-in customer
 
 
 def test_default_limits_fit_the_k8s_volume_with_headroom() -> None:
