@@ -35,6 +35,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.auth import Caller, caller_from, mint_token, new_session_id
+from gateway.idempotency import IDEMPOTENCY_HEADER, earlier_attempt, message_id_for
 from gateway.ratelimit import RateLimited, RateLimiter, guarded, handle_rate_limited, rate_limit
 from gateway.replies import REPLIES, ReplyRouter
 from gateway.schemas import ChatPending, ChatRequest, ChatResponse, DemoSignIn, SessionCreated
@@ -314,6 +315,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         request: Request,
         prefer: str | None = Header(default=None, description="`respond-async`: answer 202 with the message id "
                                     "at once and follow the saga's events (what the widget does)"),
+        idempotency_key: str | None = Header(default=None, alias=IDEMPOTENCY_HEADER,
+                                             description="the same key (per customer and session) and message "
+                                             "answer with the same saga, never a second one"),
     ) -> Any:
         """Send a customer message; the answer within the deadline, or 202 and the message id.
 
@@ -334,25 +338,33 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             reply_subject=gw.replies.subject,
             deadline_s=settings.chat_deadline_s,
             customer_verified=who.verified,
+            message_id=message_id_for(who.owner, body.session_id, idempotency_key) if idempotency_key else None,
         )
         trace_id = current_trace_id()
         message = message.model_copy(update={"metadata": message.metadata.model_copy(update={"trace_id": trace_id})})
         waiter = gw.replies.expect(message.message_id)
         try:
-            try:
-                # The session is marked active before publishing, so the aggregator's final status is never
-                # overwritten by "active"; it is written alongside the saga's start (independent writes).
-                await asyncio.gather(
-                    _touch_session(gw, body.session_id, message.message_id, "active"),
-                    record_start(gw.saga, message),
-                )
-            except Exception as exc:
-                log.exception("could not record the start of the saga")
-                raise HTTPException(503, f"the mesh is not accepting messages right now: {type(exc).__name__}",
-                                    headers={"Retry-After": str(RETRY_AFTER_S)})
+            # A retry with the same Idempotency-Key follows the first attempt's saga: nothing is started again.
+            again = idempotency_key is not None and await earlier_attempt(gw.saga, message.message_id, body.message)
+            if not again:
+                try:
+                    # The session is marked active before publishing, so the aggregator's final status is never
+                    # overwritten by "active"; it is written alongside the saga's start (independent writes).
+                    _, started_here = await asyncio.gather(
+                        _touch_session(gw, body.session_id, message.message_id, "active"),
+                        record_start(gw.saga, message),
+                    )
+                except Exception as exc:
+                    log.exception("could not record the start of the saga")
+                    raise HTTPException(503, f"the mesh is not accepting messages right now: {type(exc).__name__}",
+                                        headers={"Retry-After": str(RETRY_AFTER_S)})
+                again = not started_here  # a concurrent attempt with the same key recorded it first
             # From here on the saga exists: if the publish fails, the sweeper starts it from the log. Answering
             # 503 now would make the client send it again and start a second saga, so it gets its id (202).
-            published = await _publish_first_step(gw, message)
+            # Only the attempt that recorded the start publishes; a repeated one waits for the same answer.
+            published = True if again else await _publish_first_step(gw, message)
+            if again and (stored := await gw.results.get(message.message_id)) is not None:
+                return _response(stored)
             pending = JSONResponse(ChatPending(message_id=message.message_id, trace_id=trace_id).model_dump(),
                                    status_code=202)
             if published and _respond_async(prefer):
@@ -367,7 +379,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return _response(result)
         finally:
             # Always, whether answered, timed out, failed or cancelled by a client that went away.
-            gw.replies.forget(message.message_id)
+            gw.replies.forget(message.message_id, waiter)
             metrics.CHATS_IN_FLIGHT.dec()
 
     @app.get("/api/chat/{message_id}", response_model=ChatResponse, responses={202: {"model": ChatPending}})

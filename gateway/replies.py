@@ -32,7 +32,8 @@ class ReplyRouter:
         self.nc = nc
         self.instance_id = instance_id or uuid.uuid4().hex[:12]
         self.subject = f"{REPLY_PREFIX}.{self.instance_id}"
-        self._waiters: dict[str, asyncio.Future[ChatResult]] = {}
+        # Several requests may wait for one message (a retry with the same Idempotency-Key): each its own future.
+        self._waiters: dict[str, list[asyncio.Future[ChatResult]]] = {}
         self._sub: Any = None
 
     async def start(self) -> None:
@@ -44,31 +45,36 @@ class ReplyRouter:
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
-        for fut in self._waiters.values():
-            if not fut.done():
-                fut.cancel()
+        for futures in self._waiters.values():
+            for fut in futures:
+                if not fut.done():
+                    fut.cancel()
         self._waiters.clear()
 
     def expect(self, message_id: str) -> asyncio.Future[ChatResult]:
         """Register interest in a reply before the message is published (no race with a fast reply)."""
         fut: asyncio.Future[ChatResult] = asyncio.get_running_loop().create_future()
-        self._waiters[message_id] = fut
+        self._waiters.setdefault(message_id, []).append(fut)
         return fut
 
-    def forget(self, message_id: str) -> None:
-        """Stop waiting for a message (deadline passed or request cancelled)."""
-        self._waiters.pop(message_id, None)
+    def forget(self, message_id: str, fut: asyncio.Future[ChatResult]) -> None:
+        """Stop waiting with `fut` (deadline passed, request answered or cancelled); others keep waiting."""
+        futures = self._waiters.get(message_id, [])
+        if fut in futures:
+            futures.remove(fut)
+        if not futures:
+            self._waiters.pop(message_id, None)
 
     @property
     def waiting(self) -> int:
         """How many requests are waiting for a reply."""
-        return len(self._waiters)
+        return sum(len(futures) for futures in self._waiters.values())
 
     async def _on_reply(self, msg: Any) -> None:
         try:
             result = ChatResult.from_bytes(msg.data)
         except Exception:
             return
-        fut = self._waiters.pop(result.message_id, None)
-        if fut is not None and not fut.done():
-            fut.set_result(result)
+        for fut in self._waiters.pop(result.message_id, []):
+            if not fut.done():
+                fut.set_result(result)

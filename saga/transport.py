@@ -170,9 +170,10 @@ async def publish(
     return ack.seq
 
 
-async def record_start(saga: SagaLog, message: Message) -> None:
-    """Record `saga_started` and mark the saga running, concurrently (two independent KV writes)."""
-    await asyncio.gather(
+async def record_start(saga: SagaLog, message: Message) -> bool:
+    """Record `saga_started` and mark the saga running, concurrently (two independent KV writes). False when
+    `saga_started` was already recorded (another attempt of the same message started it first)."""
+    created, _ = await asyncio.gather(
         saga.record(
             SagaEvent(
                 message_id=message.message_id,
@@ -196,6 +197,7 @@ async def record_start(saga: SagaLog, message: Message) -> None:
             owner=message.owner,
         ),
     )
+    return bool(created)
 
 
 def _trace_context() -> dict[str, str]:
