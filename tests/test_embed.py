@@ -121,6 +121,7 @@ def test_the_widget_in_a_shops_page_chats_through_the_gateway(browser, sites, em
         assert "12345" in reply.inner_text()
         assert reply.get_by_test_id("status-badge").inner_text().lower() == "resolved"
         assert embed.get_by_test_id("error").is_hidden()
+        assert reply.locator("a").count() == 0  # no timeline or trace of the mesh's internals in a shop's page
         # The chat lives in its own shadow root: the shop's document holds the host element only.
         assert page.evaluate("() => document.querySelectorAll('[data-testid=agent-message]').length") == 0
         assert dialogs == []

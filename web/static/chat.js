@@ -30,8 +30,9 @@ const DONE_KINDS = new Set(["step_completed", "saga_completed"]);
 
 // Mount the chat on the elements of `root` (a document or a shadow root; ids as in web/widget.html). `api` is an
 // apiClient (common.js): its base is the gateway ("" on its own pages) and its store holds the token and session.
-// `timeline`: link each answer to the saga timeline (on the gateway's own pages, where its reads are signed in).
-export function mountChat(root, { api, timeline = true, autofocus = true }) {
+// `operatorLinks`: link each answer to its saga timeline and its trace (on the gateway's own pages, where the
+// timeline's reads are signed in; not in a shop's page, whose customers have no use for the mesh's internals).
+export function mountChat(root, { api, operatorLinks = true, autofocus = true }) {
   const store = api.store;
   // The session id comes from the server (POST /api/sessions): unguessable, and bound to whoever asked for it.
   const state = {
@@ -44,7 +45,7 @@ export function mountChat(root, { api, timeline = true, autofocus = true }) {
   const on = (id, event, handler) => { if ($(id)) $(id).addEventListener(event, handler); };
   const conversation = $("conversation");
   const progress = $("progress");
-  const timelineLink = (messageId) => timeline && el("a", {
+  const timelineLink = (messageId) => operatorLinks && el("a", {
     href: `/saga.html?id=${encodeURIComponent(messageId)}`, "data-testid": "timeline-link", text: "timeline" });
 
   async function newSession() {
@@ -145,7 +146,7 @@ export function mountChat(root, { api, timeline = true, autofocus = true }) {
     meta.append(el("span", { class: `badge ${result.status}`, "data-testid": "status-badge", text: result.status }));
     meta.append(...actionElements(describeAction(result.action_plan, result.execution_result, events)));
     meta.append(timelineLink(result.message_id) || "");
-    if (result.trace_id && state.config.jaeger_ui_url) {
+    if (operatorLinks && result.trace_id && state.config.jaeger_ui_url) {
       meta.append(el("a", { href: `${state.config.jaeger_ui_url}/trace/${encodeURIComponent(result.trace_id)}`,
                             "data-testid": "trace-link", target: "_blank", rel: "noopener", text: "trace" }));
     }

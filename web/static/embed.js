@@ -52,7 +52,8 @@
   Promise.all([import(`${gateway}/static/common.js`), import(`${gateway}/static/chat.js`)])
     .then(([common, chat]) => {
       const store = common.memoryStore({ token: script.dataset.token, session: script.dataset.session });
-      return chat.mountChat(root, { api: common.apiClient(gateway, store), timeline: false, autofocus: false });
+      const api = common.apiClient(gateway, store);
+      return chat.mountChat(root, { api, operatorLinks: false, autofocus: false });
     })
     .catch(fail);
 })();
