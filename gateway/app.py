@@ -32,6 +32,7 @@ from prometheus_client.exposition import choose_encoder
 from sse_starlette.sse import EventSourceResponse
 from starlette.background import BackgroundTask
 from starlette.datastructures import Headers
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.auth import Caller, caller_from, mint_token, new_session_id
@@ -129,7 +130,7 @@ class BodyLimit:
 
 
 # The widget and timeline pages load scripts and styles from /static only (no inline script or style), talk to
-# this origin only, and are never framed.
+# this origin only, and are framed by nobody, or only by the shops' pages of SUPPORTMESH_ALLOWED_ORIGINS.
 CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
                            "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
                            "frame-ancestors 'none'")
@@ -140,20 +141,40 @@ SECURITY_HEADERS = [
 ]
 # Swagger UI (when turned on) loads its script from a CDN with an inline bootstrap: no CSP there.
 DOCS_PATHS = ("/docs", "/redoc")
+# What a shop's page may send and read (CORS): the API's methods and request headers, and the response headers
+# the widget reads. A preflight is cached by the browser for CORS_MAX_AGE_S.
+CORS_METHODS = ["GET", "POST", "OPTIONS"]
+CORS_HEADERS = ["Authorization", "Content-Type", "Prefer", "X-Session-Id", "Idempotency-Key"]
+CORS_EXPOSE = ["Retry-After", "Preference-Applied"]
+CORS_MAX_AGE_S = 600
+
+
+def security_headers(frame_ancestors: list[str]) -> tuple[list[tuple[bytes, bytes]], str]:
+    """The security headers and the CSP when the pages may be framed by `frame_ancestors` (origins).
+
+    Nobody may frame them by default (`frame-ancestors 'none'` and X-Frame-Options DENY); with allowed origins
+    the CSP names them and X-Frame-Options is left out: it cannot name a list, and browsers that know CSP
+    follow `frame-ancestors` instead."""
+    if not frame_ancestors:
+        return SECURITY_HEADERS, CONTENT_SECURITY_POLICY
+    csp = CONTENT_SECURITY_POLICY.replace("frame-ancestors 'none'",
+                                          "frame-ancestors 'self' " + " ".join(frame_ancestors))
+    return [h for h in SECURITY_HEADERS if h[0] != b"x-frame-options"], csp
 
 
 class SecurityHeaders:
     """Adds the security headers to every HTTP response (the CSP to all but the API docs pages). A plain ASGI
     middleware, like BodyLimit."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, frame_ancestors: list[str] | None = None) -> None:
         self.app = app
-        self.page_headers = [*SECURITY_HEADERS, (b"content-security-policy", CONTENT_SECURITY_POLICY.encode())]
+        self.headers, csp = security_headers(frame_ancestors or [])
+        self.page_headers = [*self.headers, (b"content-security-policy", csp.encode())]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             docs = str(scope.get("path", "")).startswith(DOCS_PATHS)
-            send = _adding_headers(send, SECURITY_HEADERS if docs else self.page_headers)
+            send = _adding_headers(send, self.headers if docs else self.page_headers)
         await self.app(scope, receive, send)
 
 
@@ -288,7 +309,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(CountResponses)
     for unavailable in UNAVAILABLE:
         app.add_exception_handler(unavailable, handle_unavailable)
-    app.add_middleware(SecurityHeaders)
+    # Shops' pages on other origins (SUPPORTMESH_ALLOWED_ORIGINS) may call the API. Outside the body limit and
+    # the routes (the rate limits are route dependencies), so a preflight is answered here before either sees
+    # it, and every answer to an allowed origin, a 401, 413 or 429 included, carries Access-Control-Allow-Origin
+    # (the embedded widget can read the error). An unlisted origin's preflight gets 400 and no CORS header: the
+    # browser sends nothing more. No credentials mode: the token travels in the Authorization header, never in a
+    # cookie. The lists are exact (no wildcard: supportmesh/config.py parse_origins).
+    app.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origin_list, allow_methods=CORS_METHODS,
+                       allow_headers=CORS_HEADERS, expose_headers=CORS_EXPOSE, allow_credentials=False,
+                       max_age=CORS_MAX_AGE_S)
+    app.add_middleware(SecurityHeaders, frame_ancestors=settings.allowed_origin_list)
     app.add_exception_handler(RateLimited, handle_rate_limited)
 
     def caller(request: Request) -> Caller:

@@ -120,6 +120,10 @@ class Settings(BaseSettings):
     max_streams_per_customer: int = Field(default=5, ge=1)
     # Peers (IPs or CIDRs, comma-separated) whose X-Forwarded-For is believed; nobody's by default.
     trusted_proxies: str = ""
+    # Origins of the shops' pages that embed the widget (`https://shop.example`, comma-separated): the browser
+    # lets their pages call the API (CORS) and frame the gateway's pages (`frame-ancestors`). Empty: the
+    # gateway's own origin only. Never `*` (see `parse_origins`).
+    allowed_origins: str = ""
 
     # observability: every process serves /metrics (actors on this port; 0 = pick a free one)
     metrics_port: int = 0
@@ -143,6 +147,53 @@ class Settings(BaseSettings):
         for part in filter(None, (p.strip() for p in value.split(","))):
             ipaddress.ip_network(part, strict=False)
         return value
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, value: str) -> str:
+        return ",".join(parse_origins(value))  # ValueError on anything but exact origins: refused at start
+
+    @property
+    def allowed_origin_list(self) -> list[str]:
+        """`allowed_origins` as a list of exact origins (empty: same origin only)."""
+        return parse_origins(self.allowed_origins)
+
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def parse_origins(value: str) -> list[str]:
+    """The comma-separated origins of `value`, each `scheme://host[:port]` as a browser sends it in `Origin`
+    (lower case, no default port); ValueError for anything else.
+
+    A wildcard is refused: the widget sends the customer's token in `Authorization`, so any site on an allow-all
+    list could drive the API with a signed-in customer's token that reached it (a leaked or pasted one), and
+    read the answers; every site that embeds the widget is named instead."""
+    from urllib.parse import urlsplit
+
+    origins: list[str] = []
+    for part in filter(None, (p.strip() for p in value.split(","))):
+        if "*" in part:
+            raise ValueError(f"SUPPORTMESH_ALLOWED_ORIGINS: no wildcard ({part!r}); name each shop's origin, e.g. "
+                             "https://shop.example (the widget sends customers' tokens: any site could use them)")
+        url = urlsplit(part)
+        try:
+            port = url.port
+        except ValueError:
+            port = -1
+        if (url.scheme.lower() not in DEFAULT_PORTS or not url.hostname or url.path or url.query or url.fragment
+                or url.username or url.password or port == -1 or "?" in part or "#" in part):
+            raise ValueError(f"SUPPORTMESH_ALLOWED_ORIGINS: {part!r} is not an origin: scheme://host[:port], "
+                             "http or https, no path (e.g. https://shop.example)")
+        scheme = url.scheme.lower()
+        host = url.netloc.rsplit("@", 1)[-1].lower()
+        if port is not None:
+            host = host.rsplit(":", 1)[0]
+            if port != DEFAULT_PORTS[scheme]:
+                host = f"{host}:{port}"
+        if f"{scheme}://{host}" not in origins:
+            origins.append(f"{scheme}://{host}")
+    return origins
 
 
 # How long a stopping actor waits for its steps in flight, and the pod's grace period around that, in one place:

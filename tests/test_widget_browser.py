@@ -186,9 +186,11 @@ def test_widget_stops_waiting_after_a_bounded_time_with_the_message_id(page, mes
 def test_every_saga_event_kind_has_a_label(page, mesh) -> None:
     from saga.log import EVENT_KINDS
 
-    assert set(page.evaluate("() => Object.keys(KIND_LABELS)")) == EVENT_KINDS  # the widget's progress lines
+    # The widget's progress lines, and the timeline's (both pages' scripts are ES modules: imported to read them).
+    kinds = "async (path) => Object.keys((await import(path))[path.includes('chat') ? 'KIND_LABELS' : 'EVENT_LABELS'])"
+    assert set(page.evaluate(kinds, "/static/chat.js")) == EVENT_KINDS
     page.goto(f"{mesh.gateway_url}/saga.html?id=unknown")
-    assert set(page.evaluate("() => Object.keys(EVENT_LABELS)")) == EVENT_KINDS  # the timeline
+    assert set(page.evaluate(kinds, "/static/saga.js")) == EVENT_KINDS
 
 
 @pytest.fixture

@@ -1,5 +1,7 @@
-"use strict";
+// The saga timeline page (an ES module).
+import { actionElements, apiClient, describeAction, el, localStore } from "./common.js";
 
+const { getJSON } = apiClient("", localStore());
 const messageId = new URLSearchParams(location.search).get("id") || "";
 const TERMINAL = new Set(["completed", "escalated", "failed"]);
 const KIND_CLASS = {
@@ -9,7 +11,7 @@ const KIND_CLASS = {
   compensation_started: "comp", compensation_completed: "comp", compensation_failed: "bad", escalated: "esc",
 };
 // Every kind of saga event (saga/log.py EventKind), named for whoever reads the timeline.
-const EVENT_LABELS = {
+export const EVENT_LABELS = {
   saga_started: "saga started", step_started: "step started", step_completed: "step completed",
   step_failed: "step failed", retry_scheduled: "retry scheduled", route_changed: "route changed",
   action_executed: "action executed", compensation_started: "compensation started (undoing an action)",
