@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
             await mesh.stop()
             raise
         print(f"\n  supportmesh is up: open {mesh.gateway_url}/  (Ctrl-C to stop)\n"
-              f"  token      supportmesh token user@example.com --data-dir {mesh.data_dir}\n"
+              f"  token      supportmesh token EMAIL --data-dir {mesh.data_dir}\n"
               f"  endpoints  {mesh.endpoints_path}\n  logs       {mesh.data_dir / 'logs'}/", flush=True)
         if os.environ.get("SUPPORTMESH_API_DOCS", "").lower() in ("1", "true", "yes", "on"):
             print(f"  API docs   {mesh.gateway_url}/docs", flush=True)
