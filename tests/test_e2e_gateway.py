@@ -393,6 +393,10 @@ async def test_reply_waiters_are_forgotten_on_deadline_and_on_cancel(gateway) ->
     r = await client.post("/api/chat", json={"session_id": "s-wait", **CHAT})  # no actors: past the deadline
     assert r.status_code == 202 and gw.replies.waiting == 0
 
+    # The client goes away while its request waits: a deadline far away, so that the cancellation never races
+    # the deadline (on a loaded machine the poll below can see the waiter just as a 1.5 s deadline fires, and
+    # Python 3.11's wait_for then swallows the cancellation: the request ends as a 202, not cancelled).
+    gw.settings.chat_deadline_s = 120.0
     request = asyncio.create_task(client.post("/api/chat", json={"session_id": "s-cancel", **CHAT}))
     deadline = time.monotonic() + 10
     while gw.replies.waiting == 0 and time.monotonic() < deadline:
