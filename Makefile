@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.installed-stamp
 help:
 	@echo "make run     start the mesh locally (NATS, Redis, mock APIs, actors, gateway) and print the widget URL"
 	@echo "make test    run the test suite (installs everything it needs first)"
-	@echo "make test-fast  the unit and offline tests only (no servers; under a minute): the inner loop"
+	@echo "make test-fast  the unit and offline tests only (no servers): the inner loop"
 	@echo "make bench   run the benchmarks (results in bench/results/)"
 
 $(STAMP): pyproject.toml
