@@ -35,7 +35,21 @@ def chat(base: str, message: str, *, session: str | None = None, email: str = "u
 
 
 def answer(base: str, message: str, **kwargs: object) -> dict:
-    """The answer to a chat message (following a 202), asserting there is one."""
+    """The answer to a chat message (following a 202), asserting there is one. Without one, the assertion
+    shows the saga's recorded events, so a failure on a slow machine says where the saga stood."""
     r = chat(base, message, **kwargs)  # type: ignore[arg-type]
-    assert r.status_code == 200, (message, r.status_code, r.text)
+    assert r.status_code == 200, (message, r.status_code, r.text, saga_timeline(base, r, kwargs.get("email")))
     return r.json()
+
+
+def saga_timeline(base: str, response: httpx.Response, email: object = None) -> list[str]:
+    """`+seconds actor kind` for each event the saga log holds for the message of `response` (for failure
+    messages only: a test asserts on the answer, not on this)."""
+    try:
+        message_id = response.json()["message_id"]
+        events = httpx.get(f"{base}/api/sagas/{message_id}", timeout=10,
+                           headers=auth(str(email or "user@example.com"))).json()["events"]
+    except Exception as exc:  # noqa: BLE001 - a diagnostic must not hide the assertion it explains
+        return [f"no saga timeline: {exc!r}"]
+    start = events[0]["ts"] if events else 0.0
+    return [f"+{e['ts'] - start:.2f}s {e.get('actor')} {e['kind']} (attempt {e.get('attempt')})" for e in events]
