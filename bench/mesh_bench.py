@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT))  # the project and its tests.support helpers
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -208,10 +208,10 @@ async def in_process(endpoints: dict[str, Any], count: int) -> list[float]:
     from actors.intent_analyzer import IntentAnalyzer
     from actors.response_generator import ResponseGenerator
     from actors.sentiment_analyzer import SentimentAnalyzer
-    from fakes import FakeContext
     from saga.protocol import HAPPY_PATH, new_message
     from saga.replay import apply_step
     from supportmesh.config import Settings
+    from tests.support.fakes import FakeContext
 
     settings = Settings(redis_url=endpoints["redis_url"], customers_api_url=endpoints["mocks_url"],
                         orders_api_url=endpoints["mocks_url"], tracking_api_url=endpoints["mocks_url"])
@@ -353,7 +353,7 @@ def main() -> int:
     if args.endpoints:
         endpoints = json.loads(Path(args.endpoints).read_text())
     else:
-        from mesh_fixture import Mesh
+        from tests.support.mesh import Mesh
 
         # No secret given: `supportmesh up` keeps one in the data dir, where signed_in() reads it.
         mesh = Mesh(Path(tempfile.mkdtemp(prefix="supportmesh-bench-")), env={"SUPPORTMESH_AUTH_SECRET": ""}).start()
