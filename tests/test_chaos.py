@@ -24,6 +24,7 @@ import pytest
 from chaos_load import actions_by_message, build_messages, check_invariants, run_load
 from mesh_fixture import Mesh
 
+from supportmesh.credentials import nats_options
 from supportmesh.up import ACTORS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -323,7 +324,7 @@ def tells_it_was_kept(reply: str, action: dict) -> bool:
 @body_timeout(55)
 def test_poison_on_every_actor_subject(chaos_mesh: Mesh) -> None:
     async def scenario() -> tuple[list[str], list[str]]:
-        nc = await nats.connect(chaos_mesh.endpoints["nats_url"])
+        nc = await nats.connect(**nats_options(chaos_mesh.endpoints))
         js = nc.jetstream()
         keys = []
         for actor in ACTORS:
