@@ -165,9 +165,10 @@ class Settings(BaseSettings):
         """The Redis URL to connect with: `redis_url` with the ACL user and its password, when configured."""
         if not self.redis_password_file:
             return self.redis_url
+        from pathlib import Path
         from urllib.parse import quote, urlsplit, urlunsplit
 
-        password = open(self.redis_password_file).read().strip()
+        password = Path(self.redis_password_file).read_text().strip()
         url = urlsplit(self.redis_url)
         netloc = f"{quote(self.redis_username, safe='')}:{quote(password, safe='')}@{url.hostname}:{url.port or 6379}"
         return urlunsplit(url._replace(netloc=netloc))

@@ -102,3 +102,14 @@ def test_each_pod_mounts_only_its_own_credentials_and_the_repo_ships_none() -> N
         assert env["SUPPORTMESH_NATS_CREDENTIALS"].endswith(f"/{user}.nk")
         signed_in[user] = d["metadata"]["name"]
     assert set(signed_in) == {natsauth.GATEWAY, *ACTORS}
+
+
+def test_redis_dsn_signs_in_with_the_password_file(tmp_path) -> None:
+    from supportmesh.config import Settings
+
+    (tmp_path / "pw").write_text("s3cr/et\n")
+    settings = Settings(redis_url="redis://127.0.0.1:6380/0", redis_username="gateway",
+                        redis_password_file=str(tmp_path / "pw"))
+    assert settings.redis_dsn == "redis://gateway:s3cr%2Fet@127.0.0.1:6380/0"
+    assert Settings(redis_url="redis://127.0.0.1:6380/0").redis_dsn == "redis://127.0.0.1:6380/0"
+    assert "s3cr" not in repr(settings)
