@@ -3,7 +3,7 @@
 One account (the global one, so monitoring and KEDA's `$G` keep working) and one user per process kind; every
 permission is an allow list, so whatever is not named is refused. A user's subjects:
 
-- gateway: publish the first step of a route, write `saga_started` (saga log) and the saga's state, read the
+- gateway: publish the first step of a route, write the saga log (`saga_started`) and the saga's state, read the
   three buckets; receive replies on `supportmesh.reply.*`.
 - every actor: fetch from its own durable consumer and ack its deliveries, publish to the actor subjects (the next
   hop), write saga-log events. The answering actors (response aggregator, escalation router) also write the saga
