@@ -15,6 +15,7 @@ import httpx
 import nats
 
 from saga.log import SagaLog
+from supportmesh.credentials import nats_options
 from supportmesh.up import ACTORS
 
 from tests.support.identity import auth
@@ -87,9 +88,9 @@ async def run_load(base: str, messages: list[tuple[str, str]], concurrency: int,
         return list(await asyncio.gather(*(one(e, t) for e, t in messages)))
 
 
-async def sagas_since(nats_url: str, since: float) -> dict[str, list[Any]]:
+async def sagas_since(endpoints: dict[str, Any], since: float) -> dict[str, list[Any]]:
     """Every saga the mesh started since `since` (epoch seconds) with its events, read from the saga log."""
-    nc = await nats.connect(nats_url)
+    nc = await nats.connect(**nats_options(endpoints))
     try:
         log = await SagaLog.open(nc.jetstream(timeout=10))
         states = [s for s in await log.states() if (s.started_at or 0) >= since]
@@ -98,9 +99,9 @@ async def sagas_since(nats_url: str, since: float) -> dict[str, list[Any]]:
         await nc.close()
 
 
-async def consumer_caps(nats_url: str) -> dict[str, int]:
+async def consumer_caps(endpoints: dict[str, Any]) -> dict[str, int]:
     """The most deliveries JetStream makes of one message to each actor (its consumer's `max_deliver`)."""
-    nc = await nats.connect(nats_url)
+    nc = await nats.connect(**nats_options(endpoints))
     try:
         js = nc.jetstream(timeout=10)
         return {actor: (await js.consumer_info("SUPPORT", actor)).config.max_deliver or -1 for actor in ACTORS}
@@ -148,8 +149,8 @@ def check_invariants(endpoints: dict[str, Any], outcomes: list[Outcome], *, sinc
     missing = [o.message_id for o in outcomes if o.status not in ("resolved", "escalated")]
     assert not missing, f"{len(missing)} messages without an answer: {missing[:5]}"
     ids = {o.message_id for o in outcomes}
-    sagas = asyncio.run(sagas_since(endpoints["nats_url"], since))
-    caps = asyncio.run(consumer_caps(endpoints["nats_url"]))
+    sagas = asyncio.run(sagas_since(endpoints, since))
+    caps = asyncio.run(consumer_caps(endpoints))
     assert ids <= set(sagas), f"accepted messages with no saga: {sorted(ids - set(sagas))[:5]}"
     orphans = {mid: [e.kind for e in events] for mid, events in sagas.items() if mid not in ids}
     ran = {mid: kinds for mid, kinds in orphans.items() if "step_started" in kinds}

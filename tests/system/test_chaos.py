@@ -22,6 +22,7 @@ import nats
 import nats.js.errors
 import pytest
 
+from supportmesh.credentials import nats_options
 from supportmesh.up import ACTORS
 
 from tests.support import REPO
@@ -324,7 +325,7 @@ def tells_it_was_kept(reply: str, action: dict) -> bool:
 @body_timeout(55)
 def test_poison_on_every_actor_subject(chaos_mesh: Mesh) -> None:
     async def scenario() -> tuple[list[str], list[str]]:
-        nc = await nats.connect(chaos_mesh.endpoints["nats_url"])
+        nc = await nats.connect(**nats_options(chaos_mesh.endpoints))
         js = nc.jetstream()
         keys = []
         for actor in ACTORS:

@@ -19,6 +19,8 @@ from tests.support.chat_client import chat, follow
 from tests.support.identity import AUTH
 from tests.support.sse_client import read_events
 
+from supportmesh.credentials import redis_url
+
 pytestmark = pytest.mark.e2e
 
 
@@ -90,7 +92,7 @@ def test_history_rows_and_session_state(mesh) -> None:
         ("customer", second["message_id"]), ("agent", second["message_id"])]
     assert history[1]["content"] == first["response"]
 
-    r = redis.Redis.from_url(mesh.endpoints["redis_url"], decode_responses=True)
+    r = redis.Redis.from_url(redis_url(mesh.endpoints), decode_responses=True)
     state = json.loads(r.get(f"session:{session}:state"))
     assert state["last_message_id"] == second["message_id"] and state["status"] == "escalated"
     assert 0 < r.ttl(f"session:{session}:state")
@@ -253,7 +255,7 @@ def test_saga_events_stream_live_until_the_final_status(mesh) -> None:
     sender.start()
     try:
         # The gateway names the message in the session state before publishing it.
-        r = redis.Redis.from_url(mesh.endpoints["redis_url"], decode_responses=True)
+        r = redis.Redis.from_url(redis_url(mesh.endpoints), decode_responses=True)
         deadline = time.monotonic() + 20
         message_id = None
         while message_id is None and time.monotonic() < deadline:

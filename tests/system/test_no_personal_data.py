@@ -30,11 +30,13 @@ WORDS = ["quokka", "marmalade", "tangerine", "zeppelin", "periwinkle", "accordio
 POISON = {"customer_email": CUSTOMERS[1], "customer_message": "my gooseberry secret"}
 
 
-async def publish_poison(nats_url: str) -> None:
+async def publish_poison(endpoints: dict) -> None:
     import nats
     import orjson
 
-    nc = await nats.connect(nats_url)
+    from supportmesh.credentials import nats_options
+
+    nc = await nats.connect(**nats_options(endpoints))
     try:
         await nc.jetstream().publish("ecommerce.support.intent_analyzer", orjson.dumps(POISON))
     finally:
@@ -63,7 +65,7 @@ def telemetry(tmp_path_factory):
                 done = receiver.wait_for(lambda r, t=chat["trace_id"], want=expected: trace_is_complete(
                     r.traces().get(t, []), want), timeout=60)
                 assert done, (expected, sorted({s.service for s in receiver.traces().get(chat["trace_id"], [])}))
-            asyncio.run(publish_poison(mesh.endpoints["nats_url"]))
+            asyncio.run(publish_poison(mesh.endpoints))
             deadline = time.monotonic() + 60
             while not logged(mesh, "poison message terminated") and time.monotonic() < deadline:
                 time.sleep(0.2)

@@ -29,6 +29,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from observability import metrics
 from observability.logs import JsonFormatter, TraceContextFilter, TraceIndex
 from observability.prometheus import ALERT_RULES, render_scrape_config
+from supportmesh.credentials import nats_options
 from supportmesh.up import ACTORS
 
 from tests.support import REPO
@@ -396,8 +397,8 @@ LOAD_FAULTS = {"POST /orders/{order_id}/refunds": {"fail_after_effect_rate": 1.0
 LOAD = ["I want a refund for order 12345", "Where is 1Z999AA10123456784?"]
 
 
-async def publish_poison(nats_url: str, actor: str) -> None:
-    nc = await nats.connect(nats_url)
+async def publish_poison(endpoints: dict, actor: str) -> None:
+    nc = await nats.connect(**nats_options(endpoints))
     try:
         await nc.jetstream().publish(f"ecommerce.support.{actor}", b"\x00 not a message")
     finally:
@@ -409,7 +410,7 @@ def faulty_load(traced_mesh, chats) -> list[dict]:
     mesh, _ = traced_mesh
     httpx.put(f"{mesh.mocks_url}/_admin/faults", json=LOAD_FAULTS, timeout=10).raise_for_status()
     try:
-        asyncio.run(publish_poison(mesh.endpoints["nats_url"], "intent_analyzer"))
+        asyncio.run(publish_poison(mesh.endpoints, "intent_analyzer"))
         results = [answer(mesh.gateway_url, text) for text in LOAD]
     finally:
         httpx.put(f"{mesh.mocks_url}/_admin/faults", json={}, timeout=10).raise_for_status()

@@ -21,6 +21,7 @@ from saga.log import SagaLog
 from saga.protocol import WITH_ACTION, ActionPlan, CustomerContext, Entities, Intent, Message, new_message
 from saga.transport import publish
 from supportmesh.config import Settings
+from supportmesh.credentials import nats_options
 
 from tests.support.chat_client import answer
 from tests.support.fakes import FakeContext, make_message
@@ -169,7 +170,7 @@ async def publish_forged(mesh, plan: ActionPlan, email: str = "user@example.com"
     message = message.enriched({"action_plan": plan})
     route = message.route.model_copy(update={"current_step": WITH_ACTION.index("execution_coordinator")})
     message = Message.model_validate({**message.model_dump(), "route": route.model_dump()})
-    nc = await nats.connect(mesh.endpoints["nats_url"])
+    nc = await nats.connect(**nats_options(mesh.endpoints))
     try:
         await publish(nc.jetstream(timeout=10), message)
     finally:
@@ -180,7 +181,7 @@ async def publish_forged(mesh, plan: ActionPlan, email: str = "user@example.com"
 async def saga_events(mesh, message_id: str) -> list[dict]:
     """The saga log of a message, read from NATS: a forged message has no owner, so no customer may read it
     through the gateway."""
-    nc = await nats.connect(mesh.endpoints["nats_url"])
+    nc = await nats.connect(**nats_options(mesh.endpoints))
     try:
         log = await SagaLog.open(nc.jetstream(timeout=10))
         return [e.model_dump(mode="json") for e in await log.history(message_id)]

@@ -26,6 +26,7 @@ import pytest
 from gateway.app import STREAM_IDLE_TIMEOUT_S
 from saga.log import SagaLog
 from saga.protocol import customer_owner, new_message_id
+from supportmesh.credentials import nats_options
 from supportmesh.up import ACTORS
 
 from tests.support import REPO
@@ -103,7 +104,7 @@ def test_two_processes_per_actor_handle_every_message_exactly_once(replica_mesh:
     figures = check_invariants(replica_mesh.endpoints, outcomes, since=since, max_deliveries=MAX_DELIVERIES,
                                max_republishes=MAX_REPUBLISHES)
     ids = {o.message_id for o in outcomes}
-    sagas = {mid: events for mid, events in asyncio.run(sagas_since(replica_mesh.endpoints["nats_url"], since)).items()
+    sagas = {mid: events for mid, events in asyncio.run(sagas_since(replica_mesh.endpoints, since)).items()
              if mid in ids}
 
     # Each step delivered once, plus once per retry the step itself scheduled: nothing was delivered twice.
@@ -143,10 +144,10 @@ def test_two_processes_per_actor_handle_every_message_exactly_once(replica_mesh:
 # ---- 2. the event stream of a saga that never started -------------------------------------------------
 
 
-async def record_state_without_start(nats_url: str, message_id: str) -> None:
+async def record_state_without_start(endpoints: dict, message_id: str) -> None:
     """What the gateway leaves behind when it wrote `saga_state` and then failed to record `saga_started`
     (it answered 503): a state that nothing will ever move."""
-    nc = await nats.connect(nats_url)
+    nc = await nats.connect(**nats_options(endpoints))
     try:
         saga = await SagaLog.open(nc.jetstream(timeout=10))
         await saga.set_state(message_id, status="running", step_index=0, actor="gateway", session_id="s-never",
@@ -158,7 +159,7 @@ async def record_state_without_start(nats_url: str, message_id: str) -> None:
 @pytest.mark.timeout(MESH_START_S + 120)
 def test_event_stream_of_a_saga_that_never_started_ends_when_it_is_failed(replica_mesh: Mesh) -> None:
     message_id = new_message_id()
-    asyncio.run(record_state_without_start(replica_mesh.endpoints["nats_url"], message_id))
+    asyncio.run(record_state_without_start(replica_mesh.endpoints, message_id))
     opened = time.monotonic()
 
     # Open before the sweeper acts (stall time, then a sweep): the stream must end on the failure it records,

@@ -232,6 +232,7 @@ async def deliver_failed_answer(mesh, session_id: str) -> str:
     from saga.protocol import ActionPlan, ExecutedAction, ExecutionResult, new_message
     from saga.results import failed_enrichment
     from saga.transport import start_saga
+    from supportmesh.credentials import nats_options
 
     message = new_message(session_id=session_id, customer_email="user@example.com",
                           customer_message="I want a refund for order 12345", steps=["response_aggregator"],
@@ -248,7 +249,7 @@ async def deliver_failed_answer(mesh, session_id: str) -> str:
                        seq=1, data={"action": "refund", "order_id": "12345", "action_id": refund.action_id})
     failed = message.enriched(failed_enrichment(message, [undone]))
     failed = failed.model_copy(update={"metadata": failed.metadata.model_copy(update={"outcome": "failed"})})
-    nc = await nats.connect(mesh.endpoints["nats_url"])
+    nc = await nats.connect(**nats_options(mesh.endpoints))
     try:
         js = nc.jetstream(timeout=10)
         await start_saga(js, await SagaLog.open(js), failed)
