@@ -15,7 +15,7 @@ import signal
 import sys
 
 from actors.base import Actor
-from supportmesh.config import Settings, get_settings
+from config.settings import Settings, get_settings
 
 log = logging.getLogger("supportmesh.actor")
 

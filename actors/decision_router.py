@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from actors.base import Actor, StepContext, StepResult
 from actors.policy import decide_action, guest_plan
+from config.settings import Settings
 from saga.protocol import ActionPlan, Message
-from supportmesh.config import Settings
 
 ESCALATE = ["escalation_router", "response_aggregator"]
 WITH_ACTION = ["response_generator", "guardrail_validator", "execution_coordinator", "response_aggregator"]

@@ -39,6 +39,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from actors.base import Actor, FailureContext, PermanentError, StepResult
+from config.settings import Settings, step_drain_s
 from observability import metrics
 from observability.logs import error_text
 from observability.tracing import (
@@ -68,7 +69,6 @@ from saga.results import (
     recorded_ticket,
 )
 from saga.retry import RetryPolicy, is_retryable
-from supportmesh.config import Settings, step_drain_s
 
 log = logging.getLogger("supportmesh.runtime")
 

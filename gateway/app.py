@@ -35,6 +35,7 @@ from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from config.settings import Settings, get_settings
 from gateway.auth import Caller, caller_from, mint_token, new_session_id
 from gateway.idempotency import IDEMPOTENCY_HEADER, earlier_attempt, message_id_for
 from gateway.ratelimit import RateLimited, RateLimiter, guarded, handle_rate_limited, rate_limit
@@ -54,7 +55,6 @@ from saga.protocol import GUEST_EMAIL, HAPPY_PATH, MESSAGE_ID, SESSION_ID, new_m
 from saga.protocol import Message as SagaMessage
 from saga.results import ChatResult, ResultStore
 from saga.transport import ensure_stream, msg_id, publish, record_start
-from supportmesh.config import Settings, get_settings
 
 log = logging.getLogger("supportmesh.gateway")
 
@@ -314,7 +314,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # it, and every answer to an allowed origin, a 401, 413 or 429 included, carries Access-Control-Allow-Origin
     # (the embedded widget can read the error). An unlisted origin's preflight gets 400 and no CORS header: the
     # browser sends nothing more. No credentials mode: the token travels in the Authorization header, never in a
-    # cookie. The lists are exact (no wildcard: supportmesh/config.py parse_origins).
+    # cookie. The lists are exact (no wildcard: config/settings.py parse_origins).
     app.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origin_list, allow_methods=CORS_METHODS,
                        allow_headers=CORS_HEADERS, expose_headers=CORS_EXPOSE, allow_credentials=False,
                        max_age=CORS_MAX_AGE_S)

@@ -12,7 +12,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource  # noqa: E402
 
-from supportmesh.config import LLM_CALLS_PER_STEP, Settings, termination_grace_s  # noqa: E402
+from config.settings import LLM_CALLS_PER_STEP, Settings, termination_grace_s  # noqa: E402
 from supportmesh.up import ACTORS  # noqa: E402
 
 IMAGE = "supportmesh:0.1.0"

@@ -21,7 +21,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from supportmesh.config import LLM_CALLS_PER_STEP, STOP_OVERHEAD_S, Settings, step_drain_s
+from config.settings import LLM_CALLS_PER_STEP, STOP_OVERHEAD_S, Settings, step_drain_s
 from supportmesh.up import ACTORS
 
 from tests.support import REPO

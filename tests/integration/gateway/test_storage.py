@@ -95,7 +95,7 @@ async def test_response_aggregator_prunes_history_periodically(tmp_path, redis_u
     from datetime import UTC, datetime, timedelta
 
     from actors.response_aggregator import ResponseAggregator
-    from supportmesh.config import Settings
+    from config.settings import Settings
 
     path = tmp_path / "history.db"
     await (await HistoryStore(path).open()).close()
