@@ -35,6 +35,7 @@ from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from actors.registry import CHAT, route
 from config.settings import Settings, get_settings
 from gateway.auth import Caller, caller_from, mint_token, new_session_id
 from gateway.idempotency import IDEMPOTENCY_HEADER, earlier_attempt, message_id_for
@@ -51,7 +52,7 @@ from observability.tracing import (
     tracer,
 )
 from saga.log import TERMINAL, SagaEvent, SagaLog
-from saga.protocol import GUEST_EMAIL, HAPPY_PATH, MESSAGE_ID, SESSION_ID, new_message, subject_for
+from saga.protocol import GUEST_EMAIL, MESSAGE_ID, SESSION_ID, new_message, subject_for
 from saga.protocol import Message as SagaMessage
 from saga.results import ChatResult, ResultStore
 from saga.transport import ensure_stream, msg_id, publish, record_start
@@ -364,7 +365,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             session_id=body.session_id,
             customer_email=who.email or body.customer_email or GUEST_EMAIL,
             customer_message=body.message,
-            steps=HAPPY_PATH,
+            steps=route(CHAT),  # the registry's happy path
             reply_subject=gw.replies.subject,
             deadline_s=settings.chat_deadline_s,
             customer_verified=who.verified,

@@ -29,16 +29,14 @@ from typing import Any
 
 import httpx
 
+from actors import registry
 from gateway.auth import load_or_create_secret
-from saga.protocol import HAPPY_PATH
 from supportmesh.natsserver import NatsServer, free_port
 from supportmesh.redisserver import RedisServer
 from supportmesh.supervisor import Child, Supervisor
 
 log = logging.getLogger("supportmesh.up")
 
-ACTORS: tuple[str, ...] = tuple(dict.fromkeys([*HAPPY_PATH[:-1], "execution_coordinator", "escalation_router",
-                                               HAPPY_PATH[-1]]))
 STOP_ORDER = ["gateway", "actor", "mocks", "prometheus"]
 
 
@@ -141,7 +139,7 @@ class LocalMesh:
             argv=[python, "-m", "mocks.server", "--host", self.host, "--port", str(self.mocks_port)],
             env=self._env(), log_path=logs / "mocks.log",
         ))
-        for actor in ACTORS:
+        for actor in registry.names():  # every actor of the registry, in its order
             for i in range(1, self.replicas + 1):
                 port = free_port(self.host)
                 self.supervisor.add(Child(

@@ -12,7 +12,7 @@ import pytest
 from nats.js.errors import NoKeysError
 
 from actors.base import FailureContext
-from config.settings import step_drain_s
+from actors.drain import step_drain_s
 from saga.log import SagaEvent
 from saga.protocol import Message, subject_for
 from saga.results import ChatResult
