@@ -17,8 +17,8 @@ from typing import Any
 
 from actors.base import Actor, StepContext
 from actors.commerce import CommerceClient
+from actors.sessions import SessionStore
 from config.settings import Settings
-from gateway.sessions import SessionStore
 from saga.protocol import GUEST_EMAIL, CustomerContext, Entities, Message
 
 log = logging.getLogger("supportmesh.actor.context_retriever")

@@ -16,9 +16,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from actors.base import Actor, StepContext
+from actors.history import HistoryStore
+from actors.sessions import SessionStore
 from config.settings import Settings
-from gateway.history import HistoryStore
-from gateway.sessions import SessionStore
 from saga.protocol import Message
 from saga.results import build_result
 

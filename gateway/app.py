@@ -248,8 +248,8 @@ class Gateway:
         self.results = await ResultStore.open(self.js, ttl_s=s.saga_ttl_s, max_bytes=s.chat_results_max_bytes)
         self.replies = ReplyRouter(self.nc)
         await self.replies.start()
-        from gateway.history import HistoryStore
-        from gateway.sessions import SessionStore
+        from actors.history import HistoryStore
+        from actors.sessions import SessionStore
 
         self.sessions = SessionStore(s.redis_url, ttl_s=s.session_ttl_s)
         self.history = HistoryStore(s.sqlite_path)

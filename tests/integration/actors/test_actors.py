@@ -16,8 +16,8 @@ from actors.intent_analyzer import IntentAnalyzer, IntentParseError, parse_inten
 from actors.local_model import analyze_intent, compose_response
 from actors.policy import decide_action
 from actors.response_generator import ResponseGenerator
+from actors.sessions import SessionStore
 from config.settings import Settings
-from gateway.sessions import SessionStore
 from mocks.app import create_app
 from mocks.faults import Faults
 from saga.protocol import ActionPlan, AgentResponse, CustomerContext, Entities, Intent, Sentiment

@@ -6,8 +6,8 @@ import sqlite3
 
 import redis
 
-from gateway.history import HistoryStore
-from gateway.sessions import SessionStore
+from actors.history import HistoryStore
+from actors.sessions import SessionStore
 
 SPEC_TABLE = """CREATE TABLE messages (
     message_id TEXT PRIMARY KEY,
