@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache
 
+from config.settings import Settings, get_settings
+
 # The routes a chat can take (each a sequence of actor names, in registry order).
 CHAT = "chat"  # the happy path: the gateway starts every saga on it
 ACTION = "action"  # the decision router's detour when it approves an action (the execution step added)
@@ -81,11 +83,10 @@ def _load(ref: str) -> tuple[ActorSpec, ...]:
     return actors
 
 
-def active() -> tuple[ActorSpec, ...]:
-    """The registry of this mesh: `ACTORS`, or the list named by `SUPPORTMESH_ACTOR_REGISTRY`."""
-    from config.settings import get_settings
-
-    ref = get_settings().actor_registry
+def active(settings: Settings | None = None) -> tuple[ActorSpec, ...]:
+    """The registry of this mesh: `ACTORS`, or the list named by `actor_registry` (`SUPPORTMESH_ACTOR_REGISTRY`)
+    of `settings` (default: the process's settings)."""
+    ref = (settings or get_settings()).actor_registry
     return _load(ref) if ref else ACTORS
 
 
@@ -99,8 +100,8 @@ def find(name: str, actors: Sequence[ActorSpec] | None = None) -> ActorSpec | No
     return next((a for a in (active() if actors is None else actors) if a.name == name), None)
 
 
-def route(kind: str, *, after: str | None = None) -> tuple[str, ...]:
-    """The steps of a route (`CHAT`, `ACTION`, `ESCALATION`) of the active registry; with `after`, only the
-    steps after that actor (what a router puts in `remaining_route`)."""
-    steps = tuple(a.name for a in active() if kind in a.routes)
+def route(kind: str, *, after: str | None = None, actors: Sequence[ActorSpec] | None = None) -> tuple[str, ...]:
+    """The steps of a route (`CHAT`, `ACTION`, `ESCALATION`) of a registry (default: the active one); with
+    `after`, only the steps after that actor (what a router puts in `remaining_route`)."""
+    steps = tuple(a.name for a in (active() if actors is None else actors) if kind in a.routes)
     return steps[steps.index(after) + 1:] if after is not None else steps

@@ -35,7 +35,7 @@ from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from actors.registry import CHAT, route
+from actors import registry
 from config.settings import Settings, get_settings
 from gateway.auth import Caller, caller_from, mint_token, new_session_id
 from gateway.idempotency import IDEMPOTENCY_HEADER, earlier_attempt, message_id_for
@@ -281,6 +281,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     gw = Gateway(settings)
     metrics.init_gateway_series()
+    # Every saga starts on the registry's chat route.
+    chat_route = registry.route(registry.CHAT, actors=registry.active(settings))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -365,7 +367,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             session_id=body.session_id,
             customer_email=who.email or body.customer_email or GUEST_EMAIL,
             customer_message=body.message,
-            steps=route(CHAT),  # the registry's happy path
+            steps=chat_route,
             reply_subject=gw.replies.subject,
             deadline_s=settings.chat_deadline_s,
             customer_verified=who.verified,
