@@ -59,7 +59,9 @@ class ActorSpec:
         return self.llm_calls_per_step > 0
 
 
+# The happy path and the action detour share their steps.
 STEPS = frozenset({CHAT, ACTION})
+# One line per actor; the order is the routes' order (and the order `supportmesh up` starts them in).
 ACTORS: tuple[ActorSpec, ...] = (
     ActorSpec("sentiment_analyzer", routes=STEPS),
     ActorSpec("intent_analyzer", routes=STEPS, llm_calls_per_step=2, memory="768Mi"),

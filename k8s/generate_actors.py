@@ -1,6 +1,7 @@
-"""Writes k8s/base/actors.yaml: one Deployment per actor, all of the same shape (kustomize cannot loop, and nine
-hand-copied files drift). Run `python k8s/generate_actors.py` after changing the shape; a test checks the
-committed file is what this script writes."""
+"""Writes k8s/base/actors.yaml: one Deployment per actor of the registry (actors/registry.py), all of the same
+shape (kustomize cannot loop, and hand-copied files drift), and the KEDA overlay's ScaledObjects. Run
+`python k8s/generate_actors.py` after changing the shape or the registry; a test checks the committed files are
+what this script writes."""
 
 from __future__ import annotations
 
