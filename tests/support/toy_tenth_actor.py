@@ -1,5 +1,5 @@
-"""A tenth actor, added to a mesh by this file and one registry line (tests/toy_registry.py), nothing else:
-tests/test_tenth_actor.py runs it. It notes the length of the customer's message in `api_data`."""
+"""A tenth actor, added to a mesh by this file and one registry line (tests/support/toy_registry.py), nothing
+else: tests/system/test_tenth_actor.py runs it. It notes the length of the customer's message in `api_data`."""
 
 from __future__ import annotations
 

@@ -7,11 +7,13 @@ Every `.py` file is read with `ast`, not imported: every import counts (module l
 from __future__ import annotations
 
 import ast
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.support import REPO
+
 # Lowest first: a package may import the packages before it, never one after it. `saga` is the generic engine,
 # `config` the settings, `supportmesh` the composition root (CLI, local runner) and `k8s`/`bench` scripts on top.
 LAYERS: list[set[str]] = [{"saga"}, {"config"}, {"observability"}, {"mocks"}, {"actors"}, {"gateway"},
@@ -116,7 +118,7 @@ def test_the_allow_list_names_only_imports_that_still_exist() -> None:
 
 def test_the_reader_sees_imports_hidden_in_functions_relative_and_type_checking(tmp_path, monkeypatch) -> None:
     """The checker itself: an import inside a function, under TYPE_CHECKING, relative, or by name is found."""
-    monkeypatch.setattr(__import__(__name__), "REPO", tmp_path)
+    monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
     pkg = tmp_path / "saga" / "sub"
     pkg.mkdir(parents=True)
     (tmp_path / "saga" / "__init__.py").write_text("")
