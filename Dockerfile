@@ -15,6 +15,7 @@ WORKDIR /app
 # Dependencies first (a cached layer), then the code.
 COPY pyproject.toml README.md ./
 COPY supportmesh ./supportmesh
+COPY config ./config
 COPY actors ./actors
 COPY saga ./saga
 COPY gateway ./gateway

@@ -1,6 +1,6 @@
 """Run one actor process: `supportmesh actor <name>` or `python -m actors <name>`.
 
-`<name>` is one of the pipeline's actors (module `actors.<name>`, class exported as `ACTOR`), or
+`<name>` is an actor of the registry (actors/registry.py: its module exports the class as `ACTOR`), or
 `module:Class` for an actor defined elsewhere (the runtime demo and the tests use that).
 """
 
@@ -14,25 +14,25 @@ import logging
 import signal
 import sys
 
+from actors import registry
 from actors.base import Actor
-from supportmesh.config import Settings, get_settings
+from config.settings import Settings, get_settings
 
 log = logging.getLogger("supportmesh.actor")
 
 
 def load_actor(spec: str) -> type[Actor]:
-    """The actor class for a name (`sentiment_analyzer`) or a `module:Class` reference."""
+    """The actor class for a registered name (`sentiment_analyzer`) or a `module:Class` reference."""
     if ":" in spec:
         module_name, _, attr = spec.partition(":")
         cls = getattr(importlib.import_module(module_name), attr)
     else:
-        try:
-            module = importlib.import_module(f"actors.{spec}")
-        except ModuleNotFoundError as exc:
-            raise SystemExit(f"supportmesh actor: unknown actor {spec!r} ({exc})") from exc
-        cls = getattr(module, "ACTOR", None)
+        entry = registry.find(spec)
+        if entry is None:
+            raise SystemExit(f"supportmesh actor: unknown actor {spec!r} (registered: {', '.join(registry.names())})")
+        cls = getattr(importlib.import_module(entry.module_name), "ACTOR", None)
         if cls is None:
-            raise SystemExit(f"supportmesh actor: module actors.{spec} exports no ACTOR")
+            raise SystemExit(f"supportmesh actor: module {entry.module_name} exports no ACTOR")
     if not (isinstance(cls, type) and issubclass(cls, Actor)):
         raise SystemExit(f"supportmesh actor: {spec!r} is not an Actor class")
     return cls
@@ -49,6 +49,13 @@ async def run_actor(spec: str, settings: Settings, *, concurrency: int | None = 
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, runtime.request_stop)
     _start_observability(actor.name, settings, lambda: runtime.ready)
+    entry = registry.find(actor.name)
+    if actor.handles_dead_letters or (entry is not None and entry.runs_recovery):
+        from observability import metrics
+
+        # Recovery counts dead letters and sweeps of every actor: their series start at zero (names from here,
+        # observability does not know the registry).
+        metrics.init_recovery_series(registry.names())
     await runtime.run_until_stopped()
 
 

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 from saga.protocol import Message, SagaOutcome
 
 if TYPE_CHECKING:
+    from config.settings import Settings
     from saga.log import SagaEvent, SagaLog
     from saga.results import ResultStore
-    from supportmesh.config import Settings
 
 
 class RetryableError(Exception):

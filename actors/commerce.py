@@ -11,8 +11,8 @@ from urllib.parse import quote
 import httpx
 
 from actors.base import PermanentError
+from config.settings import Settings
 from observability.tracing import URL_TEMPLATE
-from supportmesh.config import Settings
 
 
 def segment(value: str) -> str:

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from actors.base import Actor, StepContext, StepResult
 from actors.policy import decide_action, guest_plan
+from actors.registry import ACTION, ESCALATION, route
+from config.settings import Settings
 from saga.protocol import ActionPlan, Message
-from supportmesh.config import Settings
 
-ESCALATE = ["escalation_router", "response_aggregator"]
-WITH_ACTION = ["response_generator", "guardrail_validator", "execution_coordinator", "response_aggregator"]
 
 
 class DecisionRouter(Actor):
@@ -23,21 +22,22 @@ class DecisionRouter(Actor):
 
     async def handle(self, message: Message, ctx: StepContext) -> StepResult:
         p = message.payload
+        escalate = list(route(ESCALATION))  # the registry's route to a human
         if p.sentiment is not None and p.sentiment.urgency == "critical":
             return StepResult(enrichment={"action_plan": ActionPlan(reason="critical_sentiment")},
-                              remaining_route=ESCALATE, reason="critical_sentiment")
+                              remaining_route=escalate, reason="critical_sentiment")
         if p.intent is None or p.intent.confidence < getattr(self, "min_confidence", 0.6):
             return StepResult(enrichment={"action_plan": ActionPlan(reason="low_confidence")},
-                              remaining_route=ESCALATE, reason="low_confidence")
+                              remaining_route=escalate, reason="low_confidence")
         if not message.metadata.customer_verified:
             # A guest never causes a side effect: the reply says how to sign in.
             return StepResult(enrichment={"action_plan": guest_plan(p.intent, p.context)})
         decision = decide_action(p.intent, p.context)
         plan = decision.plan
         if decision.needs_human:
-            return StepResult(enrichment={"action_plan": plan}, remaining_route=ESCALATE, reason="needs_approval")
+            return StepResult(enrichment={"action_plan": plan}, remaining_route=escalate, reason="needs_approval")
         if plan.approved:
-            return StepResult(enrichment={"action_plan": plan}, remaining_route=WITH_ACTION,
+            return StepResult(enrichment={"action_plan": plan}, remaining_route=list(route(ACTION, after=self.name)),
                               reason=f"approved_{plan.action}")
         return StepResult(enrichment={"action_plan": plan})
 

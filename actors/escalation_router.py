@@ -31,12 +31,12 @@ from typing import Any, TypeVar
 from actors.base import Actor, FailureContext, StepContext, StepResult
 from actors.commerce import CommerceClient
 from actors.execution_coordinator import saga_key_prefix
+from config.settings import Settings
 from observability import metrics
 from saga.log import SagaEvent
 from saga.protocol import ANSWERING_ACTOR, AgentResponse, ErrorInfo, Message
 from saga.results import SagaEffects, action_noun, build_result, execution_with_undone, saga_effects
 from saga.retry import is_retryable
-from supportmesh.config import Settings
 
 TRANSIENT = frozenset({"retryable_exhausted", "dead_letter", "stalled"})
 # The tickets API takes summaries up to this long.

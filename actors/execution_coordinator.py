@@ -16,8 +16,8 @@ from typing import Any
 from actors.base import Actor, PermanentError, StepContext
 from actors.commerce import CommerceClient
 from actors.policy import recheck
+from config.settings import Settings
 from saga.protocol import ExecutedAction, ExecutionResult, Message
-from supportmesh.config import Settings
 
 
 def idempotency_key(message_id: str, action: str, order_id: str) -> str:

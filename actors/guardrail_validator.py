@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 from actors.base import Actor, StepContext, StepResult
+from actors.registry import ESCALATION, route
 from saga.protocol import GuardrailCheck, Message
 
 MAX_REGENERATIONS = 2
@@ -97,7 +98,7 @@ class GuardrailValidator(Actor):
                               remaining_route=["response_generator", "guardrail_validator", *message.route.remaining],
                               reason="guardrail_regenerate")
         return StepResult(enrichment={"guardrail_check": result},
-                          remaining_route=["escalation_router", "response_aggregator"], reason="guardrail_failed")
+                          remaining_route=list(route(ESCALATION)), reason="guardrail_failed")
 
 
 ACTOR = GuardrailValidator

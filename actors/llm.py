@@ -20,9 +20,9 @@ from typing import Any
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from actors.base import RetryableError
+from config.settings import LOCAL_LLM_MODEL, Settings
 from observability import metrics
 from observability.tracing import instrument_litellm, tracer
-from supportmesh.config import LOCAL_LLM_MODEL, Settings
 
 log = logging.getLogger("supportmesh.llm")
 LOCAL_MODEL = LOCAL_LLM_MODEL  # the default model, local and deterministic

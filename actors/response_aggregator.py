@@ -16,11 +16,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from actors.base import Actor, StepContext
-from gateway.history import HistoryStore
-from gateway.sessions import SessionStore
+from actors.history import HistoryStore
+from actors.sessions import SessionStore
+from config.settings import Settings
 from saga.protocol import Message
 from saga.results import build_result
-from supportmesh.config import Settings
 
 log = logging.getLogger("supportmesh.actor.response_aggregator")
 

@@ -7,8 +7,8 @@ from typing import Any
 from actors.base import Actor, StepContext
 from actors.llm import LLMClient
 from actors.prompts import response_messages
+from config.settings import Settings
 from saga.protocol import AgentResponse, Message
-from supportmesh.config import Settings
 
 
 def prompt_data(message: Message) -> dict[str, Any]:

@@ -39,6 +39,8 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from actors.base import Actor, FailureContext, PermanentError, StepResult
+from actors.drain import step_drain_s
+from config.settings import Settings
 from observability import metrics
 from observability.logs import error_text
 from observability.tracing import (
@@ -68,7 +70,6 @@ from saga.results import (
     recorded_ticket,
 )
 from saga.retry import RetryPolicy, is_retryable
-from supportmesh.config import Settings, step_drain_s
 
 log = logging.getLogger("supportmesh.runtime")
 
@@ -184,8 +185,6 @@ class ActorRuntime:
         self._loop_task = asyncio.create_task(self._fetch_loop(), name=f"{self.name}-fetch")
         self._backlog_task = asyncio.create_task(self._backlog_loop(), name=f"{self.name}-backlog")
         metrics.init_actor_series(self.name)
-        if self.actor.handles_dead_letters:
-            metrics.init_recovery_series()
         if self.actor.handles_dead_letters:
             await self._bind_dead_letters()
             self._dlq_task = asyncio.create_task(self._dead_letter_loop(), name=f"{self.name}-deadletters")

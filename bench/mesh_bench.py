@@ -210,9 +210,9 @@ async def in_process(endpoints: dict[str, Any], count: int) -> list[float]:
     from actors.intent_analyzer import IntentAnalyzer
     from actors.response_generator import ResponseGenerator
     from actors.sentiment_analyzer import SentimentAnalyzer
+    from config.settings import Settings
     from saga.protocol import HAPPY_PATH, new_message
     from saga.replay import apply_step
-    from supportmesh.config import Settings
     from tests.support.fakes import FakeContext
 
     settings = Settings(redis_url=redis_url(endpoints), customers_api_url=endpoints["mocks_url"],

@@ -24,10 +24,10 @@ import nats  # noqa: E402
 
 from actors.base import Actor, StepContext  # noqa: E402
 from actors.runtime import ActorRuntime  # noqa: E402
+from config.settings import Settings  # noqa: E402
 from saga.log import SagaLog  # noqa: E402
 from saga.protocol import Message, new_message  # noqa: E402
 from saga.transport import ensure_stream, publish, start_saga  # noqa: E402
-from supportmesh.config import Settings  # noqa: E402
 from supportmesh.natsserver import NatsServer  # noqa: E402
 from tests.support.toy_actors import noop_class  # noqa: E402
 

@@ -35,6 +35,8 @@ from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from actors import registry
+from config.settings import Settings, get_settings
 from gateway.auth import Caller, caller_from, mint_token, new_session_id
 from gateway.idempotency import IDEMPOTENCY_HEADER, earlier_attempt, message_id_for
 from gateway.ratelimit import RateLimited, RateLimiter, guarded, handle_rate_limited, rate_limit
@@ -50,11 +52,10 @@ from observability.tracing import (
     tracer,
 )
 from saga.log import TERMINAL, SagaEvent, SagaLog
-from saga.protocol import GUEST_EMAIL, HAPPY_PATH, MESSAGE_ID, SESSION_ID, new_message, subject_for
+from saga.protocol import GUEST_EMAIL, MESSAGE_ID, SESSION_ID, new_message, subject_for
 from saga.protocol import Message as SagaMessage
 from saga.results import ChatResult, ResultStore
 from saga.transport import connect, ensure_stream, msg_id, publish, record_start
-from supportmesh.config import Settings, get_settings
 
 log = logging.getLogger("supportmesh.gateway")
 
@@ -245,8 +246,8 @@ class Gateway:
         self.results = await ResultStore.open(self.js, ttl_s=s.saga_ttl_s, max_bytes=s.chat_results_max_bytes)
         self.replies = ReplyRouter(self.nc)
         await self.replies.start()
-        from gateway.history import HistoryStore
-        from gateway.sessions import SessionStore
+        from actors.history import HistoryStore
+        from actors.sessions import SessionStore
 
         self.sessions = SessionStore(s.redis_dsn, ttl_s=s.session_ttl_s)
         self.history = HistoryStore(s.sqlite_path)
@@ -278,6 +279,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     gw = Gateway(settings)
     metrics.init_gateway_series()
+    # Every saga starts on the registry's chat route.
+    chat_route = registry.route(registry.CHAT, actors=registry.active(settings))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -312,7 +315,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # it, and every answer to an allowed origin, a 401, 413 or 429 included, carries Access-Control-Allow-Origin
     # (the embedded widget can read the error). An unlisted origin's preflight gets 400 and no CORS header: the
     # browser sends nothing more. No credentials mode: the token travels in the Authorization header, never in a
-    # cookie. The lists are exact (no wildcard: supportmesh/config.py parse_origins).
+    # cookie. The lists are exact (no wildcard: config/settings.py parse_origins).
     app.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origin_list, allow_methods=CORS_METHODS,
                        allow_headers=CORS_HEADERS, expose_headers=CORS_EXPOSE, allow_credentials=False,
                        max_age=CORS_MAX_AGE_S)
@@ -362,7 +365,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             session_id=body.session_id,
             customer_email=who.email or body.customer_email or GUEST_EMAIL,
             customer_message=body.message,
-            steps=HAPPY_PATH,
+            steps=chat_route,
             reply_subject=gw.replies.subject,
             deadline_s=settings.chat_deadline_s,
             customer_verified=who.verified,

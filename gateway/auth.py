@@ -19,6 +19,7 @@ from pathlib import Path
 import jwt
 from fastapi import HTTPException, Request
 
+from config.private_files import write_private
 from gateway.schemas import EMAIL
 from saga.protocol import GUEST_OWNER, customer_owner
 
@@ -129,8 +130,6 @@ def load_or_create_secret(data_dir: str | Path) -> str:
     existing = read_secret(data_dir)
     if existing:
         return existing
-    from supportmesh.credentials import write_private
-
     secret = secrets.token_urlsafe(48)
     write_private(path, secret + "\n")
     return secret

@@ -32,9 +32,9 @@ from limits import RateLimitItem, parse_many
 from limits.aio.storage import RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 
+from config.settings import Settings
 from gateway.auth import caller_from
 from observability import metrics
-from supportmesh.config import Settings
 
 log = logging.getLogger("supportmesh.gateway.ratelimit")
 

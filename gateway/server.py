@@ -6,7 +6,7 @@ import argparse
 
 import uvicorn
 
-from supportmesh.config import get_settings
+from config.settings import get_settings
 
 
 def main(argv: list[str] | None = None) -> int:

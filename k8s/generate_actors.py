@@ -1,6 +1,7 @@
-"""Writes k8s/base/actors.yaml: one Deployment per actor, all of the same shape (kustomize cannot loop, and nine
-hand-copied files drift). Run `python k8s/generate_actors.py` after changing the shape; a test checks the
-committed file is what this script writes."""
+"""Writes k8s/base/actors.yaml: one Deployment per actor of the registry (actors/registry.py), all of the same
+shape (kustomize cannot loop, and hand-copied files drift), and the KEDA overlay's ScaledObjects. Run
+`python k8s/generate_actors.py` after changing the shape or the registry; a test checks the committed files are
+what this script writes."""
 
 from __future__ import annotations
 
@@ -12,14 +13,12 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource  # noqa: E402
 
-from supportmesh.config import LLM_CALLS_PER_STEP, Settings, termination_grace_s  # noqa: E402
+from actors.drain import termination_grace_s  # noqa: E402
+from actors.registry import ACTORS, ActorSpec  # noqa: E402
+from config.settings import Settings  # noqa: E402
 from supportmesh.redisauth import SESSION_ACTORS, SESSIONS  # noqa: E402
-from supportmesh.up import ACTORS  # noqa: E402
 
 IMAGE = "supportmesh:0.1.0"
-# Only the actors that call an LLM get the provider keys (the Secret `supportmesh-llm-keys`) and egress to the
-# internet (k8s/base/networkpolicies.yaml selects them by the label `supportmesh.io/llm`).
-LLM_ACTORS = set(LLM_CALLS_PER_STEP)
 # The image's user (Dockerfile: USER 10001). Every pod runs as it, with a read-only root filesystem.
 UID = 10001
 POD_SECURITY = {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID,
@@ -74,60 +73,65 @@ def credentials(nats_user: str, redis_user: str | None) -> tuple[list[dict], lis
     return env, mounts, volumes
 
 
-def deployment(actor: str, settings: Settings) -> dict:
+def deployment(spec: ActorSpec, settings: Settings) -> dict:
     """One actor's Deployment (its grace period from `settings`, the pods' own)."""
+    actor = spec.name
     name = actor.replace("_", "-")
+    # Only the actors that call an LLM get the provider keys (the Secret `supportmesh-llm-keys`) and egress to
+    # the internet (k8s/base/networkpolicies.yaml selects them by the label `supportmesh.io/llm`).
     labels = {"app.kubernetes.io/name": name, "app.kubernetes.io/part-of": "supportmesh",
               "app.kubernetes.io/component": "actor", "supportmesh.io/actor": actor,
-              "supportmesh.io/llm": str(actor in LLM_ACTORS).lower()}
-    memory = "768Mi" if actor in LLM_ACTORS else "384Mi"
+              "supportmesh.io/llm": str(spec.needs_llm_key).lower()}
     cred_env, cred_mounts, cred_volumes = credentials(actor, SESSIONS if actor in SESSION_ACTORS else None)
     container = {
         "name": "actor",
         "image": IMAGE,
         "args": ["actor", actor],
         "envFrom": [{"configMapRef": {"name": "supportmesh-config"}},
-                    *([{"secretRef": {"name": "supportmesh-llm-keys", "optional": True}}] if actor in LLM_ACTORS
+                    *([{"secretRef": {"name": "supportmesh-llm-keys", "optional": True}}] if spec.needs_llm_key
                       else [])],
         "env": [{"name": "OTEL_SERVICE_NAME", "value": f"supportmesh-{name}"}, *cred_env],
         "ports": [{"name": "metrics", "containerPort": 9090}],
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": "metrics"}, "initialDelaySeconds": 10,
                           "periodSeconds": 10, "failureThreshold": 3},
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "metrics"}, "periodSeconds": 5},
-        "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": memory}},
+        "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": spec.memory}},
         "securityContext": CONTAINER_SECURITY,
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *cred_mounts],
     }
-    spec: dict = {
-        "replicas": 2,
+    deploy: dict = {
+        "replicas": spec.replicas,
         "revisionHistoryLimit": 3,
         "selector": {"matchLabels": {"app.kubernetes.io/name": name}},
         "template": {
             "metadata": {"labels": labels, "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": "9090",
                                                            "prometheus.io/path": "/metrics"}},
-            "spec": {"terminationGracePeriodSeconds": termination_grace_s(actor, settings),
+            "spec": {"terminationGracePeriodSeconds": termination_grace_s(actor, settings, ACTORS),
                      "automountServiceAccountToken": False,
                      "securityContext": POD_SECURITY,
                      "containers": [container],
                      "volumes": [{"name": "tmp", "emptyDir": {}}, *cred_volumes]},
         },
     }
-    if actor == "response_aggregator":
-        # The only SQLite writer: one replica, and Recreate so two pods never hold the volume at once.
-        spec["replicas"] = 1
-        spec["strategy"] = {"type": "Recreate"}
+    if spec.writes_history:
+        # The only SQLite writer: Recreate, so two pods never hold the volume at once.
+        deploy["strategy"] = {"type": "Recreate"}
         container["volumeMounts"].append({"name": "history", "mountPath": "/data"})
-        spec["template"]["spec"]["volumes"].append({"name": "history", "persistentVolumeClaim": {"claimName": "history"}})
-    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "labels": labels}, "spec": spec}
+        deploy["template"]["spec"]["volumes"].append({"name": "history",
+                                                      "persistentVolumeClaim": {"claimName": "history"}})
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "labels": labels},
+            "spec": deploy}
 
 
-def scaled_object(actor: str) -> dict:
+def scaled_object(spec: ActorSpec) -> dict:
     """KEDA scales an actor on the backlog of its JetStream consumer."""
+    actor = spec.name
     name = actor.replace("_", "-")
     return {
         "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "metadata": {"name": name},
         "spec": {
-            "scaleTargetRef": {"name": name}, "minReplicaCount": 1, "maxReplicaCount": 8,
+            "scaleTargetRef": {"name": name}, "minReplicaCount": spec.min_replicas,
+            "maxReplicaCount": spec.max_replicas,
             "pollingInterval": 5, "cooldownPeriod": 60,
             "triggers": [{"type": "nats-jetstream", "metadata": {
                 "natsServerMonitoringEndpoint": "nats.supportmesh.svc.cluster.local:8222", "account": "$G",
@@ -153,8 +157,8 @@ def render() -> str:
 
 
 def render_keda() -> str:
-    """k8s/overlays/keda/scaledobjects.yaml (not the aggregator: it is the single SQLite writer)."""
-    objects = [scaled_object(a) for a in ACTORS if a != "response_aggregator"]
+    """k8s/overlays/keda/scaledobjects.yaml (the actors that autoscale: not the single SQLite writer)."""
+    objects = [scaled_object(a) for a in ACTORS if a.autoscale]
     return HEADER + yaml.safe_dump_all(objects, sort_keys=False)
 
 

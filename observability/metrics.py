@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import Counter, Gauge, Histogram
 
 # Resolve milliseconds (the mesh's per-hop costs) as well as seconds (LLM calls, deadlines).
@@ -116,13 +118,12 @@ def init_actor_series(actor: str) -> None:
     CONSUMER_ACK_PENDING.labels(actor)
 
 
-def init_recovery_series() -> None:
+def init_recovery_series(actors: Iterable[str]) -> None:
     """Label sets of the recovery counters (escalation router). Dead letters and sweeper redeliveries of every
     actor are counted here (the router consumes JetStream's advisories and sweeps stalled sagas): without a zero
-    to start from, an actor's first one would be a new series at 1, and `increase()` would show 0."""
-    from saga.protocol import ERROR_HANDLER, ESCALATION, WITH_ACTION
-
-    for actor in dict.fromkeys([*WITH_ACTION, *ESCALATION, ERROR_HANDLER]):
+    to start from, an actor's first one would be a new series at 1, and `increase()` would show 0. `actors`: every
+    actor of the mesh (the process wiring passes the registry's names: observability does not know them)."""
+    for actor in actors:
         DEAD_LETTERS.labels(actor)
         REDELIVERIES.labels(actor, "sweeper")
     for action in ("refund", "cancel", "replacement"):

@@ -27,10 +27,10 @@ from nats.js.errors import (
     ServiceUnavailableError,
 )
 
+from config.settings import Settings
 from observability.tracing import inject_headers
 from saga.log import SagaEvent, SagaLog
 from saga.protocol import SUBJECT_PREFIX, Message, subject_for
-from supportmesh.config import Settings
 
 log = logging.getLogger("supportmesh.transport")
 

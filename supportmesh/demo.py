@@ -11,10 +11,10 @@ from typing import Any
 
 from actors.base import Actor, RetryableError, StepContext
 from actors.runtime import ActorRuntime
+from config.settings import Settings
 from saga.log import SagaLog
 from saga.protocol import Message, new_message
 from saga.transport import start_saga
-from supportmesh.config import Settings
 from supportmesh.natsserver import NatsServer
 
 

@@ -30,10 +30,11 @@ REDIS_CREDENTIALS = "supportmesh-redis-credentials"
 
 
 def nats_users() -> list[str]:
-    """Every NATS user of a Kubernetes deployment: the gateway, each actor, the operator."""
-    from supportmesh.up import ACTORS
+    """Every NATS user of a Kubernetes deployment: the gateway, each actor of the built-in registry (the one
+    the k8s generator uses), the operator."""
+    from actors.registry import ACTORS, names
 
-    return [natsauth.GATEWAY, *ACTORS, natsauth.OPERATOR]
+    return [natsauth.GATEWAY, *names(ACTORS), natsauth.OPERATOR]
 
 
 def _secret(name: str, namespace: str, data: dict[str, str]) -> dict:

@@ -29,18 +29,17 @@ from typing import Any
 
 import httpx
 
+from actors import registry
 from gateway.auth import load_or_create_secret
-from saga.protocol import HAPPY_PATH
 from supportmesh import natsauth, redisauth
-from supportmesh.credentials import MeshCredentials, redis_password_hash, write_private
+from config.private_files import write_private
+from supportmesh.credentials import MeshCredentials, redis_password_hash
 from supportmesh.natsserver import NatsServer, free_port
 from supportmesh.redisserver import RedisServer
 from supportmesh.supervisor import Child, Supervisor
 
 log = logging.getLogger("supportmesh.up")
 
-ACTORS: tuple[str, ...] = tuple(dict.fromkeys([*HAPPY_PATH[:-1], "execution_coordinator", "escalation_router",
-                                               HAPPY_PATH[-1]]))
 STOP_ORDER = ["gateway", "actor", "mocks", "prometheus"]
 
 
@@ -85,7 +84,7 @@ class LocalMesh:
         self.redis_url = os.environ.get("SUPPORTMESH_REDIS_URL", "")
         # Every process signs in with its own NATS user; Redis users only for the redis-server started here.
         self.credentials = MeshCredentials.load_or_create(
-            self.data_dir, [natsauth.GATEWAY, *ACTORS, natsauth.OPERATOR], [] if self.redis_url else list(redisauth.USERS))
+            self.data_dir, [natsauth.GATEWAY, *registry.names(), natsauth.OPERATOR], [] if self.redis_url else list(redisauth.USERS))
         self.nats = NatsServer(store_dir=self.data_dir / "jetstream", port=_port(nats_port),
                                sync_interval=sync_interval,
                                authorization=natsauth.authorization_config(self.credentials.nats_public))
@@ -163,7 +162,7 @@ class LocalMesh:
             argv=[python, "-m", "mocks.server", "--host", self.host, "--port", str(self.mocks_port)],
             env=self._env(), log_path=logs / "mocks.log",
         ))
-        for actor in ACTORS:
+        for actor in registry.names():  # every actor of the registry, in its order
             for i in range(1, self.replicas + 1):
                 port = free_port(self.host)
                 self.supervisor.add(Child(

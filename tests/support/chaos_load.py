@@ -14,11 +14,13 @@ from typing import Any
 import httpx
 import nats
 
+from actors import registry
 from saga.log import SagaLog
 from supportmesh.credentials import nats_options
-from supportmesh.up import ACTORS
 
 from tests.support.identity import auth
+
+ACTORS = registry.names(registry.ACTORS)
 
 NOT_ACCEPTED_RETRIES = 120  # 503 = nothing started: a client sends it again (60 s at 0.5 s)
 

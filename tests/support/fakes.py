@@ -7,8 +7,8 @@ import logging
 from typing import Any
 
 from actors.llm import LLMResult
+from config.settings import Settings
 from saga.protocol import Message, new_message
-from supportmesh.config import Settings
 
 
 class FakeContext:

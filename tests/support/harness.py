@@ -23,11 +23,11 @@ from opentelemetry import context as otel_context
 
 from actors.base import Actor
 from actors.runtime import ActorRuntime
+from config.settings import Settings
 from saga.log import SagaEvent, SagaLog, SagaState
 from saga.protocol import Message, new_message
 from saga.results import ChatResult, ResultStore
 from saga.transport import ensure_stream, record_start, start_saga
-from supportmesh.config import Settings
 from supportmesh.natsserver import NatsServer
 
 from tests.support import REPO

@@ -16,7 +16,7 @@ from tests.support import REPO
 
 # The suite's loads all come from one address (the chaos suite sends 300 chats at concurrency 20, end-to-end tests
 # poll reads and open streams): limits far above them, so only the rate-limit tests (which set their own) meet
-# one. The defaults are a real deployment's (supportmesh/config.py).
+# one. The defaults are a real deployment's (config/settings.py).
 LOAD_LIMITS = {"rate_limit_chat_address": "100000/minute", "rate_limit_chat_customer": "100000/minute",
                "rate_limit_reads": "1000000/minute", "max_streams_per_customer": 10000}
 LOAD_LIMITS_ENV = {f"SUPPORTMESH_{name.upper()}": str(value) for name, value in LOAD_LIMITS.items()}

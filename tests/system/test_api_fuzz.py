@@ -13,8 +13,8 @@ pytestmark = pytest.mark.e2e
 
 
 def test_no_server_errors_for_generated_requests(mesh) -> None:
+    from config.settings import Settings
     from gateway.app import create_app
-    from supportmesh.config import Settings
 
     schema = schemathesis.openapi.from_dict(create_app(Settings(api_docs=True, demo_sign_in=True)).openapi())
     signed_in = mesh.auth()

@@ -22,14 +22,15 @@ import nats
 import nats.js.errors
 import pytest
 
+from actors import registry
 from supportmesh.credentials import nats_options
-from supportmesh.up import ACTORS
 
 from tests.support import REPO
 from tests.support.chaos_load import actions_by_message, build_messages, check_invariants, run_load
 from tests.support.mesh import Mesh
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+ACTORS = registry.names(registry.ACTORS)
 MAX_ATTEMPTS = 4
 MAX_DELIVERIES = MAX_ATTEMPTS + 1
 MAX_REDELIVERIES, MAX_SWEEPS = 1, 2

@@ -14,7 +14,7 @@ import pytest
 from pydantic import ValidationError
 
 from actors.commerce import CommerceClient
-from supportmesh.config import Settings
+from config.settings import Settings
 from supportmesh.natsserver import free_port
 
 from tests.support.chat_client import chat

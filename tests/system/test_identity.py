@@ -182,8 +182,8 @@ def test_demo_sign_in_mints_a_token_for_seeded_customers_only(mesh) -> None:
 
 
 def test_demo_sign_in_and_docs_are_absent_unless_turned_on() -> None:
+    from config.settings import Settings
     from gateway.app import create_app
-    from supportmesh.config import Settings
 
     async def status(settings: Settings, method: str, path: str, **kw) -> int:
         transport = httpx.ASGITransport(app=create_app(settings))  # no lifespan: these routes need no store

@@ -21,8 +21,9 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from supportmesh.config import LLM_CALLS_PER_STEP, STOP_OVERHEAD_S, Settings, step_drain_s
-from supportmesh.up import ACTORS
+from actors import registry
+from actors.drain import STOP_OVERHEAD_S, step_drain_s
+from config.settings import Settings
 
 from tests.support import REPO
 
@@ -30,6 +31,9 @@ sys.path.insert(0, str(REPO / "k8s"))
 import generate_actors
 
 BIN = Path(sys.executable).parent
+ACTORS = registry.names(registry.ACTORS)
+# The actors whose pods get the LLM provider keys and egress to the internet.
+LLM_ACTORS = {a.name for a in registry.ACTORS if a.needs_llm_key}
 OVERLAYS = ["k8s/base", "k8s/overlays/k3d", "k8s/overlays/keda"]
 # Validated against this Kubernetes release, named here so that a kubernetes-validate upgrade (whose default is
 # its newest schema) never changes what the test checks unnoticed.
@@ -130,8 +134,8 @@ def test_grace_period_follows_the_llm_settings_of_the_configmap(tmp_path, monkey
     monkeypatch.setattr(generate_actors, "BASE", tmp_path)
     monkeypatch.setenv("SUPPORTMESH_LLM_TIMEOUT_S", "1")  # this machine's environment never counts
     settings = generate_actors.pod_settings()
-    intent = generate_actors.deployment("intent_analyzer", settings)["spec"]["template"]["spec"]
-    sentiment = generate_actors.deployment("sentiment_analyzer", settings)["spec"]["template"]["spec"]
+    intent, sentiment = (generate_actors.deployment(registry.find(name, registry.ACTORS), settings)["spec"]["template"]
+                         ["spec"] for name in ("intent_analyzer", "sentiment_analyzer"))
     assert step_drain_s("intent_analyzer", settings) == 2 * 3 * 60 + 10
     assert intent["terminationGracePeriodSeconds"] == 2 * 3 * 60 + 10 + STOP_OVERHEAD_S
     assert sentiment["terminationGracePeriodSeconds"] == 30
@@ -314,7 +318,7 @@ def test_dockerfile_install_and_entry_points(tmp_path) -> None:
     closure = dependency_closure([r for r in unconditional if r.marker is None or r.marker.evaluate()])
     leaked = dev_only & {canonicalize_name(r.name) for r in unconditional}
     assert not leaked, leaked
-    assert packages == {"supportmesh", "actors", "saga", "gateway", "mocks", "observability"}
+    assert packages == {"supportmesh", "config", "actors", "saga", "gateway", "mocks", "observability"}
 
     # The runtime closure only, file by file (a namespace package such as `opentelemetry` gets only the
     # modules of the distributions in the closure).
@@ -450,9 +454,9 @@ def test_secrets_only_where_needed(overlay: str) -> None:
             refs |= {e["valueFrom"]["secretKeyRef"]["name"] for e in c.get("env", [])
                      if "secretKeyRef" in e.get("valueFrom", {})}
         refs |= {v["secret"]["secretName"] for v in pod["spec"].get("volumes", []) if "secret" in v}
-        llm = pod["metadata"]["labels"].get("supportmesh.io/actor") in LLM_CALLS_PER_STEP
+        llm = pod["metadata"]["labels"].get("supportmesh.io/actor") in LLM_ACTORS
         assert (LLM_SECRET in refs) == llm, name
-    assert {a for a in ACTORS if a in LLM_CALLS_PER_STEP} == {"intent_analyzer", "response_generator"}
+    assert LLM_ACTORS == {"intent_analyzer", "response_generator"}
     env = pods["grafana"]["spec"]["containers"][0]["env"]
     for var, key in (("GF_SECURITY_ADMIN_PASSWORD", "admin-password"), ("GF_SECURITY_ADMIN_USER", "admin-user")):
         assert [e.get("valueFrom") for e in env if e["name"] == var] == [
@@ -550,7 +554,7 @@ def architecture_flows(pods: dict[str, tuple], uis_exposed: bool) -> tuple[list,
     """(allowed, forbidden) flows: (source, destination, port[, protocol]) by workload name, "client",
     "internet" or "dns". `uis_exposed`: the Jaeger and Prometheus UIs are reached from outside (k3d)."""
     actors = [a.replace("_", "-") for a in ACTORS]
-    llm = {a.replace("_", "-") for a in LLM_CALLS_PER_STEP}
+    llm = {a.replace("_", "-") for a in LLM_ACTORS}
     redis = {a.replace("_", "-") for a in REDIS_USERS}
     mocks = {a.replace("_", "-") for a in MOCK_USERS}
     allowed = [("client", "gateway", 8000), ("client", "grafana", 3000),

@@ -26,17 +26,18 @@ import yaml
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
+from actors import registry
 from observability import metrics
 from observability.logs import JsonFormatter, TraceContextFilter, TraceIndex
 from observability.prometheus import ALERT_RULES, render_scrape_config
 from supportmesh.credentials import nats_options
-from supportmesh.up import ACTORS
 
 from tests.support import REPO
 from tests.support.chat_client import answer
 from tests.support.mesh import Mesh
 from tests.support.otlp_receiver import OTLPReceiver, Span
 
+ACTORS = registry.names(registry.ACTORS)
 GRAFANA = REPO / "grafana"
 DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
 # $__range covers the whole life of the test's mesh, so increase() over it counts every saga it ran.
@@ -243,7 +244,7 @@ def test_scrape_jobs_and_services_are_named_as_the_traced_services() -> None:
     config = yaml.safe_load(render_scrape_config({p: [f"127.0.0.1:{9100 + i}"] for i, p in enumerate(processes)}))
     services = {job["job_name"]: job["static_configs"][0]["labels"]["service"] for job in config["scrape_configs"]}
     settings = generate_actors.pod_settings()
-    pods = [generate_actors.deployment(actor, settings) for actor in ACTORS]
+    pods = [generate_actors.deployment(spec, settings) for spec in registry.ACTORS]
     in_k8s = {pod["metadata"]["name"]: env["value"] for pod in pods
               for env in pod["spec"]["template"]["spec"]["containers"][0]["env"] if env["name"] == "OTEL_SERVICE_NAME"}
     assert services["gateway"] == "supportmesh-gateway" and services["mocks"] == "supportmesh-mocks"

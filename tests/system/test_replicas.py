@@ -23,11 +23,11 @@ import httpx
 import nats
 import pytest
 
+from actors import registry
 from gateway.app import STREAM_IDLE_TIMEOUT_S
 from saga.log import SagaLog
 from saga.protocol import customer_owner, new_message_id
 from supportmesh.credentials import nats_options
-from supportmesh.up import ACTORS
 
 from tests.support import REPO
 from tests.support.chaos_load import build_messages, check_invariants, run_load, sagas_since
@@ -38,6 +38,7 @@ from tests.support.sse_client import read_events
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 REPLICAS = 2
+ACTORS = registry.names(registry.ACTORS)
 STALL_AFTER_S = 8.0  # the sweeper's stall time: short, so that a saga that never started is failed soon
 MESH_START_S = 150  # what a two-replica mesh may take to start on a slow machine (pytest-timeout counts it)
 MAX_DELIVERIES = 4 + 1  # the default SUPPORTMESH_MAX_ATTEMPTS, plus the runtime's extra delivery

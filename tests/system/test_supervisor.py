@@ -15,10 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from actors import registry
 from supportmesh.supervisor import Child, Supervisor
-from supportmesh.up import ACTORS
 
 from tests.support.mesh import Mesh
+
+ACTORS = registry.names(registry.ACTORS)
 
 
 def alive(pid: int) -> bool:

@@ -148,7 +148,7 @@ def test_generated_pathological_inputs(text: str) -> None:
 async def test_intent_analyzer_answers_a_pathological_message_quickly() -> None:
     """The whole step (local model, entity safety net) on 3 KB that used to stall the actor for hours."""
     from actors.intent_analyzer import IntentAnalyzer
-    from supportmesh.config import Settings
+    from config.settings import Settings
     from tests.support.fakes import FakeContext, make_message
 
     actor = IntentAnalyzer()

@@ -16,11 +16,11 @@ from actors.intent_analyzer import IntentAnalyzer, IntentParseError, parse_inten
 from actors.local_model import analyze_intent, compose_response
 from actors.policy import decide_action
 from actors.response_generator import ResponseGenerator
-from gateway.sessions import SessionStore
+from actors.sessions import SessionStore
+from config.settings import Settings
 from mocks.app import create_app
 from mocks.faults import Faults
 from saga.protocol import ActionPlan, AgentResponse, CustomerContext, Entities, Intent, Sentiment
-from supportmesh.config import Settings
 
 from tests.support.fakes import FakeContext, ScriptedLLM, make_message
 

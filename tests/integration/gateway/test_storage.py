@@ -6,8 +6,8 @@ import sqlite3
 
 import redis
 
-from gateway.history import HistoryStore
-from gateway.sessions import SessionStore
+from actors.history import HistoryStore
+from actors.sessions import SessionStore
 
 SPEC_TABLE = """CREATE TABLE messages (
     message_id TEXT PRIMARY KEY,
@@ -95,7 +95,7 @@ async def test_response_aggregator_prunes_history_periodically(tmp_path, redis_u
     from datetime import UTC, datetime, timedelta
 
     from actors.response_aggregator import ResponseAggregator
-    from supportmesh.config import Settings
+    from config.settings import Settings
 
     path = tmp_path / "history.db"
     await (await HistoryStore(path).open()).close()

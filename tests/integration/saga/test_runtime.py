@@ -12,10 +12,10 @@ import pytest
 from nats.js.errors import NoKeysError
 
 from actors.base import FailureContext
+from actors.drain import step_drain_s
 from saga.log import SagaEvent
 from saga.protocol import Message, subject_for
 from saga.results import ChatResult
-from supportmesh.config import step_drain_s
 
 from tests.support.harness import Harness, kinds
 from tests.support.toy_actors import BrokenAggregator, Catcher, Count, Done, Flaky, Slow, Upper

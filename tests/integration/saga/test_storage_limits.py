@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from nats.js.api import DiscardPolicy
 
+from config.settings import MIB, Settings
 from observability import metrics
 from saga.log import LOG_BUCKET, STATE_BUCKET, SagaLog
 from saga.results import RESULTS_BUCKET, ResultStore
 from saga.transport import deadletter_stream_name, ensure_deadletter_stream, ensure_stream
-from supportmesh.config import MIB, Settings
 
 CHAT = {"session_id": "s-full", "message": "where is my order 1001?"}  # from the signed-in customer
 

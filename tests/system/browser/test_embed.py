@@ -213,8 +213,8 @@ def test_the_gateways_pages_may_be_framed_by_the_shop_only(sites, embed_mesh) ->
 
 def headers_of(allowed_origins: str) -> httpx.Headers:
     """The headers of a page of an in-process gateway with `allowed_origins` (no server needed for a page)."""
+    from config.settings import Settings
     from gateway.app import create_app
-    from supportmesh.config import Settings
 
     async def get() -> httpx.Headers:
         app = create_app(Settings(allowed_origins=allowed_origins))
@@ -237,7 +237,7 @@ def test_frame_ancestors_follow_the_allow_list() -> None:
 def test_settings_refuse_a_wildcard(value: str) -> None:
     from pydantic import ValidationError
 
-    from supportmesh.config import Settings
+    from config.settings import Settings
 
     with pytest.raises(ValidationError, match="no wildcard"):
         Settings(allowed_origins=value)
@@ -248,14 +248,14 @@ def test_settings_refuse_a_wildcard(value: str) -> None:
 def test_settings_refuse_what_is_not_an_origin(value: str) -> None:
     from pydantic import ValidationError
 
-    from supportmesh.config import Settings
+    from config.settings import Settings
 
     with pytest.raises(ValidationError, match="is not an origin"):
         Settings(allowed_origins=value)
 
 
 def test_settings_read_origins_as_browsers_send_them() -> None:
-    from supportmesh.config import Settings
+    from config.settings import Settings
 
     settings = Settings(allowed_origins=" https://Shop.Example:443 ,http://127.0.0.1:8080,, https://shop.example")
     assert settings.allowed_origin_list == ["https://shop.example", "http://127.0.0.1:8080"]

@@ -17,6 +17,7 @@ from actors.escalation_router import (
     ticket_summary,
     undone_effects,
 )
+from config.settings import Settings
 from saga.log import SagaEvent
 from saga.protocol import ErrorInfo, ExecutedAction, ExecutionResult, new_message
 from saga.results import (
@@ -25,7 +26,6 @@ from saga.results import (
     recorded_ticket,
     saga_effects,
 )
-from supportmesh.config import Settings
 
 # ---- pure decisions --------------------------------------------------------------------------------------
 

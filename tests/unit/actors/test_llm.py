@@ -19,8 +19,8 @@ from fastapi.responses import JSONResponse
 from actors.intent_analyzer import IntentAnalyzer
 from actors.llm import LLMClient
 from actors.prompts import intent_messages
+from config.settings import Settings
 from observability import metrics
-from supportmesh.config import Settings
 from supportmesh.natsserver import free_port
 
 from tests.support import REPO
@@ -128,7 +128,7 @@ from actors.llm import LLMClient  # first: it sets LiteLLM's offline settings be
 from opentelemetry import trace
 from opentelemetry.sdk.trace import SpanProcessor
 from observability.tracing import setup_tracing, shutdown_tracing, tracer
-from supportmesh.config import Settings
+from config.settings import Settings
 
 class Ended(SpanProcessor):
     names: list = []

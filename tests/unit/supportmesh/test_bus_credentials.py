@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import stat
 import subprocess
-from pathlib import Path
 
 import yaml
 
@@ -13,8 +12,10 @@ from supportmesh import natsauth, redisauth
 from supportmesh.credentials import MeshCredentials
 from supportmesh.k8s_secrets import generate, nats_users
 from supportmesh.natsserver import find_binary
-from supportmesh.up import ACTORS
+from actors import registry
 from tests.support import REPO
+
+ACTORS = registry.names(registry.ACTORS)
 
 
 def allowed(user: str) -> list[str]:
@@ -104,7 +105,7 @@ def test_each_pod_mounts_only_its_own_credentials_and_the_repo_ships_none() -> N
 
 
 def test_redis_dsn_signs_in_with_the_password_file(tmp_path) -> None:
-    from supportmesh.config import Settings
+    from config.settings import Settings
 
     (tmp_path / "pw").write_text("s3cr/et\n")
     settings = Settings(redis_url="redis://127.0.0.1:6380/0", redis_username="gateway",

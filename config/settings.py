@@ -6,7 +6,6 @@ and the tests all set the same variables.
 
 from __future__ import annotations
 
-import math
 import os
 from functools import lru_cache
 
@@ -96,6 +95,9 @@ class Settings(BaseSettings):
     stall_after_s: float = 60.0
     max_sweeps: int = 2
     max_ack_pending: int = 256
+    # The actor registry of a deployment with actors of its own (`module:attribute`, see actors/registry.py);
+    # empty: the built-in one. Every process of the mesh must see the same value.
+    actor_registry: str = ""
     # Benchmarks only: False skips every saga-log write, and with it memoization and recovery.
     saga_log_enabled: bool = True
 
@@ -214,37 +216,6 @@ def parse_origins(value: str) -> list[str]:
         if f"{scheme}://{host}" not in origins:
             origins.append(f"{scheme}://{host}")
     return origins
-
-
-# How long a stopping actor waits for its steps in flight, and the pod's grace period around that, in one place:
-# the runtime's drain (`ActorRuntime.stop`) and k8s/generate_actors.py both use these.
-# LLM calls one step can make: the intent analyzer asks again when the model's JSON is malformed.
-LLM_CALLS_PER_STEP = {"intent_analyzer": 2, "response_generator": 1}
-# After a step's last LLM call: its ack, its saga writes and the next hop.
-STEP_FINISH_S = 10.0
-# Around the drain: stopping the fetch loop before it, closing the actor and the connection after it.
-STOP_OVERHEAD_S = 5.0
-MIN_GRACE_S = 30
-
-
-def worst_llm_step_s(actor: str, settings: Settings) -> float:
-    """The longest one step of `actor` can spend in LLM calls: each call tries `llm_retries + 1` times for up to
-    `llm_timeout_s`, plus one more try when it falls back to another provider (the local model answers at once,
-    and a model that is its own fallback is not asked again)."""
-    fallback = settings.llm_fallback_model or LOCAL_LLM_MODEL
-    provider_fallback = fallback not in (LOCAL_LLM_MODEL, settings.llm_model)
-    tries = settings.llm_retries + 1 + int(provider_fallback)
-    return LLM_CALLS_PER_STEP.get(actor, 0) * tries * settings.llm_timeout_s
-
-
-def step_drain_s(actor: str, settings: Settings) -> float:
-    """How long a stopping actor waits for the steps in flight to finish (the longest step, then its writes)."""
-    return worst_llm_step_s(actor, settings) + STEP_FINISH_S
-
-
-def termination_grace_s(actor: str, settings: Settings) -> int:
-    """The pod's grace period on SIGTERM: the drain plus stopping and closing around it (at least MIN_GRACE_S)."""
-    return max(MIN_GRACE_S, math.ceil(step_drain_s(actor, settings) + STOP_OVERHEAD_S))
 
 
 @lru_cache(maxsize=1)

@@ -1,0 +1,1 @@
+"""Settings of every supportmesh process (a leaf package: it imports nothing of the project's)."""
