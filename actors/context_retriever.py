@@ -17,8 +17,8 @@ from typing import Any
 
 from actors.base import Actor, StepContext
 from actors.commerce import CommerceClient
+from actors.domain import GUEST_EMAIL, CustomerContext, Entities, Message
 from gateway.sessions import SessionStore
-from saga.protocol import GUEST_EMAIL, CustomerContext, Entities, Message
 from supportmesh.config import Settings
 
 log = logging.getLogger("supportmesh.actor.context_retriever")

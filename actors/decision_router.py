@@ -4,8 +4,8 @@ policy, and the execution step inserted when an action is approved."""
 from __future__ import annotations
 
 from actors.base import Actor, StepContext, StepResult
+from actors.domain import ActionPlan, Message
 from actors.policy import decide_action, guest_plan
-from saga.protocol import ActionPlan, Message
 from supportmesh.config import Settings
 
 ESCALATE = ["escalation_router", "response_aggregator"]

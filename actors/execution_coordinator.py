@@ -15,8 +15,8 @@ from typing import Any
 
 from actors.base import Actor, PermanentError, StepContext
 from actors.commerce import CommerceClient
+from actors.domain import ExecutedAction, ExecutionResult, Message
 from actors.policy import recheck
-from saga.protocol import ExecutedAction, ExecutionResult, Message
 from supportmesh.config import Settings
 
 

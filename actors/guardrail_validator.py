@@ -8,7 +8,7 @@ import re
 from typing import Any
 
 from actors.base import Actor, StepContext, StepResult
-from saga.protocol import GuardrailCheck, Message
+from actors.domain import GuardrailCheck, Message
 
 MAX_REGENERATIONS = 2
 PROMISES = [

@@ -11,9 +11,9 @@ from pydantic import ValidationError
 
 from actors import entities
 from actors.base import Actor, StepContext
+from actors.domain import Entities, Intent, Message
 from actors.llm import LLMClient
 from actors.prompts import INTENTS, intent_messages
-from saga.protocol import Entities, Intent, Message
 from supportmesh.config import Settings
 
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL | re.IGNORECASE)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from actors.base import Actor, StepContext
+from actors.domain import AgentResponse, Message
 from actors.llm import LLMClient
 from actors.prompts import response_messages
-from saga.protocol import AgentResponse, Message
 from supportmesh.config import Settings
 
 

@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 
 from gateway.auth import load_or_create_secret
-from saga.protocol import HAPPY_PATH
+from actors.domain import HAPPY_PATH
 from supportmesh.natsserver import NatsServer, free_port
 from supportmesh.redisserver import RedisServer
 from supportmesh.supervisor import Child, Supervisor

@@ -6,8 +6,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from actors.domain import Message, new_message
 from actors.llm import LLMResult
-from saga.protocol import Message, new_message
 from supportmesh.config import Settings
 
 

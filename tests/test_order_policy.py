@@ -14,13 +14,13 @@ from chat_client import answer
 
 from actors.base import PermanentError
 from actors.commerce import CommerceClient
+from actors.domain import WITH_ACTION, ActionPlan, CustomerContext, Entities, Intent, Message, new_message
 from actors.execution_coordinator import ExecutionCoordinator
 from actors.policy import decide_action
 from fakes import FakeContext, make_message
 from mocks.app import create_app
 from mocks.faults import Faults
 from saga.log import SagaLog
-from saga.protocol import WITH_ACTION, ActionPlan, CustomerContext, Entities, Intent, Message, new_message
 from saga.transport import publish
 from supportmesh.config import Settings
 

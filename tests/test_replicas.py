@@ -29,9 +29,10 @@ from mesh_fixture import Mesh
 from proc_check import alive
 from sse_client import read_events
 
+from actors.domain import customer_owner
 from gateway.app import STREAM_IDLE_TIMEOUT_S
 from saga.log import SagaLog
-from saga.protocol import customer_owner, new_message_id
+from saga.protocol import new_message_id
 from supportmesh.up import ACTORS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

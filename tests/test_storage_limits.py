@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from nats.js.api import DiscardPolicy
 
+from actors.domain import SUBJECT_PREFIX
+from actors.results import RESULTS_BUCKET, ResultStore
 from observability import metrics
 from saga.log import LOG_BUCKET, STATE_BUCKET, SagaLog
-from saga.results import RESULTS_BUCKET, ResultStore
 from saga.transport import deadletter_stream_name, ensure_deadletter_stream, ensure_stream
 from supportmesh.config import MIB, Settings
 
@@ -31,7 +32,7 @@ async def test_limits_are_set_on_new_and_existing_buckets_and_streams(harness) -
     settings = harness.settings.model_copy(update={
         "saga_log_max_bytes": 5 * MIB, "saga_state_max_bytes": 2 * MIB, "chat_results_max_bytes": 3 * MIB,
         "stream_max_bytes": 4 * MIB, "deadletter_max_bytes": MIB})
-    await ensure_stream(js, settings)
+    await ensure_stream(js, settings, SUBJECT_PREFIX)
     await ensure_deadletter_stream(js, settings)
     await SagaLog.open(js, ttl_s=3600, log_max_bytes=settings.saga_log_max_bytes,
                        state_max_bytes=settings.saga_state_max_bytes)
