@@ -23,7 +23,9 @@ class ActorRuntime(Runtime):
         kwargs.setdefault("drain_timeout_s", step_drain_s(actor.name, settings))
         super().__init__(actor, settings, SUPPORT, hooks=hooks or ObservabilityHooks(MESH_ACTORS), **kwargs)
         wanted = actor.name == SUPPORT.error_handler if recovery is None else recovery
-        self.recovery: Recovery | None = Recovery(self.core) if wanted else None
+        # The lease outlives a few sweeps, so a holder that dies is replaced within about two sweep intervals.
+        lease_s = max(5.0, 2 * settings.sweep_interval_s)
+        self.recovery: Recovery | None = Recovery(self.core, lease_s=lease_s) if wanted else None
 
     async def start(self) -> None:
         """Start the actor, then recovery when this process runs it."""
