@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import os
 import signal
 import sys
 
@@ -38,24 +39,19 @@ def load_actor(spec: str) -> type[Actor]:
     return cls
 
 
-async def run_actor(spec: str, settings: Settings, *, concurrency: int | None = None) -> None:
-    """Run an actor until SIGTERM/SIGINT, then stop gracefully (finish in-flight steps, drain)."""
+async def run_actor(spec: str, settings: Settings, *, concurrency: int | None = None,
+                    recovery: bool | None = None) -> None:
+    """Run an actor until SIGTERM/SIGINT, then stop gracefully (finish in-flight steps, drain). Recovery runs
+    in the error handler's process unless `recovery` says otherwise."""
     from actors.runtime import ActorRuntime
 
     actor = load_actor(spec)()
-    runtime = ActorRuntime(actor, settings, concurrency=concurrency)
+    runtime = ActorRuntime(actor, settings, concurrency=concurrency, recovery=recovery)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, runtime.request_stop)
     _start_observability(actor.name, settings, lambda: runtime.ready)
-    entry = registry.find(actor.name)
-    if actor.handles_dead_letters or (entry is not None and entry.runs_recovery):
-        from observability import metrics
-
-        # Recovery counts dead letters and sweeps of every actor: their series start at zero (names from here,
-        # observability does not know the registry).
-        metrics.init_recovery_series(registry.names())
     await runtime.run_until_stopped()
 
 
@@ -81,7 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="supportmesh actor", description=__doc__)
     parser.add_argument("name", help="actor name (e.g. sentiment_analyzer) or module:Class")
     parser.add_argument("--concurrency", type=int, default=None, help="steps in flight in this process")
+    parser.add_argument("--recovery", action=argparse.BooleanOptionalAction, default=None,
+                        help="also run recovery (dead letters, sweeper); default: in the error handler's process, "
+                             "or when SUPPORTMESH_RECOVERY=1")
     args = parser.parse_args(argv)
+    recovery = args.recovery
+    if recovery is None and os.environ.get("SUPPORTMESH_RECOVERY"):
+        recovery = os.environ["SUPPORTMESH_RECOVERY"] not in ("0", "false", "")
     settings = get_settings()
     try:
         import uvloop
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(run_actor(args.name, settings, concurrency=args.concurrency))
+    asyncio.run(run_actor(args.name, settings, concurrency=args.concurrency, recovery=recovery))
     return 0
 
 

@@ -17,9 +17,9 @@ from typing import Any
 
 from actors.base import Actor, StepContext
 from actors.commerce import CommerceClient
+from actors.domain import GUEST_EMAIL, CustomerContext, Entities, Message
 from actors.sessions import SessionStore
 from config.settings import Settings
-from saga.protocol import GUEST_EMAIL, CustomerContext, Entities, Message
 
 log = logging.getLogger("supportmesh.actor.context_retriever")
 RECENT_ORDERS = 5

@@ -4,10 +4,10 @@ policy, and the execution step inserted when an action is approved."""
 from __future__ import annotations
 
 from actors.base import Actor, StepContext, StepResult
+from actors.domain import ActionPlan, Message
 from actors.policy import decide_action, guest_plan
 from actors.registry import ACTION, ESCALATION, route
 from config.settings import Settings
-from saga.protocol import ActionPlan, Message
 
 
 

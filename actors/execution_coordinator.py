@@ -15,9 +15,9 @@ from typing import Any
 
 from actors.base import Actor, PermanentError, StepContext
 from actors.commerce import CommerceClient
+from actors.domain import ExecutedAction, ExecutionResult, Message
 from actors.policy import recheck
 from config.settings import Settings
-from saga.protocol import ExecutedAction, ExecutionResult, Message
 
 
 def idempotency_key(message_id: str, action: str, order_id: str) -> str:

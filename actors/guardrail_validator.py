@@ -8,8 +8,8 @@ import re
 from typing import Any
 
 from actors.base import Actor, StepContext, StepResult
+from actors.domain import GuardrailCheck, Message
 from actors.registry import ESCALATION, route
-from saga.protocol import GuardrailCheck, Message
 
 MAX_REGENERATIONS = 2
 PROMISES = [

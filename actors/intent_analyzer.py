@@ -11,10 +11,10 @@ from pydantic import ValidationError
 
 from actors import entities
 from actors.base import Actor, StepContext
+from actors.domain import Entities, Intent, Message
 from actors.llm import LLMClient
 from actors.prompts import INTENTS, intent_messages
 from config.settings import Settings
-from saga.protocol import Entities, Intent, Message
 
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL | re.IGNORECASE)
 _TRAILING_COMMA = re.compile(r",\s*([}\]])")

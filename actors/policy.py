@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from saga.protocol import ActionPlan, CustomerContext, Intent
+from actors.domain import ActionPlan, CustomerContext, Intent
 
 ACTIONS = {"refund_request": "refund", "cancel_order": "cancel", "replacement_request": "replacement"}
 ELIGIBLE = {

@@ -16,11 +16,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from actors.base import Actor, StepContext
+from actors.domain import Message
 from actors.history import HistoryStore
+from actors.results import build_result
 from actors.sessions import SessionStore
 from config.settings import Settings
-from saga.protocol import Message
-from saga.results import build_result
 
 log = logging.getLogger("supportmesh.actor.response_aggregator")
 
@@ -70,7 +70,7 @@ class ResponseAggregator(Actor):
                     timespec="microseconds"),
             ),
             self._set_session_state(message.session_id, message.message_id, result.status),
-            ctx.results.save(result),
+            ctx.save_result(result),
         )
         if message.metadata.reply_subject:
             await ctx.publish_reply(message.metadata.reply_subject, result.to_bytes())

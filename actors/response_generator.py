@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from actors.base import Actor, StepContext
+from actors.domain import AgentResponse, Message
 from actors.llm import LLMClient
 from actors.prompts import response_messages
 from config.settings import Settings
-from saga.protocol import AgentResponse, Message
 
 
 def prompt_data(message: Message) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import Any
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
 from actors.base import Actor, StepContext
-from saga.protocol import Message, Sentiment
+from actors.domain import Message, Sentiment
 
 # The specification's critical words, plus threats of legal or payment disputes.
 CRITICAL = ("fraud", "lawyer", "terrible", "worst", "scam", "lawsuit", "chargeback", "attorney")

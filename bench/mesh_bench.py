@@ -206,14 +206,14 @@ async def in_process(endpoints: dict[str, Any], count: int) -> list[float]:
     from actors.base import StepResult
     from actors.context_retriever import ContextRetriever
     from actors.decision_router import DecisionRouter
+    from actors.domain import HAPPY_PATH, new_message
     from actors.guardrail_validator import GuardrailValidator
     from actors.intent_analyzer import IntentAnalyzer
     from actors.response_generator import ResponseGenerator
     from actors.sentiment_analyzer import SentimentAnalyzer
     from config.settings import Settings
-    from saga.protocol import HAPPY_PATH, new_message
-    from saga.replay import apply_step
     from tests.support.fakes import FakeContext
+    from saga.replay import apply_step
 
     settings = Settings(redis_url=redis_url(endpoints), customers_api_url=endpoints["mocks_url"],
                         orders_api_url=endpoints["mocks_url"], tracking_api_url=endpoints["mocks_url"])

@@ -23,10 +23,10 @@ sys.path.insert(0, str(ROOT))  # the project and its tests.support helpers
 import nats  # noqa: E402
 
 from actors.base import Actor, StepContext  # noqa: E402
+from actors.domain import SUBJECT_PREFIX, Message, new_message  # noqa: E402
 from actors.runtime import ActorRuntime  # noqa: E402
 from config.settings import Settings  # noqa: E402
 from saga.log import SagaLog  # noqa: E402
-from saga.protocol import Message, new_message  # noqa: E402
 from saga.transport import ensure_stream, publish, start_saga  # noqa: E402
 from supportmesh.natsserver import NatsServer  # noqa: E402
 from tests.support.toy_actors import noop_class  # noqa: E402
@@ -55,7 +55,7 @@ async def run_mode(server: NatsServer, *, durable: bool, steps: int, messages: i
     settings = Settings(nats_url=server.url, saga_log_enabled=durable, stream_name="SUPPORT")
     nc = await nats.connect(server.url)
     js = nc.jetstream()
-    await ensure_stream(js, settings)
+    await ensure_stream(js, settings, SUBJECT_PREFIX)
     saga = await SagaLog.open(js)
     actors = [noop_class(i) for i in range(steps - 1)] + [Reply]
     runtimes = [ActorRuntime(cls(), settings, concurrency=32) for cls in actors]

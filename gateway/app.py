@@ -37,6 +37,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from actors import registry
 from config.settings import Settings, get_settings
+from actors.domain import GUEST_EMAIL, SUBJECT_PREFIX, new_message, subject_for
+from actors.domain import Message as SagaMessage
+from actors.results import ChatResult, ResultStore
 from gateway.auth import Caller, caller_from, mint_token, new_session_id
 from gateway.idempotency import IDEMPOTENCY_HEADER, earlier_attempt, message_id_for
 from gateway.ratelimit import RateLimited, RateLimiter, guarded, handle_rate_limited, rate_limit
@@ -52,9 +55,7 @@ from observability.tracing import (
     tracer,
 )
 from saga.log import TERMINAL, SagaEvent, SagaLog
-from saga.protocol import GUEST_EMAIL, MESSAGE_ID, SESSION_ID, new_message, subject_for
-from saga.protocol import Message as SagaMessage
-from saga.results import ChatResult, ResultStore
+from saga.protocol import MESSAGE_ID, SESSION_ID
 from saga.transport import connect, ensure_stream, msg_id, publish, record_start
 
 log = logging.getLogger("supportmesh.gateway")
@@ -240,9 +241,10 @@ class Gateway:
         s = self.settings
         self.nc = await connect(s, "supportmesh-gateway", max_reconnect_attempts=-1, reconnect_time_wait=0.25)
         self.js = self.nc.jetstream(timeout=STORE_TIMEOUT_S)
-        await ensure_stream(self.js, s)
+        await ensure_stream(self.js, s, SUBJECT_PREFIX)
         self.saga = await SagaLog.open(self.js, ttl_s=s.saga_ttl_s, read_timeout_s=STORE_TIMEOUT_S,
-                                       log_max_bytes=s.saga_log_max_bytes, state_max_bytes=s.saga_state_max_bytes)
+                                       log_max_bytes=s.saga_log_max_bytes, state_max_bytes=s.saga_state_max_bytes,
+                                       on_recorded=metrics.count_saga_event)
         self.results = await ResultStore.open(self.js, ttl_s=s.saga_ttl_s, max_bytes=s.chat_results_max_bytes)
         self.replies = ReplyRouter(self.nc)
         await self.replies.start()

@@ -19,9 +19,9 @@ from pathlib import Path
 import jwt
 from fastapi import HTTPException, Request
 
+from actors.domain import GUEST_OWNER, customer_owner
 from config.private_files import write_private
 from gateway.schemas import EMAIL
-from saga.protocol import GUEST_OWNER, customer_owner
 
 ALGORITHM = "HS256"
 SESSION_HEADER = "X-Session-Id"

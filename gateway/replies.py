@@ -15,7 +15,7 @@ from typing import Any
 from nats.aio.client import Client as NATS
 from prometheus_client import Counter
 
-from saga.results import ChatResult
+from actors.results import ChatResult
 
 REPLY_PREFIX = "supportmesh.reply"
 # How each answer reached the gateway: "subject" (this instance's reply subject, the normal path) or "kv" (read

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from saga.protocol import email_problem, refused_if, text_problem
+from actors.domain import email_problem, refused_if, text_problem
 
 # Deliberately simple: one @, a dot in the domain, no spaces. Real validation is the customer API's job; the
 # characters that end or escape a URL path segment (/ ? # % \) are refused first, with their own reason.

@@ -16,6 +16,8 @@ from collections import OrderedDict
 
 import orjson
 
+from saga.errors import error_text  # noqa: F401  (re-exported: the logs and spans use the same text)
+
 _FIELDS = ("message_id", "actor", "trace_id", "span_id", "session_id", "step", "attempt", "event")
 _KNOWN_TRACES = 10_000  # message ids remembered per process (bounded: an LRU)
 
@@ -88,18 +90,6 @@ REDACTED_EMAIL = "<email>"
 def redact(text: str) -> str:
     """`text` with every email address replaced by `<email>`."""
     return EMAIL.sub(REDACTED_EMAIL, text) if ("@" in text or "%40" in text) else text
-
-
-def error_text(exc: BaseException) -> str:
-    """`Type: message` of an exception, for logs, spans and the saga log, without the input values that a
-    validation error quotes (a message's text, an email): pydantic's field locations and reasons only."""
-    from pydantic import ValidationError
-
-    if isinstance(exc, ValidationError):
-        reasons = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}"
-                            for e in exc.errors(include_input=False, include_url=False, include_context=False))
-        return f"{type(exc).__name__}: {exc.error_count()} invalid in {exc.title}: {reasons}"
-    return f"{type(exc).__name__}: {exc}"
 
 
 class RedactingFilter(logging.Filter):

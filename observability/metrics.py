@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -94,6 +93,11 @@ def observe(histogram_child, value: float) -> None:  # type: ignore[no-untyped-d
     histogram_child.observe(value, exemplar={"trace_id": trace_id} if trace_id else None)
 
 
+def count_saga_event(kind: str) -> None:
+    """One saga event written (the saga log's `on_recorded`)."""
+    SAGA_EVENTS.labels(kind).inc()
+
+
 def init_saga_event_series() -> None:
     """Every saga event kind, at zero, in every process that writes saga events. A counter series that first
     appears at 1 hides that first event from `increase()` and `rate()` (there is no earlier sample)."""
@@ -118,11 +122,10 @@ def init_actor_series(actor: str) -> None:
     CONSUMER_ACK_PENDING.labels(actor)
 
 
-def init_recovery_series(actors: Iterable[str]) -> None:
-    """Label sets of the recovery counters (escalation router). Dead letters and sweeper redeliveries of every
-    actor are counted here (the router consumes JetStream's advisories and sweeps stalled sagas): without a zero
-    to start from, an actor's first one would be a new series at 1, and `increase()` would show 0. `actors`: every
-    actor of the mesh (the process wiring passes the registry's names: observability does not know them)."""
+def init_recovery_series(actors: tuple[str, ...] | list[str] = ()) -> None:
+    """Label sets of the recovery counters (the process running recovery). Dead letters and sweeper
+    redeliveries of every actor (`actors`: the mesh's, named by the wiring) are counted there: without a zero
+    to start from, an actor's first one would be a new series at 1, and `increase()` would show 0."""
     for actor in actors:
         DEAD_LETTERS.labels(actor)
         REDELIVERIES.labels(actor, "sweeper")

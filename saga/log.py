@@ -12,14 +12,18 @@ JetStream KV.
   while undo calls are retried, so the sweeper can tell it is alive) with compare-and-set on the KV revision so
   replicas never overwrite each other, and never moved backwards (a late, redelivered step cannot turn a
   finished saga back into a running one). The current step and the last event time are read from the log.
+- Bucket `saga_running`: the index of sagas not finished yet, one empty key per message: written with the
+  state when a saga starts (or is reopened by recovery) and deleted when it reaches a terminal state, so the
+  sweeper reads the running sagas only, not every `saga_state` key.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
 import orjson
@@ -32,11 +36,11 @@ from nats.js.errors import (
 )
 from pydantic import BaseModel, ConfigDict, Field
 
-from observability import metrics
 from saga.direct import ensure_direct, read_subjects
 
 LOG_BUCKET = "saga_log"
 STATE_BUCKET = "saga_state"
+RUNNING_BUCKET = "saga_running"
 
 EventKind = Literal[
     "saga_started",
@@ -108,7 +112,7 @@ def event_key(message_id: str, step_index: int, kind: str, attempt: int = 1, seq
         return f"{base}.{seq}"
     if kind == "redelivered" and seq:
         # A resumption decided by recovery (seq > 0) is counted apart from JetStream's redeliveries, and per
-        # source: the sweeper and the escalation router may resume the same step, and neither record may
+        # source: the sweeper and the error handler may resume the same step, and neither record may
         # hide the other's (each budget is counted from its own events).
         return f"{base}.{_KEY_UNSAFE.sub('_', source or 'recovery')}.{seq}"
     return f"{base}.{attempt}"
@@ -127,7 +131,7 @@ class SagaState(BaseModel):
     updated_at: float = Field(default_factory=time.time)
     started_at: float | None = None
     trace_id: str | None = None
-    # Who may read the saga (`customer:<email>` or `guest`, see gateway/auth.py): set at the start, kept after.
+    # Who may read the saga (the application's owner string): set at the start, kept after.
     owner: str | None = None
     revision: int | None = None
 
@@ -135,34 +139,42 @@ class SagaState(BaseModel):
 class SagaLog:
     """Access to the `saga_log` and `saga_state` buckets."""
 
-    def __init__(self, js: JetStreamContext, log_kv: Any, state_kv: Any, *, read_timeout_s: float = 5.0) -> None:
+    def __init__(self, js: JetStreamContext, log_kv: Any, state_kv: Any, running_kv: Any, *,
+                 read_timeout_s: float = 5.0, on_recorded: Callable[[str], None] | None = None) -> None:
         self._js = js
+        # Told the kind of every event written (the process wiring counts them, see observability.metrics).
+        self._on_recorded = on_recorded or _ignore
         self._nc = js._nc  # core publishes for record_nowait, direct gets for history
         self._read_timeout_s = read_timeout_s
         self._log = log_kv
         self._state = state_kv
+        self._running = running_kv
 
     @classmethod
     async def open(cls, js: JetStreamContext, *, ttl_s: float = 7 * 24 * 3600, read_timeout_s: float = 5.0,
-                   log_max_bytes: int = -1, state_max_bytes: int = -1) -> SagaLog:
-        """Open both buckets, creating them (file storage, retention TTL, size limit; -1 = none) when missing."""
-        log_kv = await ensure_bucket(js, LOG_BUCKET, ttl_s, log_max_bytes)
-        state_kv = await ensure_bucket(js, STATE_BUCKET, ttl_s, state_max_bytes)
-        return cls(js, log_kv, state_kv, read_timeout_s=read_timeout_s)
+                   log_max_bytes: int = -1, state_max_bytes: int = -1,
+                   on_recorded: Callable[[str], None] | None = None) -> SagaLog:
+        """Open the buckets, creating them (file storage, retention TTL, size limit; -1 = none) when missing."""
+        log_kv, state_kv, running_kv = await asyncio.gather(
+            ensure_bucket(js, LOG_BUCKET, ttl_s, log_max_bytes),
+            ensure_bucket(js, STATE_BUCKET, ttl_s, state_max_bytes),
+            ensure_bucket(js, RUNNING_BUCKET, ttl_s, state_max_bytes),
+        )
+        return cls(js, log_kv, state_kv, running_kv, read_timeout_s=read_timeout_s, on_recorded=on_recorded)
 
     # ---- events ---------------------------------------------------------------------------------
 
     async def record(self, event: SagaEvent) -> bool:
         """Write an event once. Returns False when the same fact was already recorded.
 
-        Every writer of the saga log goes through here (or `record_nowait`), so this is where
-        `supportmesh_saga_events_total` is counted: once per record created."""
+        Every writer of the saga log goes through here (or `record_nowait`), so this is where events are
+        counted (`on_recorded`): once per record created."""
         payload = event.model_dump(mode="json", exclude={"revision"}, exclude_none=True)
         try:
             await self._log.create(event.key, orjson.dumps(payload))
         except KeyWrongLastSequenceError:
             return False
-        metrics.SAGA_EVENTS.labels(event.kind).inc()
+        self._on_recorded(event.kind)
         return True
 
     async def record_nowait(self, event: SagaEvent) -> None:
@@ -176,7 +188,7 @@ class SagaLog:
         )
         # Counted when sent: the server's verdict is not awaited (a duplicate of these informational
         # events, a redelivery's step_started, is rare and harmless in a rate).
-        metrics.SAGA_EVENTS.labels(event.kind).inc()
+        self._on_recorded(event.kind)
 
     async def get_event(
         self, message_id: str, step_index: int, kind: str, attempt: int = 1, seq: int = 0
@@ -274,27 +286,63 @@ class SagaLog:
             )
             body = orjson.dumps(new.model_dump(mode="json", exclude={"revision"}, exclude_none=True))
             try:
-                if revision:
-                    return await self._state.update(message_id, body, last=revision)
-                return await self._state.create(message_id, body)
+                write = (self._state.update(message_id, body, last=revision) if revision
+                         else self._state.create(message_id, body))
+                # The running index moves with the state, written at the same time (no extra round trip).
+                index = self._index(message_id, status, current, created=not revision)
+                if index is None:
+                    return await write
+                new_revision, _ = await asyncio.gather(write, index)
+                return new_revision
             except KeyWrongLastSequenceError:
                 # Someone else moved it (or the hint was stale): read again and re-check the guard.
                 revision = None
                 current = None
         raise RuntimeError(f"saga_state for {message_id} kept changing under compare-and-set")
 
-    async def states(self) -> list[SagaState]:
-        """Every saga state (for the sweeper and tests; fine for a demo-sized bucket)."""
+    def _index(self, message_id: str, status: str, current: SagaState | None, *, created: bool) -> Any:
+        """The write to the running index that goes with a state change (None when it needs none)."""
+        if status in TERMINAL:
+            return self._running.delete(message_id)
+        if created or (current is not None and current.status in TERMINAL):
+            return self._running.put(message_id, b"")
+        return None
+
+    async def running(self) -> list[SagaState]:
+        """The states of the sagas in the running index (what the sweeper looks at). An index entry whose saga
+        has ended (its process died between the two writes) is dropped here."""
         out: list[SagaState] = []
-        try:
-            keys = await self._state.keys()
-        except Exception:  # nats.js.errors.NoKeysError when empty
-            return out
-        for key in keys:
+        for key in await _keys(self._running):
+            state = await self.state(key)
+            if state is None:
+                continue
+            if state.status in TERMINAL:
+                with contextlib.suppress(Exception):
+                    await self._running.delete(key)
+                continue
+            out.append(state)
+        return out
+
+    async def states(self) -> list[SagaState]:
+        """Every saga state (for tests and tools; fine for a demo-sized bucket)."""
+        out: list[SagaState] = []
+        for key in await _keys(self._state):
             state = await self.state(key)
             if state is not None:
                 out.append(state)
         return out
+
+
+async def _keys(kv: Any) -> list[str]:
+    """The keys of a bucket (none when it is empty)."""
+    try:
+        return list(await kv.keys())
+    except Exception:  # nats.js.errors.NoKeysError when empty
+        return []
+
+
+def _ignore(kind: str) -> None:
+    """The default `on_recorded`: events are not counted."""
 
 
 def _may_move(current: SagaState, status: str, step_index: int, allow_reopen: bool) -> bool:

@@ -3,16 +3,18 @@ on, and recovery replays the recorded results from the first message to resume a
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from saga.log import SagaEvent
 from saga.protocol import Message
+
+M = TypeVar("M", bound=Message[Any])
 
 # The `route_changed` reason of a failed saga's detour to its answering step.
 FAILED_DETOUR = "saga_failed"
 
 
-def apply_step(message: Message, memo: dict[str, Any]) -> Message:
+def apply_step(message: M, memo: dict[str, Any]) -> M:
     """The message after its current step, from that step's `step_completed` record: enriched, route
     rewritten if the step was a router that asked for it, moved on by one step."""
     out = message.enriched(memo.get("enrichment") or {})
@@ -27,7 +29,7 @@ def apply_step(message: Message, memo: dict[str, Any]) -> Message:
     return out.model_copy(update={"route": route.advanced(), "metadata": metadata})
 
 
-def apply_redirect(message: Message, detour: dict[str, Any]) -> Message:
+def apply_redirect(message: M, detour: dict[str, Any]) -> M:
     """The message after the runtime sent its current step elsewhere, from that step's `route_changed`
     record (`to`: the whole new route; `error`, `enrichment`, `outcome`: what the detour adds), moved on by
     one step. The runtime publishes exactly this, and recovery replays it from the record."""
@@ -49,20 +51,20 @@ def is_detour(event: SagaEvent) -> bool:
     return event.kind == "route_changed" and (reason.startswith("error:") or reason == FAILED_DETOUR)
 
 
-def initial_message(history: list[SagaEvent]) -> Message | None:
-    """The message the saga started with (recorded in `saga_started`)."""
+def initial_message(history: list[SagaEvent], message_type: type[M]) -> M | None:
+    """The message the saga started with (recorded in `saga_started`), as the application's message type."""
     for event in history:
         if event.kind == "saga_started" and "message" in event.data:
-            return Message.model_validate(event.data["message"], strict=True)
+            return message_type.model_validate(event.data["message"], strict=True)
     return None
 
 
-def replay(history: list[SagaEvent]) -> Message | None:
+def replay(history: list[SagaEvent], message_type: type[M]) -> M | None:
     """The message as it was after the last completed step, by replaying every recorded step result on the
     first message. None when the saga's start was not recorded, or the log does not fit the route (the
     recorded results of error-handler detours, and the detour of a failed saga to its answer, are applied
     like any other step)."""
-    message = initial_message(history)
+    message = initial_message(history, message_type)
     if message is None:
         return None
     completed = {e.step_index: e for e in history if e.kind == "step_completed"}

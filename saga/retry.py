@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import httpx
 from pydantic import ValidationError
 
-from actors.base import PermanentError, RetryableError
+from saga.errors import PermanentError, RetryableError
 
 # LiteLLM's transient provider errors, matched by name so that processes without LiteLLM need not import it.
 _LLM_TRANSIENT = frozenset(
@@ -45,7 +45,7 @@ def is_retryable(exc: BaseException) -> bool:
         return True
     if isinstance(exc, (ValidationError, ValueError, TypeError, KeyError, AttributeError, LookupError)):
         return False
-    # Unknown failures get the bounded retry budget: losing a customer message is worse than a retry.
+    # Unknown failures get the bounded retry budget: losing a message is worse than a retry.
     return True
 
 

@@ -1,5 +1,5 @@
-"""JetStream plumbing shared by the gateway, the actors and the tools: the stream, the per-actor durable
-pull consumers, and publishing a message to its current step."""
+"""JetStream plumbing shared by the application's front end, its actors and tools: the stream, the per-actor
+durable pull consumers, and publishing a message to its current step."""
 
 from __future__ import annotations
 
@@ -27,12 +27,13 @@ from nats.js.errors import (
     ServiceUnavailableError,
 )
 
-from config.settings import Settings
-from observability.tracing import inject_headers
-from saga.log import SagaEvent, SagaLog
-from saga.protocol import SUBJECT_PREFIX, Message, subject_for
+from opentelemetry import propagate
 
-log = logging.getLogger("supportmesh.transport")
+from saga.log import SagaEvent, SagaLog
+from saga.protocol import Message
+from saga.settings import SagaSettings as Settings
+
+log = logging.getLogger("saga.transport")
 
 # The W3C trace context headers (kept with `saga_started`, so that recovery continues the saga's trace).
 TRACE_HEADERS = ("traceparent", "tracestate")
@@ -56,12 +57,12 @@ async def connect(settings: Settings, name: str, **options: Any) -> NATS:
     return await nats.connect(settings.nats_url, name=name, **auth, **options)
 
 
-def stream_config(settings: Settings) -> StreamConfig:
-    """The one stream over `ecommerce.support.>`: file storage, work-queue retention, a duplicate window, a size
+def stream_config(settings: Settings, subject_prefix: str) -> StreamConfig:
+    """The one stream over `<subject_prefix>.>`: file storage, work-queue retention, a duplicate window, a size
     limit that refuses new messages when reached (discard new: dropping old ones would lose sagas in flight)."""
     return StreamConfig(
         name=settings.stream_name,
-        subjects=[f"{SUBJECT_PREFIX}.>"],
+        subjects=[f"{subject_prefix}.>"],
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
         duplicate_window=settings.duplicate_window_s,
@@ -71,9 +72,9 @@ def stream_config(settings: Settings) -> StreamConfig:
     )
 
 
-async def ensure_stream(js: JetStreamContext, settings: Settings) -> None:
+async def ensure_stream(js: JetStreamContext, settings: Settings, subject_prefix: str) -> None:
     """Create the stream, or bring an existing one to the current configuration (idempotent)."""
-    config = stream_config(settings)
+    config = stream_config(settings, subject_prefix)
     try:
         await js.add_stream(config)
     except BadRequestError:
@@ -105,20 +106,16 @@ async def ensure_deadletter_stream(js: JetStreamContext, settings: Settings) -> 
         await js.update_stream(config)
 
 
-def storage_streams(settings: Settings) -> list[str]:
+def storage_streams(settings: Settings, buckets: tuple[str, ...]) -> list[str]:
     """Every stream the mesh stores data in: the work stream, the dead letters and the KV buckets' streams."""
-    from saga.log import LOG_BUCKET, STATE_BUCKET
-    from saga.results import RESULTS_BUCKET
-
-    return [settings.stream_name, deadletter_stream_name(settings),
-            *(f"KV_{bucket}" for bucket in (LOG_BUCKET, STATE_BUCKET, RESULTS_BUCKET))]
+    return [settings.stream_name, deadletter_stream_name(settings), *(f"KV_{bucket}" for bucket in buckets)]
 
 
-def consumer_config(actor: str, *, ack_wait_s: float, max_deliver: int, max_ack_pending: int) -> ConsumerConfig:
+def consumer_config(actor: str, *, subject: str, ack_wait_s: float, max_deliver: int, max_ack_pending: int) -> ConsumerConfig:
     """The durable pull consumer of one actor; every replica of the actor fetches from it."""
     return ConsumerConfig(
         durable_name=actor,
-        filter_subject=subject_for(actor),
+        filter_subject=subject,
         ack_policy=AckPolicy.EXPLICIT,
         deliver_policy=DeliverPolicy.ALL,
         ack_wait=ack_wait_s,
@@ -187,7 +184,7 @@ async def publish(
     """Publish a message to the actor of its current step, with a publish ack; returns the stream seq."""
     hdrs = dict(headers or {})
     hdrs["Nats-Msg-Id"] = msg_id(message, resume)
-    ack = await js.publish(subject_for(message.route.current), message.to_bytes(), headers=hdrs)
+    ack = await js.publish(message.subject_for(message.route.current), message.to_bytes(), headers=hdrs)
     return ack.seq
 
 
@@ -203,7 +200,7 @@ async def record_start(saga: SagaLog, message: Message) -> bool:
                 step_index=message.route.current_step,
                 trace_id=message.metadata.trace_id,
                 # The whole first message: recovery replays the recorded step results on it. The trace
-                # context too: a resumption by recovery continues the customer message's trace.
+                # context too: a resumption by recovery continues the saga's trace.
                 data={"route": message.route.steps, "session_id": message.session_id,
                       "message": message.model_dump(mode="json"), **_trace_context()},
             )
@@ -223,7 +220,9 @@ async def record_start(saga: SagaLog, message: Message) -> bool:
 
 def _trace_context() -> dict[str, str]:
     """The current W3C trace context (`traceparent`, `tracestate`), when there is one."""
-    return {k: v for k, v in inject_headers().items() if k in TRACE_HEADERS}
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return {k: v for k, v in carrier.items() if k in TRACE_HEADERS}
 
 
 async def start_saga(

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from actors.base import Actor, RetryableError, StepContext
+from actors.domain import Message, new_message
 from actors.runtime import ActorRuntime
 from config.settings import Settings
 from saga.log import SagaLog
-from saga.protocol import Message, new_message
 from saga.transport import start_saga
 from supportmesh.natsserver import NatsServer
 

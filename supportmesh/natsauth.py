@@ -21,9 +21,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from saga.log import LOG_BUCKET, STATE_BUCKET
-from saga.protocol import ANSWERING_ACTOR, ERROR_HANDLER, HAPPY_PATH, SUBJECT_PREFIX
-from saga.results import RESULTS_BUCKET
+from actors.domain import ANSWERING_ACTOR, ERROR_HANDLER, HAPPY_PATH, SUBJECT_PREFIX
+from actors.results import RESULTS_BUCKET
+from saga.log import LOG_BUCKET, RUNNING_BUCKET, STATE_BUCKET
+from saga.recovery import LEASE_BUCKET
 from saga.transport import inbox_prefix
 
 REPLY_SUBJECTS = "supportmesh.reply.*"
@@ -69,22 +70,25 @@ def permissions(user: str, stream: str = "SUPPORT") -> dict[str, Any] | None:
     """The permissions of `user` (None: the operator, unrestricted)."""
     if user == OPERATOR:
         return None
-    buckets = [LOG_BUCKET, STATE_BUCKET, RESULTS_BUCKET]
+    buckets = [LOG_BUCKET, STATE_BUCKET, RUNNING_BUCKET, RESULTS_BUCKET]
     publish = [f"{API}.INFO", *_declare([stream, *map(_bucket_stream, buckets)]), *_write_bucket(LOG_BUCKET),
                *_read_bucket(LOG_BUCKET)]
     subscribe = [f"{inbox_prefix(user)}.>"]
     if user == GATEWAY:
         publish += [f"{SUBJECT_PREFIX}.{step}" for step in FIRST_STEPS]
-        publish += [*_write_bucket(STATE_BUCKET), *_read_bucket(STATE_BUCKET), *_read_bucket(RESULTS_BUCKET)]
+        publish += [*_write_bucket(STATE_BUCKET), *_read_bucket(STATE_BUCKET), *_write_bucket(RUNNING_BUCKET),
+                    *_read_bucket(RESULTS_BUCKET)]
         subscribe.append(REPLY_SUBJECTS)
         return {"publish": {"allow": publish}, "subscribe": {"allow": subscribe}}
     publish += [f"{SUBJECT_PREFIX}.*", *_consume(stream, user)]
     if user in ANSWERING_ACTORS:
         publish += [REPLY_SUBJECTS, *_write_bucket(STATE_BUCKET), *_read_bucket(STATE_BUCKET),
-                    *_write_bucket(RESULTS_BUCKET), *_read_bucket(RESULTS_BUCKET)]
+                    *_write_bucket(RUNNING_BUCKET), *_write_bucket(RESULTS_BUCKET), *_read_bucket(RESULTS_BUCKET)]
     if user == ERROR_HANDLER:
         deadletters = f"{stream}_DEADLETTERS"
-        publish += [*_declare([deadletters]), *_consume(deadletters, "deadletters"),
+        # Recovery: the dead letters, the running index it sweeps, and its lease.
+        publish += [*_declare([deadletters, _bucket_stream(LEASE_BUCKET)]), *_consume(deadletters, "deadletters"),
+                    *_read_bucket(RUNNING_BUCKET), *_write_bucket(LEASE_BUCKET), *_read_bucket(LEASE_BUCKET),
                     f"{API}.STREAM.MSG.GET.{stream}", f"{API}.DIRECT.GET.{stream}", f"{API}.STREAM.MSG.DELETE.{stream}"]
     return {"publish": {"allow": publish}, "subscribe": {"allow": subscribe}}
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from actors.domain import Message, new_message
 from actors.llm import LLMResult
 from config.settings import Settings
-from saga.protocol import Message, new_message
 
 
 class FakeContext:

@@ -22,11 +22,12 @@ from nats.js.api import ConsumerInfo
 from opentelemetry import context as otel_context
 
 from actors.base import Actor
+from actors.domain import SUBJECT_PREFIX, Message, new_message
+from actors.results import ChatResult, ResultStore
 from actors.runtime import ActorRuntime
 from config.settings import Settings
+from observability import metrics
 from saga.log import SagaEvent, SagaLog, SagaState
-from saga.protocol import Message, new_message
-from saga.results import ChatResult, ResultStore
 from saga.transport import ensure_stream, record_start, start_saga
 from supportmesh.natsserver import NatsServer
 
@@ -57,8 +58,9 @@ class Harness:
     async def connect(self) -> None:
         self.nc = await nats.connect(self.server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
         self.js = self.nc.jetstream(timeout=10)
-        await ensure_stream(self.js, self.settings)
-        self.saga = await SagaLog.open(self.js, ttl_s=3600)
+        await ensure_stream(self.js, self.settings, SUBJECT_PREFIX)
+        # Counted like the gateway's (the harness stands for it).
+        self.saga = await SagaLog.open(self.js, ttl_s=3600, on_recorded=metrics.count_saga_event)
         self.results = await ResultStore.open(self.js, ttl_s=3600)
 
     async def close(self) -> None:
@@ -81,7 +83,9 @@ class Harness:
     # ---- actors ---------------------------------------------------------------------------------
 
     async def run_actor(self, cls: type[Actor], **kwargs: Any) -> ActorRuntime:
-        """Run an actor in this process (in the test's event loop)."""
+        """Run an actor in this process (in the test's event loop). The toy error handler (`catcher`) runs
+        recovery too, as the real one does."""
+        kwargs.setdefault("recovery", cls.name in ("catcher", "escalation_router"))
         rt = ActorRuntime(cls(), self.settings, **kwargs)
         await rt.start()
         self.runtimes.append(rt)

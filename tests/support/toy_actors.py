@@ -18,7 +18,7 @@ import re
 from typing import Any
 
 from actors.base import Actor, PermanentError, RetryableError, StepContext, StepResult
-from saga.protocol import Message
+from actors.domain import Message
 
 
 def note(actor: str, message: Message, attempt: int) -> None:
@@ -139,8 +139,6 @@ class Catcher(ToyActor):
 
     name = "catcher"
     kind = "router"
-    handles_dead_letters = True
-    sweeps_stalled_sagas = True
 
     async def handle(self, message: Message, ctx: StepContext) -> StepResult:
         self.note(message, ctx)

@@ -4,6 +4,7 @@ session state, the saga API, server-sent events, the 202 path, follow-ups and tw
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import threading
@@ -406,9 +407,12 @@ async def test_reply_waiters_are_forgotten_on_deadline_and_on_cancel(gateway) ->
         await asyncio.sleep(0.01)
     assert gw.replies.waiting == 1
     request.cancel()  # the client went away
-    with pytest.raises(asyncio.CancelledError):
-        await request
-    assert gw.replies.waiting == 0
+    # Under load the cancellation can land where the in-process ASGI stack (anyio middleware) turns it into an
+    # early response instead of raising it: either way the request is over, and what matters is that its waiter
+    # is gone (a leaked waiter is what this test catches).
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.wait_for(request, timeout=30)
+    assert request.done() and gw.replies.waiting == 0
 
 
 async def test_chunked_body_over_the_limit_gets_413_in_process(gateway) -> None:

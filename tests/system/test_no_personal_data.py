@@ -141,8 +141,8 @@ def test_log_records_are_redacted_at_the_source() -> None:
 
 
 def test_error_text_quotes_no_input() -> None:
+    from actors.domain import Message
     from observability.logs import error_text
-    from saga.protocol import Message
 
     with pytest.raises(Exception) as caught:
         Message.model_validate(POISON)

@@ -13,13 +13,13 @@ import pytest
 
 from actors.base import PermanentError
 from actors.commerce import CommerceClient
+from actors.domain import WITH_ACTION, ActionPlan, CustomerContext, Entities, Intent, Message, new_message
 from actors.execution_coordinator import ExecutionCoordinator
 from actors.policy import decide_action
 from config.settings import Settings
 from mocks.app import create_app
 from mocks.faults import Faults
 from saga.log import SagaLog
-from saga.protocol import WITH_ACTION, ActionPlan, CustomerContext, Entities, Intent, Message, new_message
 from saga.transport import publish
 from supportmesh.credentials import nats_options
 

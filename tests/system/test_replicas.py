@@ -24,9 +24,10 @@ import nats
 import pytest
 
 from actors import registry
+from actors.domain import customer_owner
 from gateway.app import STREAM_IDLE_TIMEOUT_S
 from saga.log import SagaLog
-from saga.protocol import customer_owner, new_message_id
+from saga.protocol import new_message_id
 from supportmesh.credentials import nats_options
 
 from tests.support import REPO

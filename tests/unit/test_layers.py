@@ -20,16 +20,6 @@ LAYERS: list[set[str]] = [{"saga"}, {"config"}, {"observability"}, {"mocks"}, {"
                           {"supportmesh"}, {"k8s", "bench"}]
 RANK = {package: rank for rank, layer in enumerate(LAYERS) for package in layer}
 
-# Known upward imports inside saga/, removed by the engine restructuring (issue 14, branch `engine`): the lead
-# deletes these lines after merging it. (file, imported package); nothing else may be added here.
-KNOWN_SAGA_EDGES: set[tuple[str, str]] = {
-    ("saga/retry.py", "actors"),  # PermanentError / RetryableError move into saga
-    ("saga/log.py", "observability"),  # metrics become hooks
-    ("saga/transport.py", "observability"),  # trace headers
-    ("saga/transport.py", "config"),  # the stream's settings passed in
-}
-
-
 @dataclass(frozen=True)
 class Import:
     """One import of another top-level package: where it is and what it names."""
@@ -80,12 +70,8 @@ def cross_package_imports() -> list[Import]:
     return found
 
 
-def known(imp: Import) -> bool:
-    return (imp.file, imp.target) in KNOWN_SAGA_EDGES
-
-
 def test_packages_import_only_the_layers_below_them() -> None:
-    upward = [imp for imp in cross_package_imports() if RANK[imp.target] > RANK[imp.package] and not known(imp)]
+    upward = [imp for imp in cross_package_imports() if RANK[imp.target] > RANK[imp.package]]
     order = " < ".join("/".join(sorted(layer)) for layer in LAYERS)
     assert not upward, (f"imports against the layer order {order} (move the code down a layer or pass the value "
                         "in from the caller):\n" + "\n".join(map(str, upward)))
@@ -94,8 +80,7 @@ def test_packages_import_only_the_layers_below_them() -> None:
 def test_the_package_graph_has_no_cycle() -> None:
     graph: dict[str, set[str]] = {}
     for imp in cross_package_imports():
-        if not known(imp):
-            graph.setdefault(imp.package, set()).add(imp.target)
+        graph.setdefault(imp.package, set()).add(imp.target)
 
     def cycle_from(node: str, path: list[str]) -> list[str] | None:
         if node in path:
@@ -107,13 +92,6 @@ def test_the_package_graph_has_no_cycle() -> None:
 
     cycles = [c for start in sorted(graph) if (c := cycle_from(start, []))]
     assert not cycles, f"import cycle between packages: {' -> '.join(cycles[0])}"
-
-
-def test_the_allow_list_names_only_imports_that_still_exist() -> None:
-    """An allowed edge that is gone must leave the list (so the list only shrinks)."""
-    present = {(imp.file, imp.target) for imp in cross_package_imports()}
-    assert not KNOWN_SAGA_EDGES - present, f"remove from KNOWN_SAGA_EDGES: {sorted(KNOWN_SAGA_EDGES - present)}"
-    assert all(file.startswith("saga/") for file, _ in KNOWN_SAGA_EDGES)
 
 
 def test_the_reader_sees_imports_hidden_in_functions_relative_and_type_checking(tmp_path, monkeypatch) -> None:

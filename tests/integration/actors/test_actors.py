@@ -11,6 +11,7 @@ from actors import guardrail_validator, sentiment_analyzer
 from actors.commerce import CommerceClient
 from actors.context_retriever import ContextRetriever, order_summary
 from actors.decision_router import DecisionRouter
+from actors.domain import ActionPlan, AgentResponse, CustomerContext, Entities, Intent, Sentiment
 from actors.execution_coordinator import ExecutionCoordinator
 from actors.intent_analyzer import IntentAnalyzer, IntentParseError, parse_intent
 from actors.local_model import analyze_intent, compose_response
@@ -20,7 +21,6 @@ from actors.sessions import SessionStore
 from config.settings import Settings
 from mocks.app import create_app
 from mocks.faults import Faults
-from saga.protocol import ActionPlan, AgentResponse, CustomerContext, Entities, Intent, Sentiment
 
 from tests.support.fakes import FakeContext, ScriptedLLM, make_message
 

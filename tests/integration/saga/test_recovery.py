@@ -15,12 +15,13 @@ import httpx
 import pytest
 
 from actors.base import Actor, StepContext
+from actors.domain import ActionPlan, Message, new_message
 from actors.escalation_router import EscalationRouter
 from actors.execution_coordinator import ExecutionCoordinator
 from actors.response_aggregator import ResponseAggregator
+from actors.results import ChatResult, ResultStore
 from saga.log import SagaEvent
-from saga.protocol import ActionPlan, Message, new_message
-from saga.results import ChatResult, ResultStore
+from saga.runtime.failing import fail_saga
 from saga.transport import start_saga
 
 from tests.support.harness import Harness, RecordingProxy, kinds, start_mocks
@@ -390,7 +391,7 @@ async def test_saga_failed_by_the_routers_sweeper_is_handed_over_once_or_answere
         assert (await h.wait_terminal(message.message_id, timeout=30)).status == "failed"
         await wait_for_replies(replies, 1)
         # The same failure handled again (say, after a crash of the router between its writes).
-        await router._fail_saga(message, actor="ghost", detail="handled twice")
+        await fail_saga(router.core, message, actor="ghost", detail="handled twice")
         await watch_past_ack_wait(h, replies)
 
         events = await h.events(message.message_id)

@@ -12,10 +12,10 @@ import pytest
 from nats.js.errors import NoKeysError
 
 from actors.base import FailureContext
+from actors.domain import Message, subject_for
 from actors.drain import step_drain_s
+from actors.results import ChatResult
 from saga.log import SagaEvent
-from saga.protocol import Message, subject_for
-from saga.results import ChatResult
 
 from tests.support.harness import Harness, kinds
 from tests.support.toy_actors import BrokenAggregator, Catcher, Count, Done, Flaky, Slow, Upper
@@ -244,11 +244,11 @@ async def test_replaying_the_saga_log_rebuilds_the_message(harness: Harness) -> 
     await harness.wait_terminal(ok.message_id)
     await harness.wait_terminal(failed.message_id)
 
-    rebuilt = replay(await harness.events(ok.message_id))
+    rebuilt = replay(await harness.events(ok.message_id), Message)
     assert rebuilt is not None and rebuilt.route.current_step == 2
     assert rebuilt.payload.api_data == {"upper": "REPLAY ME", "done": True}
 
-    rebuilt = replay(await harness.events(failed.message_id))
+    rebuilt = replay(await harness.events(failed.message_id), Message)
     assert rebuilt is not None
     # upper ran, flaky failed for good, the runtime detoured to the error handler, which ended the saga.
     assert rebuilt.route.steps == ["upper", "flaky", "catcher"] and rebuilt.route.current_step == 3
@@ -261,14 +261,14 @@ async def test_consumer_is_updated_in_place_and_replaced_only_when_the_update_is
     from saga.transport import consumer_config, ensure_consumer
 
     settings, js = harness.settings, harness.js
-    await ensure_consumer(js, settings, consumer_config("upper", ack_wait_s=2, max_deliver=4, max_ack_pending=8))
+    await ensure_consumer(js, settings, consumer_config("upper", subject=subject_for("upper"), ack_wait_s=2, max_deliver=4, max_ack_pending=8))
     await js.publish(subject_for("upper"), b"in flight")
     sub = await js.pull_subscribe_bind("upper", stream=settings.stream_name)
     assert len(await sub.fetch(1, timeout=5)) == 1  # delivered, not acked yet
     before = await harness.consumer("upper")
 
     # A replica of another version (a rolling deploy) binds with another ack wait: same consumer, state kept.
-    await ensure_consumer(js, settings, consumer_config("upper", ack_wait_s=30, max_deliver=4, max_ack_pending=8))
+    await ensure_consumer(js, settings, consumer_config("upper", subject=subject_for("upper"), ack_wait_s=30, max_deliver=4, max_ack_pending=8))
     updated = await harness.consumer("upper")
     assert updated.config.ack_wait == 30
     assert updated.created == before.created
@@ -278,10 +278,10 @@ async def test_consumer_is_updated_in_place_and_replaced_only_when_the_update_is
 
     # A change JetStream refuses to make in place (a push consumer left by an old deployment becoming a pull
     # consumer): only then is the consumer replaced.
-    legacy = consumer_config("count", ack_wait_s=2, max_deliver=4, max_ack_pending=8)
+    legacy = consumer_config("count", subject=subject_for("count"), ack_wait_s=2, max_deliver=4, max_ack_pending=8)
     legacy.deliver_subject = "legacy.count"
     await js.add_consumer(settings.stream_name, legacy)
-    await ensure_consumer(js, settings, consumer_config("count", ack_wait_s=2, max_deliver=4, max_ack_pending=8))
+    await ensure_consumer(js, settings, consumer_config("count", subject=subject_for("count"), ack_wait_s=2, max_deliver=4, max_ack_pending=8))
     replaced = await harness.consumer("count")
     assert replaced.config.deliver_subject is None
 
@@ -480,7 +480,7 @@ async def test_poison_message_of_a_running_saga_answers_its_customer_once(answer
 async def test_resumptions_of_one_step_by_the_sweeper_and_the_router_are_both_kept(harness: Harness) -> None:
     """Both recovery sources may resume the same step for the first time: each keeps its record, so neither
     budget is undercounted."""
-    from actors.escalation_router import redeliveries
+    from actors.escalation import redeliveries
 
     for source in ("sweeper", "escalation_router"):
         event = SagaEvent(message_id="m5", kind="redelivered", actor="escalation_router", step_index=3, seq=1,

@@ -195,8 +195,8 @@ async def test_lost_publish_after_the_record_is_redone_from_the_record(harness: 
     without calling the handler again, and the next step runs exactly once."""
     from prometheus_client import REGISTRY
 
+    from actors.domain import Message
     from actors.runtime import ActorRuntime
-    from saga.protocol import Message
 
     class PublishLostOnce(ActorRuntime):
         """Loses the first publish of a next hop, once the step's result is safely recorded."""
@@ -204,14 +204,17 @@ async def test_lost_publish_after_the_record_is_redone_from_the_record(harness: 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.lost: list[str] = []
+            forward = self.core.forward
 
-        async def _forward(self, message: Message) -> None:
-            if not self.lost:
-                self.lost.append(message.message_id)
-                while await self.saga.get_event(message.message_id, 0, "step_completed") is None:
-                    await asyncio.sleep(0.02)  # the record and the publish run concurrently
-                raise ConnectionError("connection lost before the publish")
-            await super()._forward(message)
+            async def lose_once(message: Message) -> None:
+                if not self.lost:
+                    self.lost.append(message.message_id)
+                    while await self.saga.get_event(message.message_id, 0, "step_completed") is None:
+                        await asyncio.sleep(0.02)  # the record and the publish run concurrently
+                    raise ConnectionError("connection lost before the publish")
+                await forward(message)
+
+            self.core.forward = lose_once  # type: ignore[method-assign]
 
     def memoized() -> float:
         return REGISTRY.get_sample_value("supportmesh_actor_messages_total",
@@ -244,8 +247,8 @@ async def test_side_effect_happens_once_when_its_process_dies_before_recording(h
     redelivery runs the handler again, and the idempotency key keeps the refund to one."""
     import httpx
 
+    from actors.domain import ActionPlan, new_message
     from tests.support.harness import start_mocks
-    from saga.protocol import ActionPlan, new_message
     from saga.transport import start_saga
 
     mocks, url = start_mocks(tmp_path)
@@ -279,8 +282,8 @@ async def test_side_effect_happens_once_when_its_process_dies_before_recording(h
 async def test_sweeper_resumes_a_saga_whose_message_was_lost_then_gives_up(tmp_path) -> None:
     """A saga whose next message never reached the stream (lost between two hops) is resumed from the saga
     log by the sweeper; one that cannot move at all goes to the error handler after the cap."""
+    from actors.domain import new_message
     from saga.log import SagaEvent
-    from saga.protocol import new_message
 
     h = Harness(tmp_path, stall_after_s=1.0, sweep_interval_s=0.3, max_sweeps=2)
     await h.start()
@@ -329,7 +332,7 @@ async def sweeping(tmp_path, redis_url):
 async def test_sweeper_resumes_a_hop_lost_inside_the_duplicate_window(sweeping: Harness) -> None:
     """The first hop reached the stream and was lost there: its `Nats-Msg-Id` is still inside the duplicate
     window (2 minutes), so a resumption under the same id would be dropped by nats-server."""
-    from saga.protocol import subject_for
+    from actors.domain import subject_for
 
     h = sweeping
     for cls in (Done, Catcher):
@@ -379,7 +382,7 @@ async def test_sweeper_resumption_continues_the_trace_of_the_customer_message(sw
     h = sweeping
     env = {"SUPPORTMESH_STALL_AFTER_S": "1", "SUPPORTMESH_SWEEP_INTERVAL_S": "0.3"}
     for spec in ("tests.support.toy_actors:Upper", "tests.support.toy_actors:Done", "tests.support.toy_actors:Catcher"):
-        h.spawn_actor(spec, env=env)
+        h.spawn_actor(spec, env={**env, "SUPPORTMESH_RECOVERY": "1" if spec.endswith("Catcher") else "0"})
     # The gateway records the saga's start inside the request's trace; here the first hop is lost.
     with in_trace() as trace_id:
         message = await h.submit(["upper", "done"], "resume me in my trace", publish=False)
@@ -424,7 +427,7 @@ async def test_a_long_compensation_is_compensating_and_not_taken_for_a_stalled_s
 
 
 async def test_sweeper_resumes_a_compensating_saga_whose_next_hop_was_lost(sweeping: Harness) -> None:
-    from saga.protocol import subject_for
+    from actors.domain import subject_for
 
     h = sweeping
     for cls in (Undo, Catcher):
@@ -465,7 +468,7 @@ async def test_saga_state_without_a_recorded_start_is_failed_after_the_stall_tim
     await h.saga.set_state(message_id, status="running", step_index=0, actor="upper", session_id="s1",
                            trace_id=trace_id)
 
-    with caplog.at_level(logging.WARNING, logger="supportmesh.runtime"):
+    with caplog.at_level(logging.WARNING, logger="saga.recovery"):
         state = await h.wait_terminal(message_id, timeout=30)
 
     assert state.status == "failed"
@@ -481,7 +484,7 @@ async def test_saga_state_without_a_recorded_start_is_failed_after_the_stall_tim
 async def test_sweepers_log_lines_about_a_message_carry_its_trace_id(sweeping: Harness, caplog) -> None:
     """A saga whose start recorded no W3C context (only the trace id, in its metadata): the resumption's span
     starts a new trace, but the sweeper's line about the message names the message's own trace."""
-    from saga.protocol import new_message
+    from actors.domain import new_message
     from saga.transport import record_start
 
     h = sweeping
@@ -496,7 +499,7 @@ async def test_sweepers_log_lines_about_a_message_carry_its_trace_id(sweeping: H
     await record_start(h.saga, message)  # recorded, never published: the sweeper must resume it
     await h.run_actor(Upper)
 
-    with caplog.at_level(logging.WARNING, logger="supportmesh.runtime"):
+    with caplog.at_level(logging.WARNING, logger="saga.recovery"):
         assert (await h.wait_terminal(message.message_id, timeout=30)).status == "completed"
 
     resumed = [r for r in caplog.records if getattr(r, "message_id", None) == message.message_id

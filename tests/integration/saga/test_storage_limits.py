@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from nats.js.api import DiscardPolicy
 
+from actors.domain import SUBJECT_PREFIX
+from actors.results import RESULTS_BUCKET, ResultStore
 from config.settings import MIB, Settings
 from observability import metrics
 from saga.log import LOG_BUCKET, STATE_BUCKET, SagaLog
-from saga.results import RESULTS_BUCKET, ResultStore
 from saga.transport import deadletter_stream_name, ensure_deadletter_stream, ensure_stream
 
 CHAT = {"session_id": "s-full", "message": "where is my order 1001?"}  # from the signed-in customer
@@ -31,7 +32,7 @@ async def test_limits_are_set_on_new_and_existing_buckets_and_streams(harness) -
     settings = harness.settings.model_copy(update={
         "saga_log_max_bytes": 5 * MIB, "saga_state_max_bytes": 2 * MIB, "chat_results_max_bytes": 3 * MIB,
         "stream_max_bytes": 4 * MIB, "deadletter_max_bytes": MIB})
-    await ensure_stream(js, settings)
+    await ensure_stream(js, settings, SUBJECT_PREFIX)
     await ensure_deadletter_stream(js, settings)
     await SagaLog.open(js, ttl_s=3600, log_max_bytes=settings.saga_log_max_bytes,
                        state_max_bytes=settings.saga_state_max_bytes)

@@ -228,9 +228,9 @@ async def deliver_failed_answer(mesh, session_id: str) -> str:
     A second action names an order with markup (shown as text, never parsed)."""
     import nats
 
+    from actors.domain import ActionPlan, ExecutedAction, ExecutionResult, new_message
+    from actors.results import failed_enrichment
     from saga.log import SagaEvent, SagaLog
-    from saga.protocol import ActionPlan, ExecutedAction, ExecutionResult, new_message
-    from saga.results import failed_enrichment
     from saga.transport import start_saga
     from supportmesh.credentials import nats_options
 

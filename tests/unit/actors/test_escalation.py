@@ -10,22 +10,18 @@ import pytest
 from pydantic import ValidationError
 
 from actors.commerce import CommerceClient
-from actors.escalation_router import (
+from actors.domain import ExecutedAction, ExecutionResult, new_message
+from actors.escalation import (
     effects_at_api,
     failed_saga_compensation,
     must_not_route_back,
     ticket_summary,
     undone_effects,
 )
+from actors.results import failed_enrichment, fallback_result, recorded_ticket, saga_effects
 from config.settings import Settings
 from saga.log import SagaEvent
-from saga.protocol import ErrorInfo, ExecutedAction, ExecutionResult, new_message
-from saga.results import (
-    failed_enrichment,
-    fallback_result,
-    recorded_ticket,
-    saga_effects,
-)
+from saga.protocol import ErrorInfo
 
 # ---- pure decisions --------------------------------------------------------------------------------------
 

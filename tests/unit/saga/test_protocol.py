@@ -7,15 +7,9 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from saga.protocol import (
-    HAPPY_PATH,
-    MAX_STEPS,
-    Message,
-    Route,
-    RouteError,
-    new_message,
-)
+from actors.domain import HAPPY_PATH, Message, new_message
 from saga.log import SagaEvent
+from saga.protocol import MAX_STEPS, Route, RouteError
 from saga.replay import FAILED_DETOUR, apply_step, replay
 
 
@@ -76,7 +70,7 @@ def test_the_error_handler_must_be_an_actor_name() -> None:
 
 
 def test_advanced_moves_one_step_and_may_reach_the_end() -> None:
-    route = Route(steps=["a", "b"])
+    route = Route(steps=["a", "b"], error_handler="h")
     assert route.current == "a" and route.remaining == ["b"] and not route.is_last
     nxt = route.advanced()
     assert nxt.current_step == 1 and nxt.current == "b" and nxt.is_last and route.current_step == 0
@@ -95,7 +89,7 @@ def test_insert_after_current_keeps_the_rest() -> None:
 
 
 def test_replace_remaining_keeps_taken_steps_and_the_current_one() -> None:
-    route = Route(steps=list(HAPPY_PATH), current_step=3)
+    route = Route(steps=list(HAPPY_PATH), current_step=3, error_handler="h")
     new = route.with_remaining(["escalation_router", "response_aggregator"])
     assert new.steps == [*HAPPY_PATH[:4], "escalation_router", "response_aggregator"]
     route.check_rewrite(new)
@@ -103,33 +97,33 @@ def test_replace_remaining_keeps_taken_steps_and_the_current_one() -> None:
 
 
 @pytest.mark.parametrize("new", [
-    Route(steps=["a", "x", "c"], current_step=1),       # a taken step rewritten
-    Route(steps=["a", "y", "c"], current_step=1),       # the current step rewritten
-    Route(steps=["a", "b", "c"], current_step=0),       # moved back
-    Route(steps=["a"], current_step=0),                 # taken steps dropped
+    Route(steps=["a", "x", "c"], current_step=1, error_handler="h"),       # a taken step rewritten
+    Route(steps=["a", "y", "c"], current_step=1, error_handler="h"),       # the current step rewritten
+    Route(steps=["a", "b", "c"], current_step=0, error_handler="h"),       # moved back
+    Route(steps=["a"], current_step=0, error_handler="h"),                 # taken steps dropped
 ])
 def test_rewriting_taken_steps_is_a_route_error(new: Route) -> None:
-    route = Route(steps=["a", "b", "c"], current_step=1)
+    route = Route(steps=["a", "b", "c"], current_step=1, error_handler="h")
     with pytest.raises(RouteError):
         route.check_rewrite(new)
 
 
 def test_the_step_cap_is_a_route_error_not_a_validation_error() -> None:
-    route = Route(steps=["a"] * 10, current_step=9)
+    route = Route(steps=["a"] * 10, current_step=9, error_handler="h")
     assert len(route.with_remaining(["b"] * (MAX_STEPS - 10)).steps) == MAX_STEPS
     with pytest.raises(RouteError) as caught:
         route.with_remaining(["b"] * (MAX_STEPS - 9))
     assert not isinstance(caught.value, ValidationError)
     # The runtime sends a failed step to the error handler with with_remaining([handler]): at the cap that
     # too must be a RouteError (which the runtime catches), never a ValidationError that escapes it.
-    full = Route(steps=["a"] * MAX_STEPS, current_step=MAX_STEPS - 1)
+    full = Route(steps=["a"] * MAX_STEPS, current_step=MAX_STEPS - 1, error_handler="h")
     with pytest.raises(RouteError):
         full.with_remaining(["escalation_router"])
 
 
 def test_a_router_naming_a_non_actor_is_a_route_error() -> None:
     with pytest.raises(RouteError):
-        Route(steps=["a", "b"]).with_remaining(["ecommerce.support.>"])
+        Route(steps=["a", "b"], error_handler="h").with_remaining(["ecommerce.support.>"])
 
 
 def test_apply_step_enriches_rewrites_and_advances() -> None:
@@ -166,7 +160,7 @@ def test_replay_follows_a_failed_sagas_detour_to_its_answer() -> None:
                   data={"from": ["flaky"], "to": ["flaky", "response_aggregator"], "reason": FAILED_DETOUR,
                         "enrichment": answer, "outcome": "failed"}),
     ]
-    resumed = replay(history)
+    resumed = replay(history, Message)
     assert resumed is not None and resumed.route.current == "response_aggregator"
     assert resumed.route.current_step == 1 and resumed.metadata.outcome == "failed"
     assert resumed.payload.response is not None and resumed.payload.response.text == "a colleague follows up"

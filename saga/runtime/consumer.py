@@ -1,0 +1,225 @@
+"""The runtime of one actor: connect, bind its durable consumer, fetch deliveries and run each as a step
+(`saga.runtime.step`), export its backlog, and stop gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import nats
+from nats.aio.msg import Msg
+
+from saga import transport
+from saga.actor import Actor
+from saga.app import SagaApp
+from saga.hooks import NoHooks, StepHooks
+from saga.log import SagaLog
+from saga.retry import RetryPolicy
+from saga.runtime import failures
+from saga.runtime.core import Core
+from saga.runtime.step import run_step
+
+log = logging.getLogger("saga.runtime")
+
+
+class Runtime:
+    """Runs one actor: its consumer, its saga bookkeeping, its retries."""
+
+    def __init__(
+        self,
+        actor: Actor,
+        settings: Any,
+        app: SagaApp,
+        *,
+        hooks: StepHooks | None = None,
+        concurrency: int | None = None,
+        ack_wait_s: float | None = None,
+        policy: RetryPolicy | None = None,
+        fetch_timeout_s: float = 1.0,
+        drain_timeout_s: float | None = None,
+    ) -> None:
+        ack_wait = ack_wait_s or actor.ack_wait_s or settings.ack_wait_s
+        self.core = Core(actor=actor, app=app, settings=settings, hooks=hooks or NoHooks(), ack_wait_s=ack_wait,
+                         policy=policy or RetryPolicy(max_attempts=actor.max_attempts or settings.max_attempts,
+                                                      base_s=settings.backoff_base_s, max_s=settings.backoff_max_s))
+        self.actor = actor
+        self.name = actor.name
+        self.settings = settings
+        self.subject = app.subject_for(self.name)
+        self.concurrency = concurrency or settings.actor_concurrency
+        self.fetch_timeout_s = fetch_timeout_s
+        # How long `stop` waits for steps in flight (the wiring sizes it like the pod's grace period).
+        self.drain_timeout_s = drain_timeout_s if drain_timeout_s is not None else 2 * ack_wait
+        self._sub: Any = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(self.concurrency)
+        self._stopping = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._backlog_task: asyncio.Task[None] | None = None
+        self.ready = False
+
+    # Shared with recovery and tests.
+    @property
+    def nc(self) -> Any:
+        """The NATS connection."""
+        return self.core.nc
+
+    @property
+    def js(self) -> Any:
+        """The JetStream context."""
+        return self.core.js
+
+    @property
+    def saga(self) -> SagaLog:
+        """The saga log."""
+        return self.core.saga
+
+    @property
+    def results(self) -> Any:
+        """The results store."""
+        return self.core.results
+
+    # ---- lifecycle --------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect, declare the stream and this actor's consumer, start the actor and the fetch loop."""
+        core, settings = self.core, self.settings
+        core.nc = await transport.connect(settings, f"supportmesh-{self.name}", max_reconnect_attempts=-1,
+                                          reconnect_time_wait=0.25, connect_timeout=5)
+        core.js = core.nc.jetstream(timeout=10)
+        await transport.ensure_stream(core.js, settings, core.app.subject_prefix)
+        core.saga = await SagaLog.open(core.js, ttl_s=settings.saga_ttl_s, log_max_bytes=settings.saga_log_max_bytes,
+                                       state_max_bytes=settings.saga_state_max_bytes,
+                                       on_recorded=core.hooks.on_saga_event)
+        core.results = await core.app.result_store.open(core.js, ttl_s=settings.saga_ttl_s,
+                                                        max_bytes=settings.chat_results_max_bytes)
+        await self.actor.start(settings)
+        await self._bind()
+        self._loop_task = asyncio.create_task(self._fetch_loop(), name=f"{self.name}-fetch")
+        self._backlog_task = asyncio.create_task(self._backlog_loop(), name=f"{self.name}-backlog")
+        core.hooks.on_started(self.name)
+        self.ready = True
+        log.info("actor started", extra={"actor": self.name})
+
+    async def _bind(self) -> None:
+        config = transport.consumer_config(
+            self.name,
+            subject=self.subject,
+            ack_wait_s=self.core.ack_wait_s,
+            # One delivery more than the retry budget: if the last attempt's process dies, JetStream still
+            # gives up (MAX_DELIVERIES advisory) instead of looping.
+            max_deliver=self.core.policy.max_attempts + 1,
+            max_ack_pending=self.settings.max_ack_pending,
+        )
+        await transport.ensure_consumer(self.js, self.settings, config)
+        self._sub = await self.js.pull_subscribe_bind(self.name, stream=self.settings.stream_name)
+
+    async def stop(self, drain_timeout_s: float | None = None) -> None:
+        """Graceful stop: no new fetches, finish in-flight steps (waiting up to `drain_timeout_s`, by default
+        the longest step this actor can take), close the actor and the connection."""
+        self.ready = False
+        self._stopping.set()
+        if self._backlog_task:
+            self._backlog_task.cancel()
+        if self._loop_task:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._loop_task, timeout=self.fetch_timeout_s + 2)
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=self.drain_timeout_s if drain_timeout_s is None
+                               else drain_timeout_s)
+        with contextlib.suppress(Exception):
+            await self.actor.stop()
+        # In-flight steps are done, so flush and close; nats-py's drain() waits out its full timeout on
+        # pull subscriptions.
+        with contextlib.suppress(Exception):
+            await self._sub.unsubscribe()
+        with contextlib.suppress(Exception):
+            await self.nc.flush(timeout=2)
+        with contextlib.suppress(Exception):
+            await self.nc.close()
+        log.info("actor stopped", extra={"actor": self.name})
+
+    async def run_until_stopped(self) -> None:
+        """Start, then wait until `request_stop()` (e.g. on SIGTERM), then stop gracefully."""
+        await self.start()
+        await self._stopping.wait()
+        await self.stop()
+
+    def request_stop(self) -> None:
+        """Ask `run_until_stopped` to stop (signal-handler safe)."""
+        self._stopping.set()
+
+    # ---- fetching ---------------------------------------------------------------------------------
+
+    async def _fetch_loop(self) -> None:
+        while not self._stopping.is_set():
+            await self._slots.acquire()
+            free = 1
+            # Take every free slot at once so a burst is fetched in one request.
+            while free < self.concurrency and not self._slots.locked():
+                await self._slots.acquire()
+                free += 1
+            try:
+                msgs = await self._sub.fetch(free, timeout=self.fetch_timeout_s)
+            except (asyncio.TimeoutError, nats.errors.TimeoutError):
+                msgs = []
+            except Exception as exc:  # connection loss, consumer deleted, server restarting
+                msgs = []
+                if not self._stopping.is_set():
+                    log.warning("fetch failed: %s; rebinding", exc, extra={"actor": self.name})
+                    await asyncio.sleep(0.5)
+                    with contextlib.suppress(Exception):
+                        await self._bind()
+            for _ in range(free - len(msgs)):
+                self._slots.release()
+            for m in msgs:
+                task = asyncio.create_task(self._process(m))
+                self._tasks.add(task)
+                task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+
+    # ---- one delivery -----------------------------------------------------------------------------
+
+    async def _process(self, msg: Msg) -> None:
+        outcome = "error"
+        try:
+            outcome = await self._delivery(msg, time.perf_counter())
+        except Exception:
+            # Infrastructure trouble (NATS down mid-step): leave the message un-acked; JetStream redelivers
+            # it after ack_wait and memoization makes the retry cheap.
+            log.exception("step aborted; JetStream will redeliver", extra={"actor": self.name})
+        finally:
+            self.core.hooks.on_step_outcome(self.name, outcome)
+
+    async def _delivery(self, msg: Msg, started: float) -> str:
+        """Parse the delivery (a malformed one is poison), then run it as a step inside its span."""
+        core, attempt = self.core, msg.metadata.num_delivered
+        try:
+            message = core.app.message_type.from_bytes(msg.data)
+        except Exception as exc:
+            try:
+                await failures.poison(core, msg, exc)
+            finally:
+                core.hooks.on_step_end(self.name, time.perf_counter() - started)
+            return "poison"
+        with core.hooks.step_span(self.name, self.subject, message, transport.msg_id(message), attempt,
+                                  dict(msg.headers or {})):
+            try:
+                return await run_step(core, msg, message, attempt)
+            finally:
+                # Inside the span: the observation's exemplar carries the step's trace id.
+                core.hooks.on_step_end(self.name, time.perf_counter() - started)
+
+    async def _backlog_loop(self, interval_s: float = 5.0) -> None:
+        """Export the consumer's backlog (pending and ack-pending) for the dashboards and autoscalers."""
+        while not self._stopping.is_set():
+            with contextlib.suppress(Exception):
+                info = await self.js.consumer_info(self.settings.stream_name, self.name)
+                self.core.hooks.on_backlog(self.name, info.num_pending or 0, info.num_ack_pending or 0)
+            await asyncio.sleep(interval_s)

@@ -1,0 +1,150 @@
+"""One step, as a pipeline: reuse the recorded result → run the handler → record and forward.
+
+`run_step` reads top to bottom as what happens to one delivery of a valid message; each stage is a short
+function below it. Failures leave the pipeline for `saga.runtime.failures`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from nats.aio.msg import Msg
+
+from saga.actor import StepResult
+from saga.errors import PermanentError, error_text
+from saga.protocol import Message
+from saga.replay import apply_step
+from saga.runtime import failures
+from saga.runtime.context import StepContext
+from saga.runtime.core import Core
+from saga.runtime.crash import crash_point
+
+log = logging.getLogger("saga.runtime")
+
+
+async def run_step(core: Core, msg: Msg, message: Message[Any], attempt: int) -> str:
+    """Run one delivery of a valid message; returns its outcome (completed, memoized, retried, failed,
+    misrouted)."""
+    route = message.route
+    if route.current_step >= len(route.steps) or route.current != core.name:
+        await failures.misrouted(core, msg, message, attempt)
+        return "misrouted"
+    if not core.durable:
+        return await run_volatile(core, msg, message, attempt)
+    t0 = time.perf_counter()
+    # `step_started` is informational: sent without waiting for its ack. Writes from one connection reach
+    # JetStream in order, so it is stored before this step's `step_completed`.
+    await core.record_nowait(message, "step_started", attempt=attempt)
+
+    memo = await recorded_result(core, message, attempt) if attempt > 1 else None
+    if memo is not None:
+        await forward(core, message, apply_step(message, memo), memo, attempt, record=False)
+        await msg.ack()
+        return "memoized"
+
+    crash_point(core.name, "before_handler", attempt)
+    try:
+        memo = memo_of(await call_handler(core, msg, message, attempt))
+        # Validates the enrichment and the route change: a bad result fails this step, not the next actor.
+        next_message = apply_step(message, memo)
+        crash_point(core.name, "after_handler", attempt)
+    except Exception as exc:
+        core.hooks.on_step_error(exc)
+        return await failures.failed(core, msg, message, attempt, exc, time.perf_counter() - t0)
+
+    await forward(core, message, next_message, memo, attempt, record=True, t0=t0)
+    await msg.ack()
+    return "completed"
+
+
+async def recorded_result(core: Core, message: Message[Any], attempt: int) -> dict[str, Any] | None:
+    """On a redelivery (crash, ack timeout, scheduled retry): the step's recorded result when it already
+    finished (it is reused instead of running the handler again); notes the redelivery and its source."""
+    step = message.route.current_step
+    retried, done = await asyncio.gather(
+        core.saga.get_event(message.message_id, step, "retry_scheduled", attempt=attempt - 1),
+        core.saga.get_event(message.message_id, step, "step_completed"),
+    )
+    source = "retry" if retried else "jetstream"
+    await core.record_nowait(message, "redelivered", attempt=attempt, data={"source": source})
+    core.hooks.on_redelivery(core.name, source)
+    return done.data if done is not None else None
+
+
+async def call_handler(core: Core, msg: Msg, message: Message[Any], attempt: int) -> StepResult:
+    """Run the actor's handler with a heartbeat; a processor's dict becomes a StepResult."""
+    ctx = StepContext(core, message, msg, attempt)
+    beat = asyncio.create_task(heartbeat(core, msg, message, ctx))
+    try:
+        raw = await core.actor.handle(message, ctx)
+    finally:
+        beat.cancel()
+    result = raw if isinstance(raw, StepResult) else StepResult(enrichment=dict(raw or {}))
+    if result.remaining_route is not None and core.actor.kind != "router":
+        raise PermanentError(f"{core.name} is a processor and may not rewrite the route")
+    return result
+
+
+async def heartbeat(core: Core, msg: Msg, message: Message[Any], ctx: StepContext) -> None:
+    """Keep the delivery alive while the handler runs; while it compensates, keep the saga's state fresh
+    too (undo calls may be retried for minutes without a new event, and the sweeper must not take a live
+    compensation for a stalled saga)."""
+    interval = max(0.2, min(core.ack_wait_s, core.settings.stall_after_s) / 3)
+    while True:
+        await asyncio.sleep(interval)
+        with contextlib.suppress(Exception):
+            await msg.in_progress()
+        if ctx.compensating and core.durable:
+            with contextlib.suppress(Exception):
+                await core.mark_compensating(message)
+
+
+def memo_of(result: StepResult) -> dict[str, Any]:
+    """What `step_completed` records: enough to rebuild the next message without the handler."""
+    enrichment = {k: (v.model_dump(mode="json") if hasattr(v, "model_dump") else v)
+                  for k, v in result.enrichment.items()}
+    memo: dict[str, Any] = {"enrichment": enrichment}
+    if result.remaining_route is not None:
+        memo["remaining_route"] = list(result.remaining_route)
+        memo["reason"] = result.reason
+    if result.outcome is not None:
+        memo["outcome"] = result.outcome
+    return memo
+
+
+async def forward(core: Core, message: Message[Any], next_message: Message[Any], memo: dict[str, Any],
+                  attempt: int, *, record: bool, t0: float = 0.0) -> None:
+    """Note a route change, then record the result (`record`) and publish the next hop together. A crash
+    between the two is repaired by the redelivery: a missing record re-runs the step and its republish is
+    deduplicated (Nats-Msg-Id); a missing publish is redone from the record without running the handler."""
+    if memo.get("remaining_route") is not None:
+        await core.record_nowait(message, "route_changed", attempt=attempt, data={
+            "from": message.route.steps, "to": next_message.route.steps, "reason": memo.get("reason", "")})
+    if not record:
+        await core.forward(next_message)
+        return
+    created, _ = await asyncio.gather(
+        core.record(message, "step_completed", attempt=attempt, data=memo,
+                    duration_ms=(time.perf_counter() - t0) * 1000),
+        core.forward(next_message),
+    )
+    crash_point(core.name, "after_step_completed", attempt)
+    if not created:
+        log.warning("step finished twice; the first recorded result stands", extra=core.extra(message, attempt))
+
+
+async def run_volatile(core: Core, msg: Msg, message: Message[Any], attempt: int) -> str:
+    """The same step with the saga log off (benchmarks): no records, no memo, no recovery."""
+    try:
+        result = await call_handler(core, msg, message, attempt)
+    except Exception as exc:
+        await msg.term()
+        log.error("step failed (saga log off): %s", error_text(exc), extra=core.extra(message, attempt))
+        return "failed"
+    await core.forward(apply_step(message, memo_of(result)))
+    await msg.ack()
+    return "completed"
