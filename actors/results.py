@@ -20,10 +20,8 @@ COMPENSATION_KINDS = ("compensation_started", "compensation_completed", "compens
 RESULTS_BUCKET = "chat_results"
 
 
-class ChatResult(BaseModel):
-    """What the customer gets back for one message."""
-
-    model_config = ConfigDict(extra="forbid")
+class ChatAnswer(BaseModel):
+    """The agent's answer to one message, as the customer sees it (the gateway's `ChatResponse`)."""
 
     message_id: str
     session_id: str
@@ -32,6 +30,13 @@ class ChatResult(BaseModel):
     action_plan: dict[str, Any] | None = None
     execution_result: dict[str, Any] | None = None
     trace_id: str | None = None
+
+
+class ChatResult(ChatAnswer):
+    """What the customer gets back for one message, as stored (when it finished, and who may read it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
     finished_at: float = Field(default_factory=time.time)
     # Who may read it (`customer:<email>` or `guest`, see gateway/auth.py).
     owner: str | None = None

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from actors.domain import email_problem, refused_if, text_problem
+from actors.results import ChatAnswer
 
 # Deliberately simple: one @, a dot in the domain, no spaces. Real validation is the customer API's job; the
 # characters that end or escape a URL path segment (/ ? # % \) are refused first, with their own reason.
@@ -57,16 +58,8 @@ class DemoSignIn(BaseModel):
     email: str = Field(max_length=254, examples=["user@example.com"])
 
 
-class ChatResponse(BaseModel):
+class ChatResponse(ChatAnswer):
     """The agent's answer."""
-
-    message_id: str
-    session_id: str
-    status: Literal["resolved", "escalated"]
-    response: str
-    action_plan: dict[str, Any] | None = None
-    execution_result: dict[str, Any] | None = None
-    trace_id: str | None = None
 
 
 class ChatPending(BaseModel):
