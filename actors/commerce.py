@@ -22,6 +22,7 @@ import aiohttp
 import httpx
 import orjson
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from yarl import URL
 
 from actors.base import PermanentError
 from observability.tracing import URL_TEMPLATE, http_client_attributes, inject_headers, tracer
@@ -41,7 +42,10 @@ def segment(value: str) -> str:
 class CommerceClient:
     """Typed calls to the mock (or real) commerce APIs."""
 
-    def __init__(self, settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, settings: Settings, transport: httpx.AsyncBaseTransport | None = None, *,
+                 trace_configs: list[aiohttp.TraceConfig] | None = None) -> None:
+        """`transport`: send through httpx and this transport instead (tests' in-process ASGI app);
+        `trace_configs`: aiohttp's request hooks (a test watching what goes on the wire)."""
         self.customers_url = settings.customers_api_url.rstrip("/")
         self.orders_url = settings.orders_api_url.rstrip("/")
         self.tracking_url = settings.tracking_api_url.rstrip("/")
@@ -53,6 +57,7 @@ class CommerceClient:
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
         ) if transport is not None else None
         self._session: aiohttp.ClientSession | None = None
+        self._trace_configs = trace_configs
 
     async def close(self) -> None:
         """Close the connection pool."""
@@ -72,13 +77,15 @@ class CommerceClient:
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self.timeout_s),
-                connector=aiohttp.TCPConnector(limit=100, keepalive_timeout=30))
+                connector=aiohttp.TCPConnector(limit=100, keepalive_timeout=30), trace_configs=self._trace_configs)
         # Our own client span (no aiohttp instrumentation: it would record the path, and costs a dependency);
         # an exception's text names the template only, and its cause is not chained (it may carry the URL).
         with tracer().start_as_current_span(f"{method} {template}", kind=SpanKind.CLIENT, record_exception=False,
                                              attributes=http_client_attributes(method, url, template)) as span:
             try:
-                async with self._session.request(method, url, data=None if body is None else orjson.dumps(body),
+                # encoded=True: the path goes out exactly as `segment` escaped it (yarl would unescape `%40`).
+                async with self._session.request(method, URL(url, encoded=True),
+                                                 data=None if body is None else orjson.dumps(body),
                                                  headers=inject_headers({**(headers or {}), **JSON})) as r:
                     status, content = r.status, await r.read()
             except (TimeoutError, asyncio.TimeoutError):
