@@ -35,7 +35,8 @@ test: $(STAMP)
 	@scripts/system-deps.sh test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# Unit and offline tests: no nats-server, redis-server, mesh or browser (see tests/conftest.py's markers).
+# Unit and offline tests: no nats-server, redis-server, mesh or browser. Selected by marker (see tests/conftest.py),
+# so the offline tests of files in tests/integration and tests/system run too; `pytest tests/unit` is the unit tier alone.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not integration and not e2e and not slow" $(PYTEST_ARGS)
 

@@ -38,7 +38,7 @@ class ContextRetriever(Actor):
 
     async def start(self, settings: Settings) -> None:
         self.api = CommerceClient(settings)
-        self.sessions = SessionStore(settings.redis_url, ttl_s=settings.session_ttl_s)
+        self.sessions = SessionStore(settings.redis_dsn, ttl_s=settings.session_ttl_s)
 
     async def stop(self) -> None:
         await self.api.close()

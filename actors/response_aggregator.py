@@ -32,7 +32,7 @@ class ResponseAggregator(Actor):
 
     async def start(self, settings: Settings) -> None:
         self.history = await HistoryStore(settings.sqlite_path).open()
-        self.sessions = SessionStore(settings.redis_url, ttl_s=settings.session_ttl_s)
+        self.sessions = SessionStore(settings.redis_dsn, ttl_s=settings.session_ttl_s)
         self._prune_task = asyncio.create_task(self._prune_loop(settings), name="history-prune")
 
     async def _prune_loop(self, settings: Settings) -> None:

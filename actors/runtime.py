@@ -165,9 +165,9 @@ class ActorRuntime:
 
     async def start(self) -> None:
         """Connect, declare the stream and this actor's consumer, start the actor and the fetch loop."""
-        self.nc = await nats.connect(
-            self.settings.nats_url,
-            name=f"supportmesh-{self.name}",
+        self.nc = await transport.connect(
+            self.settings,
+            f"supportmesh-{self.name}",
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.25,
             connect_timeout=5,

@@ -27,12 +27,14 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT))  # the project and its tests.support helpers
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import httpx  # noqa: E402
 import nats  # noqa: E402
+
+from supportmesh.credentials import nats_options, redis_url  # noqa: E402
 
 MESSAGE = "My order 12345 is late!"
 HOPS = 7  # the happy path's steps
@@ -138,14 +140,14 @@ def proc_usage(pids: dict[str, int]) -> dict[str, tuple[float, int]]:
 
 # ---- (a) raw floor: the same hops, one KV write each, no logic -------------------------------------------------
 
-async def raw_floor(nats_url: str, hops: int, count: int, inflight: int = 16,
+async def raw_floor(endpoints: dict[str, Any], hops: int, count: int, inflight: int = 16,
                     nats_pid: int | None = None) -> dict[str, Any]:
     """`hops` pull consumers that each write one KV key and publish on (no logic, no tracing, no models), in
     this one process: messages one at a time, then `inflight` at once. Returns the serial latencies, the
     throughput in flight and the CPU per message (this process plus nats-server) of the in-flight run."""
     from nats.js.api import AckPolicy, ConsumerConfig, KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
 
-    nc = await nats.connect(nats_url)
+    nc = await nats.connect(**nats_options(endpoints))
     js = nc.jetstream()
     await js.add_stream(StreamConfig(name="FLOOR", subjects=["floor.>"], retention=RetentionPolicy.WORK_QUEUE,
                                      storage=StorageType.FILE))
@@ -227,12 +229,12 @@ async def in_process(endpoints: dict[str, Any], count: int) -> list[float]:
     from actors.intent_analyzer import IntentAnalyzer
     from actors.response_generator import ResponseGenerator
     from actors.sentiment_analyzer import SentimentAnalyzer
-    from fakes import FakeContext
     from saga.protocol import HAPPY_PATH, new_message
     from saga.replay import apply_step
     from supportmesh.config import Settings
+    from tests.support.fakes import FakeContext
 
-    settings = Settings(redis_url=endpoints["redis_url"], customers_api_url=endpoints["mocks_url"],
+    settings = Settings(redis_url=redis_url(endpoints), customers_api_url=endpoints["mocks_url"],
                         orders_api_url=endpoints["mocks_url"], tracking_api_url=endpoints["mocks_url"])
     actors = [SentimentAnalyzer(), IntentAnalyzer(), ContextRetriever(), DecisionRouter(), ResponseGenerator(),
               GuardrailValidator()]
@@ -377,8 +379,7 @@ async def run(endpoints: dict[str, Any], serial_n: int, levels: list[int], per_l
     after = proc_usage(pids)
     processes = {name: {"cpu_ms_per_chat": round((after[name][0] - before[name][0]) * 1000 / total, 3),
                         "peak_rss_mib": round(after[name][1] / 1024, 1)} for name in after if name in before}
-    floor = await raw_floor(endpoints["nats_url"], HOPS, floor_n, inflight=INFLIGHT,
-                            nats_pid=endpoints.get("nats_pid"))
+    floor = await raw_floor(endpoints, HOPS, floor_n, inflight=INFLIGHT, nats_pid=endpoints.get("nats_pid"))
     baseline = await in_process(endpoints, floor_n)
     summary = lambda v: {"p50_ms": pct(v, 50), "p95_ms": pct(v, 95), "p99_ms": pct(v, 99)}  # noqa: E731
     s = summary(serial)
@@ -413,7 +414,7 @@ def main() -> int:
     if args.endpoints:
         endpoints = json.loads(Path(args.endpoints).read_text())
     else:
-        from mesh_fixture import Mesh
+        from tests.support.mesh import Mesh
 
         # No secret given: `supportmesh up` keeps one in the data dir, where signed_in() reads it.
         mesh = Mesh(Path(tempfile.mkdtemp(prefix="supportmesh-bench-")), env={"SUPPORTMESH_AUTH_SECRET": ""}).start()

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT))  # the project and its tests.support helpers
 
 import nats  # noqa: E402
 
@@ -29,7 +29,7 @@ from saga.protocol import Message, new_message  # noqa: E402
 from saga.transport import ensure_stream, publish, start_saga  # noqa: E402
 from supportmesh.config import Settings  # noqa: E402
 from supportmesh.natsserver import NatsServer  # noqa: E402
-from toy_actors import noop_class  # noqa: E402
+from tests.support.toy_actors import noop_class  # noqa: E402
 
 
 class Reply(Actor):

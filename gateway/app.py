@@ -53,7 +53,7 @@ from saga.log import TERMINAL, SagaEvent, SagaLog
 from saga.protocol import GUEST_EMAIL, HAPPY_PATH, MESSAGE_ID, SESSION_ID, new_message, subject_for
 from saga.protocol import Message as SagaMessage
 from saga.results import ChatResult, ResultStore
-from saga.transport import ensure_stream, msg_id, publish, record_start
+from saga.transport import connect, ensure_stream, msg_id, publish, record_start
 from supportmesh.config import Settings, get_settings
 
 log = logging.getLogger("supportmesh.gateway")
@@ -237,9 +237,7 @@ class Gateway:
     async def start(self) -> None:
         """Connect to NATS, Redis and SQLite; declare the stream and buckets; listen for replies."""
         s = self.settings
-        self.nc = await nats.connect(
-            s.nats_url, name="supportmesh-gateway", max_reconnect_attempts=-1, reconnect_time_wait=0.25
-        )
+        self.nc = await connect(s, "supportmesh-gateway", max_reconnect_attempts=-1, reconnect_time_wait=0.25)
         self.js = self.nc.jetstream(timeout=STORE_TIMEOUT_S)
         await ensure_stream(self.js, s)
         self.saga = await SagaLog.open(self.js, ttl_s=s.saga_ttl_s, read_timeout_s=STORE_TIMEOUT_S,
@@ -250,7 +248,7 @@ class Gateway:
         from gateway.history import HistoryStore
         from gateway.sessions import SessionStore
 
-        self.sessions = SessionStore(s.redis_url, ttl_s=s.session_ttl_s)
+        self.sessions = SessionStore(s.redis_dsn, ttl_s=s.session_ttl_s)
         self.history = HistoryStore(s.sqlite_path)
         await self.history.open()
 

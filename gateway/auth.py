@@ -11,7 +11,6 @@ server-issued, unguessable session id is the guest's capability, sent as `X-Sess
 
 from __future__ import annotations
 
-import os
 import secrets
 import time
 from dataclasses import dataclass
@@ -130,13 +129,10 @@ def load_or_create_secret(data_dir: str | Path) -> str:
     existing = read_secret(data_dir)
     if existing:
         return existing
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path.parent, 0o700)
+    from supportmesh.credentials import write_private
+
     secret = secrets.token_urlsafe(48)
-    # Created with 0600 from the start (never readable by others, not even for a moment).
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secret + "\n")
+    write_private(path, secret + "\n")
     return secret
 
 

@@ -138,10 +138,10 @@ class RateLimiter:
         self.max_streams = settings.max_streams_per_customer
         self.trusted = trusted_networks(settings.trusted_proxies)
         options = {"socket_timeout": REDIS_TIMEOUT_S, "socket_connect_timeout": REDIS_TIMEOUT_S}
-        self.storage = RedisStorage(f"async+{settings.redis_url}", implementation="redispy",
+        self.storage = RedisStorage(f"async+{settings.redis_dsn}", implementation="redispy",
                                     key_prefix=KEY_PREFIX, wrap_exceptions=True, **options)
         self.limiter = MovingWindowRateLimiter(self.storage)
-        self.redis = aioredis.from_url(settings.redis_url, **options)
+        self.redis = aioredis.from_url(settings.redis_dsn, **options)
         self._acquire = self.redis.register_script(ACQUIRE_SLOT)
         for route, scope in REFUSALS:
             metrics.RATE_LIMITED.labels(route, scope)

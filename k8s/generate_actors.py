@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource  # noqa: E402
 
 from supportmesh.config import LLM_CALLS_PER_STEP, Settings, termination_grace_s  # noqa: E402
+from supportmesh.redisauth import SESSION_ACTORS, SESSIONS  # noqa: E402
 from supportmesh.up import ACTORS  # noqa: E402
 
 IMAGE = "supportmesh:0.1.0"
@@ -48,6 +49,31 @@ def pod_settings() -> Settings:
     return _ConfigMapSettings(**values)
 
 
+NATS_SEEDS = "/etc/supportmesh/nats"
+REDIS_PASSWORDS = "/etc/supportmesh/redis"
+# Secret files readable by the pod's group (fsGroup), not by others.
+SECRET_MODE = 0o440
+
+
+def credentials(nats_user: str, redis_user: str | None) -> tuple[list[dict], list[dict], list[dict]]:
+    """(env, volumeMounts, volumes) that sign a pod in as its NATS user (its own seed out of
+    supportmesh-nats-credentials) and, when it uses Redis, as its Redis ACL user: see `supportmesh secrets`."""
+    env = [{"name": "SUPPORTMESH_NATS_USER", "value": nats_user},
+           {"name": "SUPPORTMESH_NATS_CREDENTIALS", "value": f"{NATS_SEEDS}/{nats_user}.nk"}]
+    mounts = [{"name": "nats-credentials", "mountPath": NATS_SEEDS, "readOnly": True}]
+    volumes = [{"name": "nats-credentials", "secret": {
+        "secretName": "supportmesh-nats-credentials", "defaultMode": SECRET_MODE,
+        "items": [{"key": f"{nats_user}.nk", "path": f"{nats_user}.nk"}]}}]
+    if redis_user:
+        env += [{"name": "SUPPORTMESH_REDIS_USERNAME", "value": redis_user},
+                {"name": "SUPPORTMESH_REDIS_PASSWORD_FILE", "value": f"{REDIS_PASSWORDS}/{redis_user}.password"}]
+        mounts.append({"name": "redis-credentials", "mountPath": REDIS_PASSWORDS, "readOnly": True})
+        volumes.append({"name": "redis-credentials", "secret": {
+            "secretName": "supportmesh-redis-credentials", "defaultMode": SECRET_MODE,
+            "items": [{"key": f"{redis_user}.password", "path": f"{redis_user}.password"}]}})
+    return env, mounts, volumes
+
+
 def deployment(actor: str, settings: Settings) -> dict:
     """One actor's Deployment (its grace period from `settings`, the pods' own)."""
     name = actor.replace("_", "-")
@@ -55,6 +81,7 @@ def deployment(actor: str, settings: Settings) -> dict:
               "app.kubernetes.io/component": "actor", "supportmesh.io/actor": actor,
               "supportmesh.io/llm": str(actor in LLM_ACTORS).lower()}
     memory = "768Mi" if actor in LLM_ACTORS else "384Mi"
+    cred_env, cred_mounts, cred_volumes = credentials(actor, SESSIONS if actor in SESSION_ACTORS else None)
     container = {
         "name": "actor",
         "image": IMAGE,
@@ -62,14 +89,14 @@ def deployment(actor: str, settings: Settings) -> dict:
         "envFrom": [{"configMapRef": {"name": "supportmesh-config"}},
                     *([{"secretRef": {"name": "supportmesh-llm-keys", "optional": True}}] if actor in LLM_ACTORS
                       else [])],
-        "env": [{"name": "OTEL_SERVICE_NAME", "value": f"supportmesh-{name}"}],
+        "env": [{"name": "OTEL_SERVICE_NAME", "value": f"supportmesh-{name}"}, *cred_env],
         "ports": [{"name": "metrics", "containerPort": 9090}],
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": "metrics"}, "initialDelaySeconds": 10,
                           "periodSeconds": 10, "failureThreshold": 3},
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "metrics"}, "periodSeconds": 5},
         "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": memory}},
         "securityContext": CONTAINER_SECURITY,
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *cred_mounts],
     }
     spec: dict = {
         "replicas": 2,
@@ -82,7 +109,7 @@ def deployment(actor: str, settings: Settings) -> dict:
                      "automountServiceAccountToken": False,
                      "securityContext": POD_SECURITY,
                      "containers": [container],
-                     "volumes": [{"name": "tmp", "emptyDir": {}}]},
+                     "volumes": [{"name": "tmp", "emptyDir": {}}, *cred_volumes]},
         },
     }
     if actor == "response_aggregator":

@@ -15,7 +15,7 @@ k3d-build:  ## build the image and import it into the cluster
 	docker build -t $(IMAGE) .
 	k3d image import $(IMAGE) -c $(K3D_CLUSTER)
 
-k3d-deploy:  ## apply the manifests (creating the token key and Grafana's admin Secrets once) and wait
+k3d-deploy:  ## apply the manifests (creating the token key, bus credentials and Grafana's admin Secrets once) and wait
 	kubectl create namespace $(NAMESPACE) --dry-run=client -o yaml | kubectl apply -f -
 	# The gateway's token key (README "Security model"): created once, kept across deploys.
 	kubectl -n $(NAMESPACE) get secret supportmesh-auth >/dev/null 2>&1 || kubectl -n $(NAMESPACE) create secret \
@@ -23,6 +23,9 @@ k3d-deploy:  ## apply the manifests (creating the token key and Grafana's admin 
 	kubectl -n $(NAMESPACE) get secret grafana-admin >/dev/null 2>&1 || \
 	  kubectl -n $(NAMESPACE) create secret generic grafana-admin --from-literal=admin-user=admin \
 	  --from-literal=admin-password="$$(head -c 24 /dev/urandom | base64)"
+	# The bus credentials (README "Credentials"): NATS users and Redis ACL users, created once, kept across deploys.
+	kubectl -n $(NAMESPACE) get secret supportmesh-nats-auth >/dev/null 2>&1 || \
+	  $(BIN)/supportmesh secrets --namespace $(NAMESPACE) | kubectl apply -f -
 	kubectl apply -k $(OVERLAY)
 	kubectl -n $(NAMESPACE) rollout status statefulset/nats --timeout=180s
 	kubectl -n $(NAMESPACE) rollout status statefulset/redis --timeout=180s

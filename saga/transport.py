@@ -6,7 +6,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from typing import Any
 
+import nats
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -33,6 +36,24 @@ log = logging.getLogger("supportmesh.transport")
 
 # The W3C trace context headers (kept with `saga_started`, so that recovery continues the saga's trace).
 TRACE_HEADERS = ("traceparent", "tracestate")
+
+
+def inbox_prefix(user: str) -> str:
+    """The inbox prefix of a NATS user's connection: its request replies arrive under it, and its permissions
+    let it read no other (supportmesh/natsauth.py)."""
+    return f"_INBOX_{user}"
+
+
+async def connect(settings: Settings, name: str, **options: Any) -> NATS:
+    """Connect to NATS as this process's user: signed in with its nkey seed (`nats_credentials`) and receiving
+    its request replies under its own inbox prefix (the only inbox its permissions let it read). Without
+    credentials it connects anonymously, which only a server without authorization accepts (unit tests)."""
+    auth: dict[str, Any] = {}
+    if settings.nats_credentials:
+        auth["nkeys_seed"] = settings.nats_credentials
+    if settings.nats_user:
+        auth["inbox_prefix"] = inbox_prefix(settings.nats_user)
+    return await nats.connect(settings.nats_url, name=name, **auth, **options)
 
 
 def stream_config(settings: Settings) -> StreamConfig:

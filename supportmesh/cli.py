@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "token": ("supportmesh.token", "print a customer token for local use: supportmesh token EMAIL"),
     "chaos": ("supportmesh.chaos", "kill random actor processes (local) or pods (k8s)"),
     "demo": ("supportmesh.demo", "run the runtime demo: toy actors and their saga log"),
+    "secrets": ("supportmesh.k8s_secrets", "print fresh Kubernetes Secrets for the NATS and Redis credentials"),
 }
 
 

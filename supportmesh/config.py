@@ -34,6 +34,13 @@ class Settings(BaseSettings):
     duplicate_window_s: float = 120.0
     saga_ttl_s: float = 7 * 24 * 3600
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Credentials (files, so that Kubernetes mounts them from Secrets and nothing secret sits in the environment):
+    # the process's NATS user, the nkey seed file it signs in with (empty: no credentials, for a server without
+    # authorization) and its Redis ACL user and password file (see supportmesh/natsauth.py, redisauth.py).
+    nats_user: str = ""
+    nats_credentials: str = ""
+    redis_username: str = ""
+    redis_password_file: str = ""
     session_ttl_s: int = 24 * 3600
     sqlite_path: str = ".supportmesh/history.db"
     # Storage limits (bytes) of every JetStream bucket and stream: a full one refuses writes (the gateway
@@ -152,6 +159,19 @@ class Settings(BaseSettings):
     @classmethod
     def _origins(cls, value: str) -> str:
         return ",".join(parse_origins(value))  # ValueError on anything but exact origins: refused at start
+
+    @property
+    def redis_dsn(self) -> str:
+        """The Redis URL to connect with: `redis_url` with the ACL user and its password, when configured."""
+        if not self.redis_password_file:
+            return self.redis_url
+        from pathlib import Path
+        from urllib.parse import quote, urlsplit, urlunsplit
+
+        password = Path(self.redis_password_file).read_text().strip()
+        url = urlsplit(self.redis_url)
+        netloc = f"{quote(self.redis_username, safe='')}:{quote(password, safe='')}@{url.hostname}:{url.port or 6379}"
+        return urlunsplit(url._replace(netloc=netloc))
 
     @property
     def allowed_origin_list(self) -> list[str]:

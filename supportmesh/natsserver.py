@@ -61,6 +61,8 @@ class NatsServer:
     # JetStream's file storage limit ("" = the server's default, 75 % of the free disk), e.g. "1792MB".
     max_file_store: str = ""
     log_file: Path | None = None
+    # An `authorization { users: [...] }` block (supportmesh/natsauth.py); empty: anyone may connect (unit tests).
+    authorization: str = ""
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -90,6 +92,7 @@ class NatsServer:
             f"  sync_interval: {self.sync_interval}\n"
             + (f"  max_file_store: {self.max_file_store}\n" if self.max_file_store else "")
             + "}\n"
+            + self.authorization
         )
 
     def start(self, timeout_s: float = 15.0) -> NatsServer:

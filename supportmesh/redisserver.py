@@ -28,6 +28,8 @@ class RedisServer:
     port: int = 0
     host: str = "127.0.0.1"
     log_path: Path | None = None
+    # An ACL file (supportmesh/redisauth.py); None: the default user without a password (unit tests).
+    acl_file: Path | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -53,7 +55,8 @@ class RedisServer:
         with open(log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [binary, "--port", str(self.port), "--bind", self.host, "--save", "", "--appendonly", "no",
-                 "--dir", str(self.data_dir), "--protected-mode", "yes"],
+                 "--dir", str(self.data_dir), "--protected-mode", "yes",
+                 *(["--aclfile", str(Path(self.acl_file).resolve())] if self.acl_file else [])],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
         deadline = time.monotonic() + timeout_s
@@ -76,6 +79,7 @@ def _ping(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.5) as s:
             s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
+            # NOAUTH: the server is up and wants credentials (the default user is off).
+            return s.recv(16).startswith((b"+PONG", b"-NOAUTH"))
     except OSError:
         return False

@@ -31,6 +31,8 @@ import httpx
 
 from gateway.auth import load_or_create_secret
 from saga.protocol import HAPPY_PATH
+from supportmesh import natsauth, redisauth
+from supportmesh.credentials import MeshCredentials, redis_password_hash, write_private
 from supportmesh.natsserver import NatsServer, free_port
 from supportmesh.redisserver import RedisServer
 from supportmesh.supervisor import Child, Supervisor
@@ -78,11 +80,15 @@ class LocalMesh:
         self.host = host
         self.gateway_ports = [_port(gateway_port + i if gateway_port else 0) for i in range(gateway_replicas)]
         self.mocks_port = _port(mocks_port)
-        self.nats = NatsServer(store_dir=self.data_dir / "jetstream", port=_port(nats_port),
-                               sync_interval=sync_interval)
         self.redis: RedisServer | None = None
         self.redis_port = redis_port
         self.redis_url = os.environ.get("SUPPORTMESH_REDIS_URL", "")
+        # Every process signs in with its own NATS user; Redis users only for the redis-server started here.
+        self.credentials = MeshCredentials.load_or_create(
+            self.data_dir, [natsauth.GATEWAY, *ACTORS, natsauth.OPERATOR], [] if self.redis_url else list(redisauth.USERS))
+        self.nats = NatsServer(store_dir=self.data_dir / "jetstream", port=_port(nats_port),
+                               sync_interval=sync_interval,
+                               authorization=natsauth.authorization_config(self.credentials.nats_public))
         self.observability = observability
         self.prometheus_port = _port(prometheus_port) if observability else 0
         self.extra_env = env or {}
@@ -124,6 +130,21 @@ class LocalMesh:
         env.update(extra)
         return env
 
+    def _credentials_env(self, nats_user: str, redis_user: str | None) -> dict[str, str]:
+        """The variables naming a process's NATS user and seed file, and its Redis user and password file."""
+        env = {"SUPPORTMESH_NATS_USER": nats_user,
+               "SUPPORTMESH_NATS_CREDENTIALS": str(self.credentials.nats_seeds[nats_user])}
+        if redis_user and redis_user in self.credentials.redis_passwords:
+            env.update(SUPPORTMESH_REDIS_USERNAME=redis_user,
+                       SUPPORTMESH_REDIS_PASSWORD_FILE=str(self.credentials.redis_passwords[redis_user]))
+        return env
+
+    def _write_redis_acl(self) -> Path:
+        """redis-server's ACL file (password hashes only), next to the passwords."""
+        path = self.credentials.root / "redis" / "users.acl"
+        write_private(path, redisauth.acl_file(lambda user: redis_password_hash(self.credentials.redis_password(user))))
+        return path
+
     async def start(self, ready_timeout_s: float = 90.0) -> None:
         """Start everything and wait until the gateway and every actor report ready. Supervision begins at
         once: a process that crashes while the mesh starts is restarted like any other."""
@@ -132,7 +153,8 @@ class LocalMesh:
         self.nats.start()
         if not self.redis_url:
             self.redis = RedisServer(data_dir=self.data_dir / "redis", port=_port(self.redis_port),
-                                     log_path=self.data_dir / "logs" / "redis-server.log").start()
+                                     log_path=self.data_dir / "logs" / "redis-server.log",
+                                     acl_file=self._write_redis_acl()).start()
             self.redis_url = self.redis.url
         python = sys.executable
         logs = self.data_dir / "logs"
@@ -148,14 +170,17 @@ class LocalMesh:
                     name=f"{actor}-{i}", kind="actor", actor=actor, metrics_port=port,
                     url=f"http://{self.host}:{port}",
                     argv=[python, "-m", "actors", actor],
-                    env=self._env(SUPPORTMESH_METRICS_PORT=str(port), SUPPORTMESH_METRICS_HOST=self.host),
+                    env=self._env(SUPPORTMESH_METRICS_PORT=str(port), SUPPORTMESH_METRICS_HOST=self.host,
+                                  **self._credentials_env(actor, redisauth.SESSIONS
+                                                          if actor in redisauth.SESSION_ACTORS else None)),
                     log_path=logs / f"{actor}-{i}.log",
                 ))
         for i, port in enumerate(self.gateway_ports, start=1):
             self.supervisor.add(Child(
                 name=f"gateway-{i}", kind="gateway", url=f"http://{self.host}:{port}", metrics_port=port,
                 argv=[python, "-m", "gateway.server", "--host", self.host, "--port", str(port)],
-                env=self._env(SUPPORTMESH_AUTH_SECRET=self.auth_secret, SUPPORTMESH_DEMO_SIGN_IN=self.demo_sign_in),
+                env=self._env(SUPPORTMESH_AUTH_SECRET=self.auth_secret, SUPPORTMESH_DEMO_SIGN_IN=self.demo_sign_in,
+                              **self._credentials_env(natsauth.GATEWAY, redisauth.GATEWAY)),
                 log_path=logs / f"gateway-{i}.log",
             ))
         if self.observability:
@@ -221,6 +246,8 @@ class LocalMesh:
             "redis_pid": self.redis.pid if self.redis else None,
             "prometheus_url": f"http://{self.host}:{self.prometheus_port}" if self.observability else None,
             "sqlite_path": str(self.data_dir / "history.db"),
+            # The credential files by user (never their contents): tools and tests sign in as `operator`.
+            "credentials": self.credentials.describe(),
             "logs_dir": str(self.data_dir / "logs"),
             "processes": {
                 c.name: {"kind": c.kind, "actor": c.actor, "pid": c.pid, "url": c.url,

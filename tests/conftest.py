@@ -12,7 +12,7 @@ import shutil  # noqa: E402
 import httpx  # noqa: E402
 import pytest  # noqa: E402
 
-from runtime_harness import Harness  # noqa: E402
+from tests.support.harness import Harness  # noqa: E402
 
 # The servers and tools the suite runs for real. Outside CI a missing one skips the tests that need it (with a
 # reason); in CI (`CI` set, as .ci/run is run) it fails the run at once: a green CI that skipped the browser
@@ -75,7 +75,7 @@ async def harness(tmp_path):
 @pytest.fixture(scope="session")
 def mesh(tmp_path_factory):
     """The whole local mesh (`supportmesh up`), shared by the end-to-end tests of a session."""
-    from mesh_fixture import Mesh
+    from tests.support.mesh import Mesh
 
     m = Mesh(tmp_path_factory.mktemp("mesh"), gateways=2,
              env={"SUPPORTMESH_CHAT_DEADLINE_S": "3", "SUPPORTMESH_API_TIMEOUT_S": "6"}).start()
@@ -100,7 +100,7 @@ def redis_url(tmp_path_factory):
 @pytest.fixture
 def fake_ctx():
     """A StepContext stand-in for calling an actor's handler directly."""
-    from fakes import FakeContext
+    from tests.support.fakes import FakeContext
 
     return FakeContext()
 
@@ -110,8 +110,8 @@ async def gateway(harness, redis_url, tmp_path):
     """The gateway application with its connections open, and an HTTP client calling it in process."""
     from gateway.app import create_app
 
-    from identity import AUTH, TEST_SECRET
-    from mesh_fixture import LOAD_LIMITS
+    from tests.support.identity import AUTH, TEST_SECRET
+    from tests.support.mesh import LOAD_LIMITS
 
     settings = harness.settings.model_copy(update={
         "redis_url": redis_url, "sqlite_path": str(tmp_path / "history.db"), "chat_deadline_s": 1.5,
@@ -119,7 +119,7 @@ async def gateway(harness, redis_url, tmp_path):
     app = create_app(settings)
     gw = app.state.gateway
     await gw.start()
-    # Signed in as user@example.com (tests/identity.py): every request carries the token.
+    # Signed in as user@example.com (tests/support/identity.py): every request carries the token.
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway", timeout=30,
                                headers=AUTH)
     try:

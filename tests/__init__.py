@@ -1,0 +1,1 @@
+"""The test suite: `unit/` (offline), `integration/` (real servers), `system/` (the whole mesh), `support/` (helpers)."""
