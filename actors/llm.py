@@ -1,13 +1,15 @@
-"""The LLM client: one call path over `litellm.acompletion` for every model.
+"""The LLM client: the local model called directly, every other model through `litellm.acompletion`.
 
 Model, timeout, retries and fallback come from settings (`SUPPORTMESH_LLM_*`). The default model is the local
-deterministic provider; any LiteLLM model name (`gpt-4o-mini`, `anthropic/...`, `ollama/llama3.1`,
-`openai/<name>` with `SUPPORTMESH_LLM_API_BASE`) is one setting away. When the configured provider fails after
-its retries, the call falls back to the local model and says so (`fallback_used`, and the
-`supportmesh_llm_fallbacks_total` metric). Each call is a GenAI client span of ours with LiteLLM's own
-`litellm_request` span beneath it; prompts and completions are kept out of both unless
-`SUPPORTMESH_LLM_LOG_CONTENT=true`. LiteLLM is imported lazily: only processes that call a model pay for
-its import.
+deterministic one (`actors.local_model`), called in-process: LiteLLM would cost it about 3 ms of CPU per call
+(a thread hop, a logging and a cost record) for a sub-millisecond answer. Any LiteLLM model name
+(`gpt-4o-mini`, `anthropic/...`, `ollama/llama3.1`, `openai/<name>` with `SUPPORTMESH_LLM_API_BASE`) is one
+setting away and goes through LiteLLM. When the configured provider fails after its retries, the call falls back
+to the local model and says so (`fallback_used`, and the `supportmesh_llm_fallbacks_total` metric). Each call is
+a GenAI client span of ours with the same attributes and metrics on both paths; a call through LiteLLM also has
+LiteLLM's own `litellm_request` span beneath it (the local model's has none: LiteLLM is not involved). Prompts
+and completions are kept out of spans unless `SUPPORTMESH_LLM_LOG_CONTENT=true`. LiteLLM is imported only by
+processes whose configured or fallback model needs it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from actors import local_model
 from actors.base import RetryableError
 from config.settings import LOCAL_LLM_MODEL, Settings
 from observability import metrics
@@ -40,6 +43,16 @@ class LLMResult:
     latency_s: float = 0.0
 
 
+@dataclass
+class _Answer:
+    """What either path returns to `_call`."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    response_model: str
+
+
 class LLMClient:
     """Completions with timeout, retries, metrics, a GenAI span and a fallback to the local model."""
 
@@ -50,21 +63,16 @@ class LLMClient:
         self.retries = settings.llm_retries
         self.api_base = settings.llm_api_base or None
         self.log_content = settings.llm_log_content
-        import litellm
-
-        from actors import local_model
-
-        local_model.register()
-        litellm.suppress_debug_info = True
-        # LiteLLM's `litellm_request` span under ours; message text only with SUPPORTMESH_LLM_LOG_CONTENT=true.
-        instrument_litellm(log_content=self.log_content)
-        self._litellm = litellm
+        self._litellm: Any = None
+        if {self.model, self.fallback_model} != {LOCAL_MODEL}:  # a hosted model: LiteLLM is its interface
+            self._litellm = _load_litellm(self.log_content)
 
     async def warm_up(self) -> None:
-        """One call to the local model, so LiteLLM's lazy initialisation is paid at start, not by a customer."""
+        """One call to the local model at start: through LiteLLM when a hosted model is configured, so LiteLLM's
+        lazy initialisation is paid at start, not by a customer."""
         try:
             await self._call(LOCAL_MODEL, [{"role": "user", "content": "ping"}], "warm_up", api_base=None,
-                             retries=0)
+                             retries=0, via_litellm=self._litellm is not None)
         except Exception:  # a failed warm-up only means the first real call pays the cost
             log.warning("LLM warm-up failed", exc_info=True)
 
@@ -85,7 +93,7 @@ class LLMClient:
             return result
 
     async def _call(self, model: str, messages: list[dict[str, str]], purpose: str, *, api_base: str | None,
-                    retries: int) -> LLMResult:
+                    retries: int, via_litellm: bool = False) -> LLMResult:
         attrs: dict[str, Any] = {
             "gen_ai.operation.name": "chat",
             "gen_ai.system": model.split("/", 1)[0] if "/" in model else "openai",
@@ -97,26 +105,54 @@ class LLMClient:
         started = time.perf_counter()
         with tracer().start_as_current_span(f"chat {model}", kind=SpanKind.CLIENT, attributes=attrs) as span:
             try:
-                kwargs: dict[str, Any] = {"timeout": self.timeout_s, "num_retries": retries}
-                if api_base:
-                    kwargs["api_base"] = api_base
-                response = await self._litellm.acompletion(model=model, messages=messages, **kwargs)
+                if model == LOCAL_MODEL and not via_litellm:
+                    answer = _local(messages)
+                else:
+                    answer = await self._through_litellm(model, messages, api_base=api_base, retries=retries)
             except Exception as exc:
                 span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
                 span.set_attribute("error.type", type(exc).__name__)
                 raise
             latency = time.perf_counter() - started
-            text = response.choices[0].message.content or ""
-            usage = getattr(response, "usage", None)
-            prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
-            completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
-            span.set_attribute("gen_ai.usage.input_tokens", prompt_tokens)
-            span.set_attribute("gen_ai.usage.output_tokens", completion_tokens)
-            span.set_attribute("gen_ai.response.model", str(getattr(response, "model", model)))
+            span.set_attribute("gen_ai.usage.input_tokens", answer.prompt_tokens)
+            span.set_attribute("gen_ai.usage.output_tokens", answer.completion_tokens)
+            span.set_attribute("gen_ai.response.model", answer.response_model)
             if self.log_content:
-                span.set_attribute("gen_ai.completion", text[:8000])
+                span.set_attribute("gen_ai.completion", answer.text[:8000])
         metrics.LLM_LATENCY_SECONDS.labels(model, purpose).observe(latency)
-        metrics.LLM_TOKENS.labels(model, "prompt").inc(prompt_tokens)
-        metrics.LLM_TOKENS.labels(model, "completion").inc(completion_tokens)
-        return LLMResult(text=text, model=model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                         latency_s=latency)
+        metrics.LLM_TOKENS.labels(model, "prompt").inc(answer.prompt_tokens)
+        metrics.LLM_TOKENS.labels(model, "completion").inc(answer.completion_tokens)
+        return LLMResult(text=answer.text, model=model, prompt_tokens=answer.prompt_tokens,
+                         completion_tokens=answer.completion_tokens, latency_s=latency)
+
+    async def _through_litellm(self, model: str, messages: list[dict[str, str]], *, api_base: str | None,
+                               retries: int) -> _Answer:
+        if self._litellm is None:  # a client built for the local model only, asked for another
+            self._litellm = _load_litellm(self.log_content)
+        kwargs: dict[str, Any] = {"timeout": self.timeout_s, "num_retries": retries}
+        if api_base:
+            kwargs["api_base"] = api_base
+        response = await self._litellm.acompletion(model=model, messages=messages, **kwargs)
+        usage = getattr(response, "usage", None)
+        return _Answer(text=response.choices[0].message.content or "",
+                       prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+                       completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+                       response_model=str(getattr(response, "model", model)))
+
+
+def _local(messages: list[dict[str, str]]) -> _Answer:
+    """The local model's answer, in-process (no LiteLLM, no thread: it is a sub-millisecond CPU computation)."""
+    answer = local_model.complete(messages)
+    return _Answer(text=answer.text, prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens,
+                   response_model=answer.model)
+
+
+def _load_litellm(log_content: bool) -> Any:
+    """LiteLLM, set up once per process: quiet, the local model registered as a provider (for the warm-up), and
+    its `litellm_request` span under ours (message text only with SUPPORTMESH_LLM_LOG_CONTENT=true)."""
+    import litellm
+
+    local_model.register()
+    litellm.suppress_debug_info = True
+    instrument_litellm(log_content=log_content)
+    return litellm

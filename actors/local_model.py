@@ -1,5 +1,6 @@
-"""The local deterministic model: a LiteLLM custom provider (`supportmesh-local/deterministic`) that needs no
-key and no network.
+"""The local deterministic model (`supportmesh-local/deterministic`): no key and no network. The LLM client calls
+`complete` directly (LiteLLM would add ~3 ms of CPU per call: a thread hop, logging and cost records); it is
+also a LiteLLM custom provider (`register`).
 
 It reads the same prompts a hosted model reads (`actors.prompts`): for an intent prompt it answers strict JSON
 from keyword and pattern rules; for a response prompt it composes a reply from the data in the prompt only
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -211,11 +213,31 @@ def _prompt_of(messages: list[dict[str, Any]]) -> str:
     return "\n".join(str(m.get("content", "")) for m in messages)
 
 
+@dataclass(frozen=True)
+class Completion:
+    """The local model's answer to a conversation, with token counts estimated at four characters a token."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    model: str = f"{PROVIDER}/{MODEL}"
+
+
+def complete(messages: list[dict[str, Any]]) -> Completion:
+    """The local model's answer to chat `messages`: what the LLM client calls directly, and what the LiteLLM
+    provider below wraps, so both paths answer and count tokens alike."""
+    prompt = _prompt_of(messages)
+    text = respond(prompt)
+    return Completion(text=text, prompt_tokens=len(prompt) // 4, completion_tokens=len(text) // 4)
+
+
 _registered = False
 
 
 def register() -> None:
-    """Register the provider with LiteLLM (idempotent)."""
+    """Register the provider with LiteLLM (idempotent). The LLM client calls `complete` directly; through LiteLLM
+    the local model serves to warm LiteLLM up when a hosted model is configured, and anyone calling LiteLLM with
+    `supportmesh-local/deterministic`."""
     global _registered
     if _registered:
         return
@@ -227,13 +249,13 @@ def register() -> None:
 
         def _answer(self, model: str, messages: list[dict[str, Any]]) -> Any:
             started = time.perf_counter()
-            prompt = _prompt_of(messages)
-            text = respond(prompt)
+            answer = complete(messages)
             response = litellm.ModelResponse(
-                model=f"{PROVIDER}/{MODEL}",
-                choices=[{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
-                usage={"prompt_tokens": len(prompt) // 4, "completion_tokens": len(text) // 4,
-                       "total_tokens": (len(prompt) + len(text)) // 4},
+                model=answer.model,
+                choices=[{"index": 0, "finish_reason": "stop",
+                          "message": {"role": "assistant", "content": answer.text}}],
+                usage={"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
+                       "total_tokens": answer.prompt_tokens + answer.completion_tokens},
             )
             response._response_ms = (time.perf_counter() - started) * 1000  # type: ignore[attr-defined]
             return response

@@ -184,6 +184,15 @@ def instrument_litellm(*, log_content: bool) -> None:
     _litellm_instrumented = True
 
 
+def http_client_attributes(method: str, url: str, template: str) -> dict[str, Any]:
+    """Attributes of the client span of an HTTP call made without instrumentation (`actors.commerce`): the
+    origin and the route template where the URL would be (the path and query carry emails and ids)."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return {"http.request.method": method, "url.full": f"{parts.scheme}://{parts.hostname}:{port}{template}",
+            "url.template": template, "server.address": parts.hostname or "", "server.port": port}
+
+
 def _scrub_client_span(span: Any, request: Any) -> None:
     """A client span's URL is its origin and the route template the caller named (`URL_TEMPLATE`); without
     one, the origin alone (never the path or query, which carry emails and ids)."""

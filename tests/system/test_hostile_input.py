@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Iterator
 
+import aiohttp
 import httpx
 import pytest
 from pydantic import ValidationError
@@ -116,14 +117,15 @@ async def test_a_forged_email_stays_one_path_segment(mocks_url: str) -> None:
     route: 404, never the tickets list of every customer."""
     httpx.post(f"{mocks_url}/tickets", timeout=10, json={"customer_email": "jane.smith@example.com",
                                                          "summary": "private"}).raise_for_status()
-    api = CommerceClient(Settings(customers_api_url=mocks_url, orders_api_url=mocks_url,
-                                  tracking_api_url=mocks_url))
     sent: list[bytes] = []
 
-    async def remember(request: httpx.Request) -> None:
-        sent.append(request.url.raw_path)
+    async def remember(session: object, context: object, params: aiohttp.TraceRequestStartParams) -> None:
+        sent.append(params.url.raw_path.encode())
 
-    api.http.event_hooks["request"] = [remember]
+    watch = aiohttp.TraceConfig()
+    watch.on_request_start.append(remember)
+    api = CommerceClient(Settings(customers_api_url=mocks_url, orders_api_url=mocks_url,
+                                  tracking_api_url=mocks_url), trace_configs=[watch])
     try:
         assert await api.customer("x/../../tickets?@a.bc") is None
         assert await api.customer_orders("x/../../tickets?@a.bc") == []
