@@ -100,7 +100,8 @@ class DockerEngine:
         for mount in reversed(mounts_under(self.root)):
             subprocess.run(["umount", "-l", mount], capture_output=True, timeout=30)
         if not mounts_under(self.root):  # never delete through a live mount
-            shutil.rmtree(self.root, ignore_errors=True)
+            # rm -rf: faster than shutil.rmtree on a gigabyte of image layers; never crosses into a mount.
+            subprocess.run(["rm", "-rf", "--one-file-system", str(self.root)], capture_output=True, timeout=300)
 
     def _kill_own_containerd(self) -> None:
         """dockerd stops the containerd it started; after a SIGKILL that one would linger."""
