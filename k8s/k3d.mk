@@ -11,8 +11,8 @@ k3d-up:  ## a local cluster with the UIs mapped to localhost
 	  -p "8000:8000@loadbalancer" -p "3000:3000@loadbalancer" \
 	  -p "16686:16686@loadbalancer" -p "9090:9090@loadbalancer"
 
-k3d-build:  ## build the image and import it into the cluster
-	docker build -t $(IMAGE) .
+k3d-build:  ## build the image (on BASE_IMAGE when set) and import it into the cluster
+	docker build $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) -t $(IMAGE) .
 	k3d image import $(IMAGE) -c $(K3D_CLUSTER)
 
 k3d-deploy:  ## apply the manifests (creating the token key, bus credentials and Grafana's admin Secrets once) and wait

@@ -22,6 +22,8 @@ REQUIRED_IN_CI = {
     "prometheus": "prometheus (Debian package prometheus; `make test` installs it)",
     "promtool": "promtool (Debian package prometheus; `make test` installs it)",
     "chromium": "chromium (Debian package chromium; `make test` installs it)",
+    "dockerd": "dockerd (Debian package docker.io; `make test` installs it; the image test runs it as root)",
+    "debootstrap": "debootstrap (Debian package debootstrap; `make test` installs it)",
 }
 
 

@@ -230,17 +230,44 @@ def test_nats_is_durable(k3d) -> None:
     assert nats["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
 
 
+def dockerfile_lines() -> list[str]:
+    """The Dockerfile's instructions, one per line (continuations joined)."""
+    return [line.strip() for line in (REPO / "Dockerfile").read_text().replace("\\\n", " ").splitlines()]
+
+
 def test_dockerfile_image_is_pinned_and_runs_unprivileged() -> None:
-    lines = [line.strip() for line in (REPO / "Dockerfile").read_text().splitlines()]
-    base = next(line for line in lines if line.startswith("FROM ")).split()[1]
+    lines = dockerfile_lines()
+    # The base is a build argument (a registry-less build passes its own) whose default is pinned.
+    assert next(line for line in lines if line.startswith("FROM ")) == "FROM ${BASE_IMAGE}"
+    base = next(line for line in lines if line.startswith("ARG BASE_IMAGE=")).split("=", 1)[1]
     assert ":" in base and "latest" not in base and "slim" in base
     user = [line for line in lines if line.startswith("USER ")][-1].split()[1]
-    assert user not in ("root", "0")
+    assert user.split(":")[0] not in ("root", "0")
     assert 'ENTRYPOINT ["supportmesh"]' in lines
     for line in lines:
         if line.startswith("COPY ") and not line.startswith("COPY --"):
             for src in line.split()[1:-1]:
                 assert (REPO / src).exists(), f"Dockerfile copies missing {src}"
+
+
+
+def test_image_writes_where_the_pods_mount_volumes(k3d) -> None:
+    """The image's user is the pods' user, and its SQLite file is where the ConfigMap puts it: under /data,
+    which the image creates for that user and every pod that writes or reads the history mounts (a root-owned
+    data dir crashed the gateway at start)."""
+    lines = dockerfile_lines()
+    uid = [line for line in lines if line.startswith("USER ")][-1].split()[1].split(":")[0]
+    env = " ".join(line for line in lines if line.startswith("ENV "))
+    config = by_kind(k3d, "ConfigMap")["supportmesh-config"]["data"]
+    assert f"SUPPORTMESH_SQLITE_PATH={config['SUPPORTMESH_SQLITE_PATH']}" in env
+    data_dir = str(Path(config["SUPPORTMESH_SQLITE_PATH"]).parent)
+    assert any(re.search(rf"install -d -o {uid} -g {uid} .*{data_dir}\b", line) for line in lines)
+    deployments = by_kind(k3d, "Deployment")
+    for name in ("gateway", "response-aggregator"):
+        pod = deployments[name]["spec"]["template"]["spec"]
+        assert str(pod["securityContext"]["runAsUser"]) == uid, name
+        mounts = {m["mountPath"] for c in pod["containers"] for m in c.get("volumeMounts", [])}
+        assert data_dir in mounts, name
 
 
 def dockerfile_build_context() -> list[str]:
