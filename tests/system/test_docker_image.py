@@ -24,15 +24,18 @@ from typing import Any, Iterator
 
 import httpx
 import pytest
-from chaos_load import build_messages, check_invariants, run_load
-from chat_client import answer
-from docker_engine import DockerEngine, unavailable_reason
-from docker_images import IMAGE, REDIS, ImageBuilder
-from identity import AUTH, TEST_SECRET
-from mesh_fixture import LOAD_LIMITS_ENV
 
+from actors import registry
 from supportmesh.natsserver import NatsServer, free_port
-from supportmesh.up import ACTORS
+
+from tests.support.chaos_load import build_messages, check_invariants, run_load
+from tests.support.chat_client import answer
+from tests.support.docker_engine import DockerEngine, unavailable_reason
+from tests.support.docker_images import IMAGE, REDIS, ImageBuilder
+from tests.support.identity import AUTH, TEST_SECRET
+from tests.support.mesh import LOAD_LIMITS_ENV
+
+ACTORS = registry.names(registry.ACTORS)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1500)]
 HOST = "127.0.0.1"

@@ -3,7 +3,7 @@
 - `local/debian:bookworm`: `debootstrap --variant=minbase` from the machine's own Debian mirror, with Debian's
   python3, python3-venv and redis-server included (one download, no apt inside a container), `docker import`ed
   (apt caches, docs, man pages and translations left out);
-- `local/python:bookworm`: a venv on PATH on top (tests/docker/base.Dockerfile, with the machine's CA bundle
+- `local/python:bookworm`: a venv on PATH on top (tests/support/docker/base.Dockerfile, with the machine's CA bundle
   for pip in its build context only); it also runs redis-server;
 - `supportmesh:test`: the repository's Dockerfile with `BASE_IMAGE=local/python:bookworm`.
 
@@ -25,10 +25,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from conftest import in_ci
-from docker_engine import DockerEngine
+from tests.conftest import in_ci
+from tests.support import REPO
+from tests.support.docker_engine import DockerEngine
 
-REPO = Path(__file__).resolve().parent.parent
 BASE_DOCKERFILE = Path(__file__).resolve().parent / "docker" / "base.Dockerfile"
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 DEBIAN = "local/debian:bookworm"
