@@ -25,7 +25,7 @@ import pytest
 
 from actors import registry
 from actors.domain import customer_owner
-from gateway.app import STREAM_IDLE_TIMEOUT_S
+from gateway.routes.sagas import STREAM_IDLE_TIMEOUT_S
 from saga.log import SagaLog
 from saga.protocol import new_message_id
 from supportmesh.credentials import nats_options

@@ -139,7 +139,7 @@ def test_200_concurrent_reads_during_a_load_answer_without_5xx(mesh) -> None:
 def test_reads_while_nats_server_stalls_answer_503_never_500(mesh) -> None:
     """nats-server stops answering (SIGSTOP: a stalled disk, a paused VM) for longer than the gateway's store
     timeout while 200 reads are in flight: they answer 503 with Retry-After, none 500, and the mesh goes on."""
-    from gateway.app import STORE_TIMEOUT_S
+    from gateway.state import STORE_TIMEOUT_S
 
     gateways = mesh.endpoints.get("gateway_urls") or [mesh.gateway_url]
     nats_pid = mesh.endpoints["nats_pid"]

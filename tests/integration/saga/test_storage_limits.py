@@ -74,7 +74,7 @@ async def test_gateway_counts_an_unhandled_error_as_5xx() -> None:
     import httpx
     from fastapi import FastAPI
 
-    from gateway.app import CountResponses
+    from gateway.middleware import CountResponses
 
     app = FastAPI()
 

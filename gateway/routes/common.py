@@ -1,0 +1,59 @@
+"""What several route modules share: who is asking, id checks, the chat answer's body, claiming a session."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import HTTPException, Request
+
+from actors.results import ChatResult
+from config.settings import Settings
+from gateway.auth import Caller, caller_from
+from gateway.schemas import ChatResponse
+from gateway.state import Gateway
+from saga.protocol import MESSAGE_ID
+
+log = logging.getLogger("supportmesh.gateway")
+
+
+def caller(request: Request, settings: Settings) -> Caller:
+    """Who sent the request (401 for a token that proves nothing)."""
+    return caller_from(request, settings.auth_secret, settings.auth_leeway_s)
+
+
+def check_id(message_id: str) -> None:
+    """422 unless `message_id` has the shape of a message id."""
+    if not MESSAGE_ID.match(message_id):
+        raise HTTPException(422, "message_id must be 1-64 characters of [A-Za-z0-9_-]")
+
+
+def chat_response(result: ChatResult) -> dict[str, Any]:
+    """The body of a finished chat (`ChatResponse`)."""
+    return ChatResponse(
+        message_id=result.message_id,
+        session_id=result.session_id,
+        status=result.status,
+        response=result.response,
+        action_plan=result.action_plan,
+        execution_result=result.execution_result,
+        trace_id=result.trace_id,
+    ).model_dump()
+
+
+async def claim_session(gw: Gateway, session_id: str, who: Caller) -> None:
+    """Make sure the session is the caller's: an unknown id is bound to the caller (a client may propose one);
+    an id bound to someone else, or one with history but no owner, is refused (403)."""
+    try:
+        owner = await gw.sessions.get_owner(session_id, refresh_s=gw.settings.saga_ttl_s)
+        if owner is None:
+            if await gw.history.has_session(session_id):
+                owner = "unknown"  # recorded before owners were (or its binding expired): nobody may take it over
+            else:
+                owner = await gw.sessions.claim(session_id, who.owner, gw.settings.saga_ttl_s)
+    except Exception as exc:
+        log.warning("could not check the owner of a session", exc_info=True)
+        raise HTTPException(503, f"cannot check the session's owner right now: {type(exc).__name__}") from None
+    if owner != who.owner:
+        raise HTTPException(403, "this session belongs to someone else: start a new one (POST /api/sessions)")
+
