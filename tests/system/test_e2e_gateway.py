@@ -149,14 +149,26 @@ def replies_by_path(base: str) -> dict[str, float]:
 def test_replies_reach_the_right_gateway_instance(mesh) -> None:
     urls = mesh.endpoints["gateway_urls"]
     assert len(urls) == 2
-    before = {url: replies_by_path(url) for url in urls}
     # Concurrent chats on both instances: each reply must come back on the subject of the instance that
     # published the message. A misrouted one would still end as 200, read from KV once the deadline has passed;
     # the gateway counts those separately. So every chat answered *before* the deadline came by its own subject,
     # and only one that took the whole deadline (a busy machine: the reply was on its way when it ran out) may
-    # have been read from KV. One answered after the deadline (202) is followed to its outcome.
+    # have been read from KV. One answered after the deadline (202) is followed to its outcome. A round in which
+    # an instance answered nothing before the deadline checks nothing there: up to three rounds, so a loaded
+    # machine gets another chance instead of a failure that says nothing about routing.
     deadline_s = float(mesh.env["SUPPORTMESH_CHAT_DEADLINE_S"])
-    jobs = [(url, f"Where is my order 12345? ({i})") for i in range(6) for url in urls]
+    for round_ in range(3):
+        checked = replies_round(urls, deadline_s, round_)
+        if checked:
+            break
+    assert checked, "no round had a chat answered before the deadline on both instances: nothing was checked"
+
+
+def replies_round(urls: list[str], deadline_s: float, round_: int) -> bool:
+    """One round of 6 concurrent chats per instance; asserts the replies' routing; False when an instance
+    answered none of its chats before the deadline (the round checked nothing there)."""
+    before = {url: replies_by_path(url) for url in urls}
+    jobs = [(url, f"Where is my order 12345? ({round_}.{i})") for i in range(6) for url in urls]
     answers: dict[str, list[tuple[int, float, httpx.Response]]] = {url: [] for url in urls}
 
     def send(url: str, text: str) -> None:
@@ -171,15 +183,17 @@ def test_replies_reach_the_right_gateway_instance(mesh) -> None:
         t.start()
     for t in threads:
         t.join(timeout=60)
+    checked = True
     for url in urls:
         after = replies_by_path(url)
         assert [r.status_code for _, _, r in answers[url]] == [200] * 6, [r.text for _, _, r in answers[url]]
         in_time = sum(1 for first, _, _ in answers[url] if first == 200)
         before_deadline = sum(1 for first, took, _ in answers[url] if first == 200 and took < deadline_s)
-        assert before_deadline >= 1, f"no chat on {url} was answered before the deadline: nothing was checked"
         by_subject, by_kv = after["subject"] - before[url]["subject"], after["kv"] - before[url]["kv"]
         assert by_subject + by_kv == in_time, (url, in_time, before[url], after)
         assert by_subject >= before_deadline, f"{url} read answers from KV before the deadline: replies went astray"
+        checked = checked and before_deadline >= 1
+    return checked
 
 
 def test_health_readiness_metrics_no_docs(mesh) -> None:
