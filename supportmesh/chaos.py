@@ -162,15 +162,18 @@ class K8sBackend:
 
 
 def run(backend: Backend, *, interval_s: float, duration_s: float, seed: int | None, dry_run: bool,
-        out=sys.stdout) -> Report:  # type: ignore[no-untyped-def]
-    """Kill one random victim every `interval_s` seconds for `duration_s` seconds."""
+        rounds: int | None = None, out=sys.stdout) -> Report:  # type: ignore[no-untyped-def]
+    """Kill one random victim every `interval_s` seconds for `duration_s` seconds, or until `rounds` rounds
+    (a kill, a failed kill or nothing to kill) have run, whichever comes first."""
     rng = random.Random(seed)
     report = Report(dry_run=dry_run)
     start = time.monotonic()
+    done = 0
     while True:
         elapsed = time.monotonic() - start
-        if elapsed >= duration_s:
+        if elapsed >= duration_s or (rounds is not None and done >= rounds):
             break
+        done += 1
         try:
             victims = backend.victims()
             if victims:
@@ -201,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=30.0, help="seconds to run")
     parser.add_argument("--actors", default="", help="comma-separated actor names (default: all)")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="stop after this many rounds (with --seed: the same victims on any machine)")
     parser.add_argument("--dry-run", action="store_true", help="say what would be killed, kill nothing")
     parser.add_argument("--data-dir", default=".supportmesh", help="local: where endpoints.json is")
     parser.add_argument("--include-nats", action="store_true", help="local: nats-server is a victim too")
@@ -208,8 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--selector", default="app.kubernetes.io/component=actor", help="k8s: pod label selector")
     parser.add_argument("--kubectl", default="kubectl", help="k8s: kubectl binary")
     args = parser.parse_args(argv)
-    if args.interval <= 0 or args.duration <= 0:
-        parser.error("--interval and --duration must be positive")
+    if args.interval <= 0 or args.duration <= 0 or (args.rounds is not None and args.rounds <= 0):
+        parser.error("--interval, --duration and --rounds must be positive")
     actors = {a.strip() for a in args.actors.split(",") if a.strip()} or None
     backend: Backend
     if args.target == "local":
@@ -217,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         backend = K8sBackend(args.namespace, args.selector, actors, args.kubectl)
     try:
-        report = run(backend, interval_s=args.interval, duration_s=args.duration, seed=args.seed, dry_run=args.dry_run)
+        report = run(backend, interval_s=args.interval, duration_s=args.duration, seed=args.seed,
+                     dry_run=args.dry_run, rounds=args.rounds)
     except KeyboardInterrupt:
         return 130
     if report.failures and not report.kills:

@@ -90,7 +90,9 @@ def pod(name: str, actor: str, terminating: bool = False, ready: bool = True) ->
 def run_k8s_chaos(kubectl: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "supportmesh.cli", "chaos", "--target", "k8s", "--kubectl", str(kubectl),
-         "--namespace", "shop", "--interval", "0.2", "--duration", "1", "--seed", "3", *args],
+         # A fixed number of rounds with a fixed seed: the same victims on a fast or a slow machine (a duration
+         # alone gave a loaded machine a single round, which could pick only the pod whose delete fails).
+         "--namespace", "shop", "--interval", "0.05", "--duration", "30", "--rounds", "8", "--seed", "3", *args],
         cwd=REPO, capture_output=True, text=True, timeout=60)
 
 
