@@ -1,7 +1,7 @@
 """A private Docker engine for tests: Debian's `dockerd`, started by hand in a temporary folder, kept off the
 host's networking (no iptables rules, no bridge: containers use `--network host`), stopped by its PID.
 
-Nothing is pulled (no registry is reachable): images are imported or built locally (tests/docker_images.py).
+Nothing is pulled (no registry is reachable): images are imported or built locally (tests/support/docker_images.py).
 """
 
 from __future__ import annotations

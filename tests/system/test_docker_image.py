@@ -1,5 +1,5 @@
-"""The project's image, built and run for real: a private Docker engine (tests/docker_engine.py) builds it on a
-base made without a registry (tests/docker_images.py; cached between runs), then nats-server, redis-server, the
+"""The project's image, built and run for real: a private Docker engine (tests/support/docker_engine.py) builds it on a
+base made without a registry (tests/support/docker_images.py; cached between runs), then nats-server, redis-server, the
 mock APIs, every actor and the gateway run as containers on host networking, as Kubernetes runs the image (one
 image for every process, uid 10001, read-only root filesystem, /data and /tmp writable, no capabilities).
 

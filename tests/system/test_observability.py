@@ -311,7 +311,7 @@ def service_of(actor: str) -> str:
 
 def through_litellm(span: Span) -> bool:
     """Whether an LLM call's GenAI span is of a model LiteLLM serves: every model but the local one, which the
-    LLM client calls directly (tests/test_llm.py checks LiteLLM's span of a hosted model)."""
+    LLM client calls directly (tests/unit/actors/test_llm.py checks LiteLLM's span of a hosted model)."""
     return span.attributes.get("gen_ai.request.model") != LOCAL_LLM_MODEL
 
 
