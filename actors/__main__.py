@@ -68,7 +68,7 @@ def _start_observability(name: str, settings: Settings, ready) -> None:  # type:
         from observability.metrics_server import start_metrics_server
     except ImportError:  # the metrics server module is optional until observability lands
         return
-    port = start_metrics_server(settings.metrics_port, host=settings.metrics_host, ready=ready)
+    port = start_metrics_server(settings.metrics_port, host=settings.metrics_host, ready=ready, service=name)
     log.info("metrics on %s:%s", settings.metrics_host, port, extra={"actor": name})
 
 

@@ -138,7 +138,7 @@ def create_app(faults: Faults | None = None) -> FastAPI:
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+        return {"status": "ok", "service": "mocks"}
 
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:

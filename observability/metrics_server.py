@@ -7,12 +7,16 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import orjson
 from prometheus_client import REGISTRY
 from prometheus_client.exposition import choose_encoder
 
 
-def start_metrics_server(port: int, host: str = "127.0.0.1", ready: Callable[[], bool] | None = None) -> int:
-    """Serve metrics and health on host:port (0 picks a free port); returns the bound port."""
+def start_metrics_server(port: int, host: str = "127.0.0.1", ready: Callable[[], bool] | None = None,
+                         service: str = "") -> int:
+    """Serve metrics and health on host:port (0 picks a free port); returns the bound port. `/healthz` and
+    `/readyz` name `service`, so whoever checks a port can tell that the process it meant is the one answering."""
+    name = orjson.dumps(service)
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
@@ -21,10 +25,11 @@ def start_metrics_server(port: int, host: str = "127.0.0.1", ready: Callable[[],
                 encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
                 self._send(200, encoder(REGISTRY), content_type)
             elif path == "/healthz":
-                self._send(200, b'{"status":"ok"}', "application/json")
+                self._send(200, b'{"status":"ok","service":' + name + b"}", "application/json")
             elif path == "/readyz":
                 ok = ready() if ready else True
-                self._send(200 if ok else 503, b'{"status":"ready"}' if ok else b'{"status":"not ready"}',
+                status = b'"ready"' if ok else b'"not ready"'
+                self._send(200 if ok else 503, b'{"status":' + status + b',"service":' + name + b"}",
                            "application/json")
             else:
                 self._send(404, b'{"detail":"not found"}', "application/json")

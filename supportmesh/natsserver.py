@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,11 +27,23 @@ class NatsServerError(RuntimeError):
     """The server could not be started (bad configuration, missing binary, port in use...)."""
 
 
+# Ports this process has handed out. A port is only free until somebody binds it, and the kernel readily returns
+# the same ephemeral port to two binds in a row: `supportmesh up` once gave two actors the same metrics port,
+# so one of them crash-looped on "address in use" while the other answered its readiness checks.
+_HANDED_OUT: set[tuple[str, int]] = set()
+_HANDED_OUT_LOCK = threading.Lock()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free right now on `host`."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A TCP port that is free right now on `host` and that this process has not handed out before."""
+    with _HANDED_OUT_LOCK:
+        while True:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind((host, 0))
+                port = int(s.getsockname()[1])
+            if (host, port) not in _HANDED_OUT:
+                _HANDED_OUT.add((host, port))
+                return port
 
 
 def find_binary() -> str:

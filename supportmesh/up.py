@@ -55,6 +55,13 @@ def _port(preferred: int, host: str = "127.0.0.1") -> int:
     return free_port(host)
 
 
+def _serves(response: httpx.Response, child: Child) -> bool:
+    """True when `child` itself answered its health check with 200: the answer names its service, so a port that
+    another process holds (the child then crash-loops on "address in use") never counts as this child ready."""
+    expected = child.actor if child.kind == "actor" else child.kind
+    return response.status_code == 200 and response.json().get("service") == expected
+
+
 class LocalMesh:
     """The local deployment: servers, processes, supervision and `endpoints.json`."""
 
@@ -215,8 +222,8 @@ class LocalMesh:
             while pending and time.monotonic() < deadline:
                 for name, child in list(pending.items()):
                     path = "/healthz" if child.kind == "mocks" else "/readyz"
-                    with contextlib.suppress(httpx.HTTPError):
-                        if (await client.get(f"{child.url}{path}")).status_code == 200:
+                    with contextlib.suppress(httpx.HTTPError, ValueError):
+                        if _serves(await client.get(f"{child.url}{path}"), child):
                             pending.pop(name)
                 if pending:
                     await asyncio.sleep(0.25)

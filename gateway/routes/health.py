@@ -21,7 +21,7 @@ def health_router(gw: Gateway) -> APIRouter:
     @router.get("/healthz")
     async def healthz() -> dict[str, str]:
         """Liveness: the process answers."""
-        return {"status": "ok"}
+        return {"status": "ok", "service": "gateway"}
 
     @router.get("/readyz")
     async def readyz() -> JSONResponse:
@@ -42,7 +42,7 @@ def health_router(gw: Gateway) -> APIRouter:
             check("sqlite", gw.history.ping),
         )
         ok = all(v == "ok" for v in checks.values())
-        return JSONResponse({"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503)
+        return JSONResponse({"status": "ready" if ok else "not ready", "service": "gateway", "checks": checks}, status_code=200 if ok else 503)
 
     @router.get("/metrics")
     async def prometheus_metrics(request: Request) -> Response:

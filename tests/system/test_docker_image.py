@@ -150,14 +150,16 @@ class ContainerMesh:
                  env={"SUPPORTMESH_METRICS_PORT": str(port), "OTEL_SERVICE_NAME": f"supportmesh-{actor}"})
 
     def wait_ready(self, urls: dict[str, str], timeout_s: float) -> None:
-        """Wait until every URL answers 200; on a timeout, fail with the logs of the containers that did not."""
+        """Wait until every URL answers 200, our processes naming themselves (so a port another container holds
+        never passes for this one); on a timeout, fail with the logs of the containers that did not."""
         pending = dict(urls)
         deadline = time.monotonic() + timeout_s
         with httpx.Client(timeout=2) as client:
             while pending and time.monotonic() < deadline:
                 for name, url in list(pending.items()):
-                    with contextlib.suppress(httpx.HTTPError):
-                        if client.get(url).status_code == 200:
+                    with contextlib.suppress(httpx.HTTPError, ValueError):
+                        r = client.get(url)
+                        if r.status_code == 200 and (name == "nats" or r.json().get("service") == name):
                             pending.pop(name)
                 if pending:
                     time.sleep(0.25)
