@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -97,6 +98,17 @@ def redis_url(tmp_path_factory):
         yield server.url
     finally:
         server.stop()
+
+
+@pytest.fixture(autouse=True)
+def signal_handlers_left_alone():
+    """Fail the test that leaves a signal handler of its own behind (see tests/support/asgi_server.py): a stale
+    uvicorn handler made every later event stream in the run end at once, far from the test that caused it."""
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    after = {sig: signal.getsignal(sig) for sig in before}
+    leaked = {sig.name: handler for sig, handler in after.items() if handler != before[sig]}
+    assert not leaked, f"the test left signal handlers behind: {leaked}"
 
 
 @pytest.fixture

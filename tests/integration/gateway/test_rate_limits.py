@@ -23,6 +23,7 @@ from starlette.datastructures import Headers
 from gateway.ratelimit import RateLimiter
 from observability import metrics
 
+from tests.support.asgi_server import InProcessServer
 from tests.support.identity import TEST_SECRET, auth
 from tests.support.mesh import LOAD_LIMITS
 
@@ -191,7 +192,7 @@ async def serve(app: Any) -> tuple[str, uvicorn.Server, asyncio.Task]:
     """The app over real HTTP on a free loopback port (its lifespan opens the gateway's connections)."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="on", timeout_graceful_shutdown=2))
+    server = InProcessServer(uvicorn.Config(app, log_config=None, lifespan="on", timeout_graceful_shutdown=2))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     deadline = time.monotonic() + 30
     while not server.started:
