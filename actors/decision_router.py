@@ -1,5 +1,5 @@
-"""decision_router (smart router): escalation for critical sentiment or low confidence, an action plan within
-policy, and the execution step inserted when an action is approved."""
+"""decision_router (smart router): escalation for critical sentiment, low confidence or a customer asking for a
+person, an action plan within policy, and the execution step inserted when an action is approved."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from actors.policy import decide_action, guest_plan
 from actors.registry import ACTION, ESCALATION, route
 from config.settings import Settings
 
+# The intent of a customer who asks for a person (actors/local_model.py, actors/prompts.py).
+HUMAN_REQUEST = "human_request"
 
 
 class DecisionRouter(Actor):
@@ -29,6 +31,9 @@ class DecisionRouter(Actor):
         if p.intent is None or p.intent.confidence < getattr(self, "min_confidence", 0.6):
             return StepResult(enrichment={"action_plan": ActionPlan(reason="low_confidence")},
                               remaining_route=escalate, reason="low_confidence")
+        if p.intent.name == HUMAN_REQUEST:  # the customer asked for a person: hand the conversation over
+            return StepResult(enrichment={"action_plan": ActionPlan(reason=HUMAN_REQUEST)},
+                              remaining_route=escalate, reason=HUMAN_REQUEST)
         if not message.metadata.customer_verified:
             # A guest never causes a side effect: the reply says how to sign in.
             return StepResult(enrichment={"action_plan": guest_plan(p.intent, p.context)})

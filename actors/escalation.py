@@ -141,6 +141,8 @@ def escalation_reason(message: Message, min_confidence: float = 0.6) -> str:
         return "guardrail_failed"
     if p.action_plan is not None and p.action_plan.action != "none" and not p.action_plan.approved:
         return "needs_approval"
+    if p.intent.name == "human_request":
+        return "customer_asked"
     return "handoff"
 
 
@@ -148,6 +150,8 @@ def _opening(reason: str) -> str:
     if reason == "critical_sentiment":
         return ("I'm sorry about this experience. This needs a person's attention, so I've handed your "
                 "conversation to a senior colleague.")
+    if reason == "customer_asked":
+        return "Of course: I've handed your conversation to a colleague, who will answer you here."
     if reason == "needs_approval":
         return "Your request needs a colleague's approval, so I've passed it on with all the details."
     if reason.startswith("error:"):

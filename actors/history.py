@@ -87,6 +87,18 @@ class HistoryStore:
         await self.db.commit()
         return cur.rowcount
 
+    async def record_message(self, *, message_id: str, session_id: str, sender: str, content: str,
+                             route_trace: list[str]) -> None:
+        """Write one row of a conversation a person has taken over (the customer's message, or an agent's
+        reply: `route_trace` ["console:<agent>"] names them), once."""
+        await self.db.execute(
+            "INSERT OR IGNORE INTO messages (message_id, session_id, timestamp, sender, content, route_trace, payload)"
+            " VALUES (?, ?, ?, ?, ?, ?, NULL)",
+            (message_id, session_id, datetime.now(UTC).isoformat(timespec="microseconds"), sender, content,
+             orjson.dumps(route_trace).decode()),
+        )
+        await self.db.commit()
+
     async def has_session(self, session_id: str) -> bool:
         """Whether any message of the session is recorded."""
         cur = await self.db.execute("SELECT 1 FROM messages WHERE session_id = ? LIMIT 1", (session_id,))

@@ -26,6 +26,9 @@ MODEL = "deterministic"
 
 # Ordered: the first matching rule wins.
 INTENT_RULES: list[tuple[str, re.Pattern[str], float]] = [
+    ("human_request", re.compile(r"\b(?:talk|speak|chat|write)\s{1,3}(?:to|with)\s{1,3}(?:a\s{1,3}|an\s{1,3}|some\s{1,3})?"
+                                 r"(?:human|person|real person|agent|representative|someone|somebody|colleague)\b|"
+                                 r"\bhuman (?:agent|being)\b|\breal person\b"), 0.9),
     ("cancel_order", re.compile(r"\bcancel\w*\b"), 0.92),
     ("refund_request", re.compile(r"\brefund\w*\b|\bmoney back\b|\breimburse\w*\b|\bchargeback\b"), 0.92),
     ("replacement_request", re.compile(r"\breplace\w*\b|\bexchange\b|\bsend (?:me )?(?:a )?(?:new|another)\b"), 0.88),
@@ -40,6 +43,23 @@ INTENT_RULES: list[tuple[str, re.Pattern[str], float]] = [
                                     r"\btier\b|\bemail address\b|\bmy address\b|\bprofile\b"), 0.82),
 ]
 ACTIONS = frozenset({"cancel_order", "refund_request", "replacement_request"})
+# A whole message that is only a greeting, thanks, an acknowledgement or a goodbye ("Hi", "thanks!", "ok", "bye"):
+# conversation, answered in kind, never a failure to understand. Anchored and bounded (each part a fixed
+# alternation, separators at most a few characters), so it runs in linear time on any input.
+_POLITE = r"(?:please|again|so much|very much|a lot|lots|all|there|everyone|team|guys|folks|now|then|for now)"
+SMALL_TALK: dict[str, re.Pattern[str]] = {
+    "greeting": re.compile(r"^(?:hi|hello|hey|hiya|howdy|good (?:morning|afternoon|evening)|greetings)"
+                           r"(?:[ ,]{1,3}" + _POLITE + r")?[ !.,:)]{0,5}$"),
+    "thanks": re.compile(r"^(?:thanks|thank you|thx|ty|cheers|many thanks|thanks a lot|much appreciated)"
+                         r"(?:[ ,]{1,3}" + _POLITE + r"){0,2}[ !.,:)]{0,5}$"),
+    "goodbye": re.compile(r"^(?:bye|goodbye|bye bye|see you|see ya|have a (?:good|nice|great) (?:day|one))"
+                          r"(?:[ ,]{1,3}" + _POLITE + r")?[ !.,:)]{0,5}$"),
+    "acknowledgement": re.compile(r"^(?:ok|okay|k|kk|alright|all right|got it|great|perfect|cool|nice|fine|"
+                                  r"sounds good|understood|sure|noted)(?:[ ,]{1,3}(?:thanks|thank you))?"
+                                  r"[ !.,:)]{0,5}$"),
+}
+# How short a message must be to be small talk at all (the patterns are matched on nothing longer).
+SMALL_TALK_MAX_CHARS = 40
 # "I don't want a refund", "no need to cancel": an action the customer declines is not a request for it.
 NEGATED_ACTION = re.compile(
     r"\b(?:don'?t|do not|didn'?t|never|no need to|not|no)\s+(?:(?:want|need|ask(?:ed)?\s+for|asking\s+for)\s+)?"
@@ -58,9 +78,20 @@ COMMON_WORDS = frozenset(
 )
 
 
+def small_talk_kind(text: str) -> str | None:
+    """Which kind of small talk a whole message is (greeting, thanks, goodbye, acknowledgement), or None."""
+    lowered = " ".join(text.lower().split())
+    if len(lowered) > SMALL_TALK_MAX_CHARS:
+        return None
+    return next((kind for kind, pattern in SMALL_TALK.items() if pattern.match(lowered)), None)
+
+
 def analyze_intent(text: str) -> dict[str, Any]:
     """Intent, entities and confidence of a customer message, by rules."""
     lowered = text.lower()
+    if small_talk_kind(text) is not None:
+        return {"intent": "small_talk", "entities": {"order_number": None, "tracking_number": None,
+                                                     "product": None, "amount": None}, "confidence": 0.95}
     found = {
         "order_number": entities.order_number(text),
         "tracking_number": entities.tracking_number(text),
@@ -121,8 +152,24 @@ def _guest_reply(order: dict[str, Any], tracking: dict[str, Any], plan: dict[str
     return parts
 
 
+SMALL_TALK_REPLIES = {
+    "greeting": "Hello! I can help with order status, deliveries, cancellations, replacements and refunds: "
+                "what can I do for you?",
+    "thanks": "You're welcome! Is there anything else I can help you with?",
+    "goodbye": "Goodbye, and thank you for contacting us. Have a great day!",
+    "acknowledgement": "Great. Is there anything else I can help you with?",
+}
+
+
+def small_talk_reply(text: str) -> str:
+    """A friendly answer to small talk, in kind (a greeting for a greeting, "you're welcome" for thanks)."""
+    return SMALL_TALK_REPLIES.get(small_talk_kind(text) or "", SMALL_TALK_REPLIES["acknowledgement"])
+
+
 def compose_response(data: dict[str, Any], careful: bool = False) -> str:
     """A reply grounded only in `data` (the response prompt's data block)."""
+    if (data.get("intent") or {}).get("name") == "small_talk":
+        return small_talk_reply(str(data.get("customer_message", "")))
     customer = data.get("customer") or {}
     order = data.get("order") or {}
     tracking = data.get("tracking") or {}

@@ -12,7 +12,8 @@ import orjson
 
 INTENTS = (
     "order_status", "delivery_complaint", "refund_request", "cancel_order", "product_issue",
-    "replacement_request", "account_question", "general_inquiry",
+    "replacement_request", "account_question", "general_inquiry", "small_talk",
+    "human_request",
 )
 INTENT_TASK = "TASK: intent_analysis"
 RESPONSE_TASK = "TASK: customer_response"

@@ -4,6 +4,12 @@ KV and answers the waiting gateway. Every write is idempotent: the step may run 
 It also delivers the answer of a saga that failed elsewhere (the runtime routes it here with the reply set
 and the outcome `failed`), so that answer is in the history like any other.
 
+An escalated answer with a handoff ticket opens the session's hand-over (actors/handover.py): the customer's
+next messages go to the support team's queue instead of the bot. It is opened here, not by the gateway that
+relays the answer, because this step runs for every answered saga, also when no gateway waits for it any more
+(the customer left, or the saga outlived the chat deadline and the sweeper finished it), and it runs until
+it is recorded (a retried step opens it once: the script keys it by message).
+
 Being the one process that writes the history, it also enforces its retention: every
 `history_prune_interval_s` it deletes rows older than `history_retention_days`, in batches."""
 
@@ -17,6 +23,7 @@ from typing import Any
 
 from actors.base import Actor, StepContext
 from actors.domain import Message
+from actors.handover import escalation_of
 from actors.history import HistoryStore
 from actors.results import build_result
 from actors.sessions import SessionStore
@@ -57,6 +64,22 @@ class ResponseAggregator(Actor):
         with contextlib.suppress(Exception):  # session state is a cache; history and KV are the record
             await self.sessions.set_state(session_id, last_message_id=message_id, status=status)
 
+    async def _open_handover(self, message: Message, ctx: StepContext) -> None:
+        """Hand the session to a person when the saga opened a handoff ticket (escalated, or failed for good)."""
+        ticket_id, reason = escalation_of(await ctx.history())
+        if ticket_id is None:
+            return
+        try:
+            opened = await self.sessions.handovers.open(
+                session_id=message.session_id, message_id=message.message_id, owner=message.owner,
+                customer_email=message.payload.customer_email, ticket_id=ticket_id, reason=reason,
+                customer_message=message.payload.customer_message)
+        except Exception as exc:  # Redis down: the ticket still reaches a person; the chat stays with the bot
+            ctx.log.error("could not open the hand-over of session %s: %s", message.session_id, exc)
+            return
+        if opened:
+            ctx.log.info("session handed over to a person (ticket %s, %s)", ticket_id, reason)
+
     async def handle(self, message: Message, ctx: StepContext) -> dict[str, Any]:
         result = build_result(message, ctx.trace_id)
         taken = message.route.steps[: message.route.current_step + 1]
@@ -72,6 +95,9 @@ class ResponseAggregator(Actor):
             self._set_session_state(message.session_id, message.message_id, result.status),
             ctx.save_result(result),
         )
+        if result.status == "escalated":
+            # Before the answer: the customer's next message, however quick, already finds the hand-over.
+            await self._open_handover(message, ctx)
         if message.metadata.reply_subject:
             await ctx.publish_reply(message.metadata.reply_subject, result.to_bytes())
         return {}

@@ -1,6 +1,8 @@
 """Session state in Redis, with the specification's keys (JSON values, with a TTL):
 
-- `session:{id}:state`   — last_message_id, last_activity, status (active / escalated / resolved)
+- `session:{id}:state`   — last_message_id, last_activity, status: `active` (a saga is running), `resolved` /
+  `escalated` (the last answer's), or `handover` (a person has the conversation: actors/handover.py). While a
+  hand-over is open the status stays `handover` whatever a late saga writes; the gateway reads it.
 - `session:{id}:context` — customer_email, customer_id, recent_orders, last_order_id
 - `session:{id}:owner`   — who the session belongs to (`customer:<email>` or `guest`; a plain string, set once by
   the gateway, kept as long as sagas are)
@@ -14,10 +16,20 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
+from actors.handover import HANDOVER_STATUS, HandoverStore, handover_key, state_key
 
-def state_key(session_id: str) -> str:
-    """Redis key of a session's state."""
-    return f"session:{session_id}:state"
+# KEYS: state, hand-over. ARGV: the state JSON, the same with status `handover`, ttl. An open hand-over keeps
+# the status `handover` (a saga that finishes while a person has the session does not give it back to the bot).
+_SET_STATE = """
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+return 1
+"""
+
+__all__ = ["SessionStore", "context_key", "owner_key", "state_key"]
 
 
 def owner_key(session_id: str) -> str:
@@ -36,6 +48,8 @@ class SessionStore:
     def __init__(self, url: str, ttl_s: int) -> None:
         self.redis = aioredis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
         self.ttl_s = ttl_s
+        self.handovers = HandoverStore(self.redis, ttl_s)
+        self._set_state = self.redis.register_script(_SET_STATE)
 
     async def close(self) -> None:
         """Close the connection pool."""
@@ -53,11 +67,19 @@ class SessionStore:
         """The session's state, or None."""
         return await self._get(state_key(session_id))
 
+    async def status(self, session_id: str) -> str | None:
+        """The session's status (`handover` while a person has it), or None for a session with no state."""
+        state = await self.get_state(session_id)
+        return str(state.get("status")) if state else None
+
     async def set_state(self, session_id: str, *, last_message_id: str, status: str) -> None:
-        """Record the session's latest message and status (and refresh the TTL)."""
+        """Record the session's latest message and status (and refresh the TTL); while a hand-over is open the
+        status stays `handover`."""
         value = {"last_message_id": last_message_id, "status": status,
                  "last_activity": datetime.now(UTC).isoformat(timespec="seconds")}
-        await self.redis.set(state_key(session_id), orjson.dumps(value), ex=self.ttl_s)
+        held = {**value, "status": HANDOVER_STATUS}
+        await self._set_state(keys=[state_key(session_id), handover_key(session_id)],
+                              args=[orjson.dumps(value), orjson.dumps(held), self.ttl_s])
 
     async def get_owner(self, session_id: str, *, refresh_s: float | None = None) -> str | None:
         """Who the session belongs to, or None; `refresh_s` also extends the binding's lifetime."""

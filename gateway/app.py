@@ -26,6 +26,7 @@ from config.settings import Settings, get_settings
 from gateway.middleware import add_middleware
 from gateway.ratelimit import RateLimited, RateLimiter, handle_rate_limited, rate_limit
 from gateway.routes.chat import chat_router
+from gateway.routes.console import console_router
 from gateway.routes.health import health_router
 from gateway.routes.sagas import sagas_router
 from gateway.routes.sessions import sessions_router
@@ -86,6 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(chat_router(gw, chat_route))
     app.include_router(sagas_router(gw))
     app.include_router(sessions_router(gw))
+    app.include_router(console_router(gw))
     app.include_router(config_router(settings))
     app.include_router(health_router(gw))
     app.include_router(pages_router(web_dir))

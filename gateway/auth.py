@@ -7,10 +7,16 @@ optional. Without a token the caller is a guest. Identity never comes from a req
 Every saga and session has an owner: `customer:<email>` when a verified customer started it, else `guest`. A
 customer reads what their `sub` owns; a guest reads what was started in a session whose id they present (the
 server-issued, unguessable session id is the guest's capability, sent as `X-Session-Id`). Anything else is 404.
+
+A support agent's token (`supportmesh token --agent NAME`) is signed the same way, with `sub` = the agent's name
+and `"role": "agent"`. It opens the console's API (`/api/console/...`) and nothing else: on the customers' routes
+an agent token is refused with 403, so it can never read or write as a customer (agents read conversations through
+the console's routes, which say whose they are).
 """
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -26,6 +32,9 @@ from gateway.schemas import EMAIL
 ALGORITHM = "HS256"
 SESSION_HEADER = "X-Session-Id"
 SECRET_FILE = Path("secrets") / "auth-secret"
+AGENT_ROLE = "agent"
+# An agent's name: what the console shows the customer ("Alice"), so letters, digits and a few separators.
+AGENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@ -]{0,63}$")
 
 
 class AuthError(ValueError):
@@ -40,8 +49,36 @@ def mint_token(secret: str, email: str, ttl_s: float, *, now: float | None = Non
     return jwt.encode({"sub": email.lower(), "iat": issued, "exp": issued + int(ttl_s)}, secret, algorithm=ALGORITHM)
 
 
+def mint_agent_token(secret: str, name: str, ttl_s: float, *, now: float | None = None) -> str:
+    """A support agent's token for `name` (`"role": "agent"`), valid for `ttl_s` seconds."""
+    if not secret:
+        raise AuthError("no auth secret configured")
+    if not AGENT_NAME.match(name):
+        raise AuthError("an agent's name is 1-64 letters, digits, spaces or . _ @ -")
+    issued = int(now if now is not None else time.time())
+    return jwt.encode({"sub": name, "role": AGENT_ROLE, "iat": issued, "exp": issued + int(ttl_s)}, secret,
+                      algorithm=ALGORITHM)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What a valid token proves: a customer's email, or an agent's name (`role` "agent")."""
+
+    sub: str
+    role: str = "customer"
+
+
 def verify_token(secret: str, token: str, *, leeway_s: float = 30.0) -> str:
-    """The customer's email a token proves; raises AuthError with the reason otherwise."""
+    """The customer's email a customer token proves; raises AuthError with the reason otherwise (an agent's
+    token proves no customer)."""
+    identity = verify_identity(secret, token, leeway_s=leeway_s)
+    if identity.role != "customer":
+        raise AuthError("this is an agent's token, not a customer's")
+    return identity.sub
+
+
+def verify_identity(secret: str, token: str, *, leeway_s: float = 30.0) -> Identity:
+    """Who a token proves (a customer or an agent); raises AuthError with the reason otherwise."""
     if not secret:
         raise AuthError("this gateway verifies no tokens (no auth secret configured)")
     try:
@@ -58,18 +95,31 @@ def verify_token(secret: str, token: str, *, leeway_s: float = 30.0) -> str:
     except jwt.InvalidTokenError as exc:
         raise AuthError(f"token is invalid: {exc}") from None
     sub = claims.get("sub")
+    role = claims.get("role", "customer")
+    if role == AGENT_ROLE:
+        if not isinstance(sub, str) or not AGENT_NAME.match(sub):
+            raise AuthError("token subject is not an agent's name")
+        return Identity(sub=sub, role=AGENT_ROLE)
+    if role != "customer":
+        raise AuthError("token has an unknown role")
     if not isinstance(sub, str) or not EMAIL.match(sub):
         raise AuthError("token subject is not an email address")
-    return sub.lower()
+    return Identity(sub=sub.lower())
 
 
 @dataclass(frozen=True)
 class Caller:
-    """Who sent a request: a verified customer (`email`), or a guest (`email` None). `session_id` is the
-    session a guest presents as their capability (the `X-Session-Id` header)."""
+    """Who sent a request: a verified customer (`email`), a support agent (`agent`, their name), or a guest
+    (neither). `session_id` is the session a guest presents as their capability (the `X-Session-Id` header)."""
 
     email: str | None = None
     session_id: str | None = None
+    agent: str | None = None
+
+    @property
+    def role(self) -> str:
+        """"agent", "customer" or "guest"."""
+        return AGENT_ROLE if self.agent else "customer" if self.email else "guest"
 
     @property
     def verified(self) -> bool:
@@ -106,9 +156,12 @@ def caller_from(request: Request, secret: str, leeway_s: float) -> Caller:
     if scheme.lower() != "bearer" or not token.strip():
         raise unauthorized("Authorization must be 'Bearer <token>'")
     try:
-        return Caller(email=verify_token(secret, token.strip(), leeway_s=leeway_s), session_id=session)
+        identity = verify_identity(secret, token.strip(), leeway_s=leeway_s)
     except AuthError as exc:
         raise unauthorized(str(exc)) from None
+    if identity.role == AGENT_ROLE:
+        return Caller(agent=identity.sub, session_id=session)
+    return Caller(email=identity.sub, session_id=session)
 
 
 def secret_path(data_dir: str | Path) -> Path:

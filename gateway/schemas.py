@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -59,7 +59,57 @@ class DemoSignIn(BaseModel):
 
 
 class ChatResponse(ChatAnswer):
-    """The agent's answer."""
+    """The agent's answer; `with_agent` when a person has the conversation (no saga ran: the message went to
+    the support team's queue, and the agent's reply comes on the session's events)."""
+
+    status: Literal["resolved", "escalated", "with_agent"]  # type: ignore[assignment]
+
+
+class QueueItem(BaseModel):
+    """One item of the support team's queue: an open hand-over (a person has the conversation), or a saga
+    waiting for a person's approval (`approval`: wired to the saga engine's waits next)."""
+
+    kind: Literal["handover", "approval"]
+    session_id: str
+    message_id: str = Field(description="the escalated message (a hand-over) or the waiting saga (an approval)")
+    customer_email: str
+    verified: bool = Field(description="false: a guest, the email is only what they typed")
+    ticket_id: str | None = None
+    reason: str = ""
+    opened_at: float
+    customer_messages: int = Field(0, description="messages the customer wrote since a person took over")
+    agent_replies: int = 0
+    last_customer_message: str = ""
+    last_customer_at: float | None = None
+    last_agent: str | None = None
+    proposed_action: dict[str, Any] | None = None
+
+
+class Queue(BaseModel):
+    """The support team's queue, oldest first."""
+
+    items: list[QueueItem]
+
+
+class AgentReply(BaseModel):
+    """An agent's reply to the customer of a hand-over."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    text: str = Field(min_length=1, max_length=MAX_MESSAGE_CHARS)
+
+    @field_validator("text")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        return refused_if(text_problem(value), value)
+
+
+class Decision(BaseModel):
+    """An agent's decision on a saga waiting for approval (a note is required to deny)."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    note: str = Field(default="", max_length=2000)
 
 
 class ChatPending(BaseModel):

@@ -59,6 +59,15 @@ RATE_LIMITER_ERRORS = Counter(
 )
 OPEN_STREAMS = Gauge("supportmesh_gateway_open_streams", "Event streams this gateway serves now.")
 CHATS_IN_FLIGHT = Gauge("supportmesh_chats_in_flight", "Chats the gateway is waiting on.")
+# Hand-overs (a person has the conversation): the open ones are shared state (Redis), so every gateway reports
+# the same count when it last looked (each queue read, chat to an agent, reply and close): take the max.
+HANDOVERS_OPEN = Gauge("supportmesh_handovers_open", "Sessions a person has taken over, as last counted.")
+HANDOVER_MESSAGES = Counter("supportmesh_handover_messages_total",
+                            "Messages of hand-over conversations, by sender (customer, agent).", ["sender"])
+HANDOVER_DURATION_SECONDS = Histogram(
+    "supportmesh_handover_duration_seconds", "How long a session stayed with a person (on close).",
+    buckets=(10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 28800, 86400),
+)
 LLM_LATENCY_SECONDS = Histogram(
     "supportmesh_llm_latency_seconds", "LLM call latency by model.", ["model", "purpose"], buckets=LATENCY_BUCKETS
 )
@@ -142,3 +151,5 @@ def init_gateway_series() -> None:
         CHAT_LATENCY_SECONDS.labels(status)
     for check in ("rate_limit", "stream_cap"):
         RATE_LIMITER_ERRORS.labels(check)
+    for sender in ("customer", "agent"):
+        HANDOVER_MESSAGES.labels(sender)

@@ -15,7 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "gateway": ("gateway.server", "run the HTTP gateway"),
     "mocks": ("mocks.server", "run the mock customer, orders and tracking APIs"),
     "chat": ("supportmesh.chat", "send one message to a running mesh and print the answer"),
-    "token": ("supportmesh.token", "print a customer token for local use: supportmesh token EMAIL"),
+    "token": ("supportmesh.token", "print a token for local use: supportmesh token EMAIL | --agent NAME"),
     "chaos": ("supportmesh.chaos", "kill random actor processes (local) or pods (k8s)"),
     "demo": ("supportmesh.demo", "run the runtime demo: toy actors and their saga log"),
     "secrets": ("supportmesh.k8s_secrets", "print fresh Kubernetes Secrets for the NATS and Redis credentials"),

@@ -4,7 +4,8 @@ One account (the global one, so monitoring and KEDA's `$G` keep working) and one
 permission is an allow list, so whatever is not named is refused. A user's subjects:
 
 - gateway: publish the first step of a route, write the saga log (`saga_started`) and the saga's state, read the
-  three buckets; receive replies on `supportmesh.reply.*`.
+  three buckets; receive replies on `supportmesh.reply.*`; publish and receive the sessions' live events
+  (`supportmesh.session.*`: an agent's reply, the close of a hand-over), between gateways only.
 - every actor: fetch from its own durable consumer and ack its deliveries, publish to the actor subjects (the next
   hop), write saga-log events. The answering actors (response aggregator, escalation router) also write the saga
   state and the chat results and publish replies; no other actor can forge an answer or move a saga's status.
@@ -23,11 +24,13 @@ from typing import Any
 
 from actors.domain import ANSWERING_ACTOR, ERROR_HANDLER, HAPPY_PATH, SUBJECT_PREFIX
 from actors.results import RESULTS_BUCKET
+from gateway.live import SESSION_SUBJECT_PREFIX
 from saga.log import LOG_BUCKET, RUNNING_BUCKET, STATE_BUCKET
 from saga.recovery import LEASE_BUCKET
 from saga.transport import inbox_prefix
 
 REPLY_SUBJECTS = "supportmesh.reply.*"
+SESSION_SUBJECTS = f"{SESSION_SUBJECT_PREFIX}.*"
 OPERATOR = "operator"
 GATEWAY = "gateway"
 # The steps a gateway starts a saga at (every route it builds begins with the happy path's first step).
@@ -77,8 +80,8 @@ def permissions(user: str, stream: str = "SUPPORT") -> dict[str, Any] | None:
     if user == GATEWAY:
         publish += [f"{SUBJECT_PREFIX}.{step}" for step in FIRST_STEPS]
         publish += [*_write_bucket(STATE_BUCKET), *_read_bucket(STATE_BUCKET), *_write_bucket(RUNNING_BUCKET),
-                    *_read_bucket(RESULTS_BUCKET)]
-        subscribe.append(REPLY_SUBJECTS)
+                    *_read_bucket(RESULTS_BUCKET), SESSION_SUBJECTS]
+        subscribe += [REPLY_SUBJECTS, SESSION_SUBJECTS]
         return {"publish": {"allow": publish}, "subscribe": {"allow": subscribe}}
     publish += [f"{SUBJECT_PREFIX}.*", *_consume(stream, user)]
     if user in ANSWERING_ACTORS:

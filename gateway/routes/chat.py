@@ -18,6 +18,7 @@ from opentelemetry.trace import SpanKind
 from actors.domain import GUEST_EMAIL, new_message, subject_for
 from actors.domain import Message as SagaMessage
 from actors.results import ChatResult
+from gateway import handover
 from gateway.idempotency import IDEMPOTENCY_HEADER, earlier_attempt, message_id_for
 from gateway.replies import REPLIES
 from gateway.routes.common import caller, chat_response, check_id, claim_session, log
@@ -64,6 +65,9 @@ def chat_router(gw: Gateway, chat_route: tuple[str, ...]) -> APIRouter:
         if who.verified and body.customer_email and body.customer_email != who.email:
             raise HTTPException(403, "customer_email does not match the signed-in customer")
         await claim_session(gw, body.session_id, who)
+        # A person has this conversation: the message goes to the support team's queue, no saga starts.
+        if (to_agent := await _with_agent(gw, body.session_id, body.message)) is not None:
+            return to_agent
         started = time.perf_counter()
         metrics.CHATS_IN_FLIGHT.inc()
         message = new_message(
@@ -181,6 +185,16 @@ async def _wait_for_result(gw: Gateway, message_id: str, waiter: asyncio.Future[
     REPLIES.labels("subject").inc()
     return result
 
+
+
+async def _with_agent(gw: Gateway, session_id: str, text: str) -> dict[str, Any] | None:
+    """The `with_agent` answer when a person has the session; None when the bot answers (also when the session
+    store cannot tell: the customer is answered rather than refused)."""
+    try:
+        return await handover.with_agent(gw, session_id, text)
+    except Exception:
+        log.warning("could not read the session's hand-over; the bot answers", exc_info=True)
+        return None
 
 
 async def _touch_session(gw: Gateway, session_id: str, message_id: str, status: str) -> None:

@@ -9,7 +9,7 @@ from fastapi import HTTPException, Request
 
 from actors.results import ChatResult
 from config.settings import Settings
-from gateway.auth import Caller, caller_from
+from gateway.auth import Caller, caller_from, unauthorized
 from gateway.schemas import ChatResponse
 from gateway.state import Gateway
 from saga.protocol import MESSAGE_ID
@@ -18,8 +18,23 @@ log = logging.getLogger("supportmesh.gateway")
 
 
 def caller(request: Request, settings: Settings) -> Caller:
-    """Who sent the request (401 for a token that proves nothing)."""
-    return caller_from(request, settings.auth_secret, settings.auth_leeway_s)
+    """Who sent a request to a customer route (401 for a token that proves nothing; 403 for an agent's token:
+    agents use the console's routes, never a customer's)."""
+    who = caller_from(request, settings.auth_secret, settings.auth_leeway_s)
+    if who.agent is not None:
+        raise HTTPException(403, "an agent's token is not accepted here: use the console's API (/api/console)")
+    return who
+
+
+def agent_caller(request: Request, settings: Settings) -> Caller:
+    """The support agent sending a request to a console route: 401 without a valid token, 403 for anyone else's
+    (a customer's token, or a guest)."""
+    if request.headers.get("authorization") is None:
+        raise unauthorized("the console needs an agent's token (supportmesh token --agent NAME)")
+    who = caller_from(request, settings.auth_secret, settings.auth_leeway_s)
+    if who.agent is None:
+        raise HTTPException(403, "only support agents may use the console")
+    return who
 
 
 def check_id(message_id: str) -> None:

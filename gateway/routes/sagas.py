@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -54,26 +54,33 @@ def sagas_router(gw: Gateway) -> APIRouter:
         """The saga log of one message: its state, every event in order, and the result (the owner's only)."""
         check_id(message_id)
         who = caller(request, settings)
-        gw.require_nats()
-        state, events, result = await asyncio.gather(
-            gw.saga.state(message_id), gw.saga.history(message_id), gw.results.get(message_id)
-        )
-        if state is None and not events:
-            raise HTTPException(404, f"no saga for message {message_id}")
-        if not any(r is not None and who.may_read(r.owner, r.session_id) for r in (state, result)):
-            raise HTTPException(404, f"no saga for message {message_id}")
-        state_doc = state.model_dump(mode="json", exclude={"revision"}) if state else None
-        if state_doc is not None and events:
-            # The log is where the saga is: its last event (the state record changes on transitions only).
-            state_doc.update(step_index=events[-1].step_index, actor=events[-1].actor, updated_at=events[-1].ts)
-        return {
-            "message_id": message_id,
-            "state": state_doc,
-            "events": [e.model_dump(mode="json") for e in events],
-            "result": result.model_dump(mode="json") if result else None,
-        }
+        return await saga_document(gw, message_id, who.may_read)
 
     return router
+
+
+async def saga_document(gw: Gateway, message_id: str,
+                        may_read: Callable[[str | None, str | None], bool]) -> dict[str, Any]:
+    """The saga log of one message (state, events in order, result) if `may_read(owner, session_id)` allows
+    it; 404 otherwise, and for a message with no saga. The customer's read and the console's."""
+    gw.require_nats()
+    state, events, result = await asyncio.gather(
+        gw.saga.state(message_id), gw.saga.history(message_id), gw.results.get(message_id)
+    )
+    if state is None and not events:
+        raise HTTPException(404, f"no saga for message {message_id}")
+    if not any(r is not None and may_read(r.owner, r.session_id) for r in (state, result)):
+        raise HTTPException(404, f"no saga for message {message_id}")
+    state_doc = state.model_dump(mode="json", exclude={"revision"}) if state else None
+    if state_doc is not None and events:
+        # The log is where the saga is: its last event (the state record changes on transitions only).
+        state_doc.update(step_index=events[-1].step_index, actor=events[-1].actor, updated_at=events[-1].ts)
+    return {
+        "message_id": message_id,
+        "state": state_doc,
+        "events": [e.model_dump(mode="json") for e in events],
+        "result": result.model_dump(mode="json") if result else None,
+    }
 
 
 async def _event_stream(gw: Gateway, message_id: str, request: Request, *,

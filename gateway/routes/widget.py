@@ -59,13 +59,18 @@ def config_router(settings: Settings) -> APIRouter:
 
 
 def pages_router(web_dir: Path) -> APIRouter:
-    """The widget's and the saga timeline's pages (not part of the API docs)."""
+    """The widget's, the saga timeline's and the agents' console's pages (not part of the API docs)."""
     router = APIRouter()
 
     @router.get("/", include_in_schema=False)
     @router.get("/widget.html", include_in_schema=False)
     async def widget() -> FileResponse:
         return FileResponse(web_dir / "widget.html")
+
+    @router.get("/console", include_in_schema=False)
+    @router.get("/console.html", include_in_schema=False)
+    async def console() -> FileResponse:
+        return FileResponse(web_dir / "console.html")
 
     @router.get("/saga.html", include_in_schema=False)
     async def saga_page() -> FileResponse:

@@ -22,6 +22,10 @@ class FakeContext:
         self.trace_id = "0" * 31 + "1"
         self.records: list[tuple[str, dict[str, Any], int]] = []
         self.replies: list[tuple[str, bytes]] = []
+        self.events: list[Any] = []  # the saga log `history()` returns (SagaEvents)
+
+    async def history(self) -> list[Any]:
+        return list(self.events)
 
     async def record(self, kind: str, data: dict[str, Any], *, seq: int = 0) -> bool:
         self.records.append((kind, data, seq))

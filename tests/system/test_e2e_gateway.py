@@ -95,7 +95,9 @@ def test_history_rows_and_session_state(mesh) -> None:
 
     r = redis.Redis.from_url(redis_url(mesh.endpoints), decode_responses=True)
     state = json.loads(r.get(f"session:{session}:state"))
-    assert state["last_message_id"] == second["message_id"] and state["status"] == "escalated"
+    # Escalated with a handoff ticket: a person has the session now (the status the chat route reads).
+    assert state["last_message_id"] == second["message_id"] and state["status"] == "handover"
+    assert r.hget(f"session:{session}:handover", "message_id") == second["message_id"]
     assert 0 < r.ttl(f"session:{session}:state")
     context = json.loads(r.get(f"session:{session}:context"))
     assert context["customer_id"] == "cust_001" and context["customer_email"] == "user@example.com"

@@ -440,7 +440,9 @@ MUST_SHOW: dict[str, list[dict[str, str]]] = {
     "Steps per second by actor and outcome": [{"outcome": "retried"}, {"outcome": "completed"}],
 }
 # Gauges of a mesh at rest: a finite value (zero allowed).
-AT_REST = {"Chats in flight at the gateway", "Consumer backlog (pending)", "Delivered, not yet acked"}
+# "Waiting for a person": hand-overs, which the load opens none of.
+AT_REST = {"Chats in flight at the gateway", "Consumer backlog (pending)", "Delivered, not yet acked",
+           "Waiting for a person"}
 
 
 def query(prom: str, expr: str) -> tuple[str, list[tuple[dict, float]]]:

@@ -30,6 +30,7 @@ from saga.log import SagaLog
 from saga.protocol import new_message_id
 from supportmesh.credentials import nats_options
 
+from tests.support.waiting import wait_for
 from tests.support import REPO
 from tests.support.chaos_load import build_messages, check_invariants, run_load, sagas_since
 from tests.support.identity import AUTH
@@ -56,17 +57,6 @@ def replica_mesh(tmp_path_factory):
         yield m
     finally:
         m.stop()
-
-
-def wait_for(condition, timeout_s: float, what: str, poll_s: float = 0.2):  # type: ignore[no-untyped-def]
-    """Until `condition()` returns something truthy (returned), or fail saying `what` never happened."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        found = condition()
-        if found:
-            return found
-        assert time.monotonic() < deadline, f"{what} did not happen within {timeout_s}s"
-        time.sleep(poll_s)
 
 
 # ---- 1. two processes per actor, every message handled exactly once ------------------------------------

@@ -74,6 +74,11 @@ SCENARIOS = [
     Scenario("How do I change my account password?", "account_question", ANSWER, "resolved", says=("premium",)),
     Scenario("Hello, can you help me?", "general_inquiry", ANSWER, "resolved", says=("help",)),
     Scenario("Thanks, that is all!", "general_inquiry", ANSWER, "resolved"),
+    # Small talk is conversation, not a failure to understand: answered in kind, no ticket, no escalation.
+    Scenario("Hi", "small_talk", ANSWER, "resolved", says=("Hello!",), never_says=("colleague", "ticket")),
+    Scenario("thanks!", "small_talk", ANSWER, "resolved", says=("welcome",), never_says=("colleague", "ticket")),
+    Scenario("ok", "small_talk", ANSWER, "resolved", says=("anything else",), never_says=("colleague", "ticket")),
+    Scenario("I want to talk to a human", "human_request", HUMAN, "escalated", says=("colleague", "ticket")),
     Scenario("My package hasn't arrived yet", "delivery_complaint", ANSWER, "resolved", says=("Which order",)),
     Scenario("Order 33333 is lost, what now?", "delivery_complaint", ANSWER, "resolved", says=("33333",)),
     Scenario("Please cancel order 99999999", "cancel_order", ANSWER, "resolved", action="cancel",

@@ -53,6 +53,47 @@ export function mountChat(root, { api, operatorLinks = true, autofocus = true })
     if (response.status !== 201) throw new Error(`could not start a conversation (${response.status})`);
     store.set("session", (await response.json()).session_id);
     conversation.replaceChildren();
+    listen();
+  }
+
+  // The session's live events (GET /api/sessions/{id}/events): a colleague's replies while they have the
+  // conversation, and the end of the hand-over. Reconnects after a break, a little later each time.
+  let listening = null;
+  function listen() {
+    if (listening) listening.abort();
+    const controller = new AbortController();
+    listening = controller;
+    const session = store.get("session");
+    let delayMs = 1000;
+    const connect = () => {
+      if (controller.signal.aborted || !session) return;
+      readEvents(`/api/sessions/${encodeURIComponent(session)}/events`, {
+        open: () => { delayMs = 1000; },
+        agent_reply: (data) => { const e = JSON.parse(data); addHuman(e.text, e.agent); },
+        handover_closed: () => addNotice("Our colleague has closed the conversation: the assistant answers again."),
+      }, controller.signal).catch(() => {}).finally(() => {
+        if (controller.signal.aborted) return;
+        setTimeout(connect, delayMs);
+        delayMs = Math.min(delayMs * 2, 30000);
+      });
+    };
+    connect();
+  }
+
+  // A colleague's reply (a person, named), shown as text only.
+  function addHuman(text, agent) {
+    const item = el("li", { class: "bubble agent human", "data-testid": "human-message" });
+    item.append(el("p", { text }));
+    item.append(el("div", { class: "meta" }, el("span", { class: "badge with_agent", "data-testid": "agent-name",
+                                                          text: `${agent || "support"} (support team)` })));
+    conversation.append(item);
+    item.scrollIntoView({ block: "end" });
+  }
+
+  function addNotice(text) {
+    const item = el("li", { class: "notice", "data-testid": "handover-closed", text });
+    conversation.append(item);
+    item.scrollIntoView({ block: "end" });
   }
 
   // Signed in (a token from the shop, or the demo picker) or a guest: the identity row shows which.
@@ -145,7 +186,7 @@ export function mountChat(root, { api, operatorLinks = true, autofocus = true })
     const meta = el("div", { class: "meta" });
     meta.append(el("span", { class: `badge ${result.status}`, "data-testid": "status-badge", text: result.status }));
     meta.append(...actionElements(describeAction(result.action_plan, result.execution_result, events)));
-    meta.append(timelineLink(result.message_id) || "");
+    if (result.status !== "with_agent") meta.append(timelineLink(result.message_id) || "");
     if (operatorLinks && result.trace_id && state.config.jaeger_ui_url) {
       meta.append(el("a", { href: `${state.config.jaeger_ui_url}/trace/${encodeURIComponent(result.trace_id)}`,
                             "data-testid": "trace-link", target: "_blank", rel: "noopener", text: "trace" }));
@@ -322,6 +363,7 @@ export function mountChat(root, { api, operatorLinks = true, autofocus = true })
     if (status !== 200) return;
     for (const row of body.messages) {
       if (row.sender === "customer") addCustomer(row.content);
+      else if (row.agent) addHuman(row.content, row.agent);
       else {
         const id = row.message_id.replace(/:agent$/, "");
         const { body: result } = await getJSON(`/api/chat/${encodeURIComponent(id)}`);
@@ -354,6 +396,7 @@ export function mountChat(root, { api, operatorLinks = true, autofocus = true })
     });
     on("new-conversation", "click", () => newSession().catch((err) => showError(err.message)));
     await restoreHistory();
+    listen();
     showIdentity();
     if (autofocus) $("message").focus();
   }
