@@ -76,3 +76,13 @@ async def test_send_signal_refuses_bad_names_and_payloads_before_any_io() -> Non
     with pytest.raises(ValueError):
         await send_signal(None, None, "m1", "ok", {"x": object()}, subject_prefix="p")  # type: ignore[arg-type]
     assert await send_signal(None, None, "not a valid id!", "ok", {}, subject_prefix="p") == "not_waiting"  # type: ignore[arg-type]
+
+
+def test_a_resumed_step_span_links_to_the_waiting_span() -> None:
+    from observability.hooks import _links
+
+    trace_id, span_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    links = _links([{"traceparent": f"00-{trace_id}-{span_id}-01"}, {"traceparent": "garbage"}])
+    assert len(links) == 1
+    assert format(links[0].context.trace_id, "032x") == trace_id and format(links[0].context.span_id, "016x") == span_id
+    assert _links(None) == []
