@@ -43,13 +43,15 @@ class Settings(BaseSettings):
     session_ttl_s: int = 24 * 3600
     sqlite_path: str = ".supportmesh/history.db"
     # Storage limits (bytes) of every JetStream bucket and stream: a full one refuses writes (the gateway
-    # answers 503) instead of filling the volume. The defaults add up to 1.375 GiB, ~69 % of the 2 Gi NATS
+    # answers 503) instead of filling the volume. The defaults add up to 1.44 GiB, ~72 % of the 2 Gi NATS
     # volume in k8s, leaving room for JetStream's own files and compaction; alerts fire at 80 % of each.
     saga_log_max_bytes: int = Field(default=768 * MIB, ge=-1)
     saga_state_max_bytes: int = Field(default=64 * MIB, ge=-1)
     chat_results_max_bytes: int = Field(default=256 * MIB, ge=-1)
     stream_max_bytes: int = Field(default=256 * MIB, ge=-1)
     deadletter_max_bytes: int = Field(default=64 * MIB, ge=-1)
+    # The durable timers of waits (saga/waits.py): when full, the oldest are dropped and the sweeper fires them.
+    timers_max_bytes: int = Field(default=64 * MIB, ge=-1)
     # Conversation history (SQLite) older than this is deleted, in batches, every `history_prune_interval_s`
     # by the response aggregator (the process that writes it). 0 keeps everything.
     history_retention_days: float = Field(default=90, ge=0)
@@ -94,6 +96,9 @@ class Settings(BaseSettings):
     sweep_interval_s: float = 5.0
     stall_after_s: float = 60.0
     max_sweeps: int = 2
+    # A waiting saga (a step waits for a signal or its durable timer) is never stalled; once its deadline is
+    # `wait_grace_s` past with no wake recorded (its JetStream schedule was lost), the sweeper fires the timer.
+    wait_grace_s: float = Field(default=10.0, gt=0)
     max_ack_pending: int = 256
     # The actor registry of a deployment with actors of its own (`module:attribute`, see actors/registry.py);
     # empty: the built-in one. Every process of the mesh must see the same value.

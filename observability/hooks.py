@@ -9,7 +9,7 @@ import traceback
 from collections.abc import Iterator
 from typing import Any
 
-from opentelemetry.trace import SpanKind, Status, StatusCode, get_current_span
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode, get_current_span
 
 from observability import metrics
 from observability.logs import error_text
@@ -32,10 +32,11 @@ class ObservabilityHooks:
 
     @contextlib.contextmanager
     def step_span(self, actor: str, subject: str, message: Any, hop_id: str, attempt: int,
-                  headers: dict[str, str]) -> Iterator[Any]:
+                  headers: dict[str, str], links: list[dict[str, str]] | None = None) -> Iterator[Any]:
         attrs = messaging_attributes("process", subject, message.message_id, hop_id, actor)
         with tracer().start_as_current_span(messaging_span_name("process", subject), context=extract_context(headers),
-                                            kind=SpanKind.CONSUMER, attributes=attrs) as span:
+                                            kind=SpanKind.CONSUMER, attributes=attrs,
+                                            links=_links(links)) as span:
             span.set_attribute("supportmesh.step_index", message.step_index)
             span.set_attribute("supportmesh.attempt", attempt)
             yield span
@@ -95,8 +96,25 @@ class ObservabilityHooks:
         metrics.JETSTREAM_BYTES.labels(stream).set(used_bytes)
         metrics.JETSTREAM_MAX_BYTES.labels(stream).set(max_bytes)
 
+    def on_wait_started(self, actor: str, signal: str) -> None:
+        metrics.WAITS_STARTED.labels(actor, signal).inc()
+
+    def on_wait_ended(self, actor: str, signal: str, kind: str, waited_s: float) -> None:
+        metrics.WAKES.labels(actor, signal, kind).inc()
+        metrics.observe(metrics.WAIT_SECONDS.labels(actor, kind), waited_s)
+
     def on_started(self, actor: str, *, recovery: bool = False) -> None:
         if recovery:
             metrics.init_recovery_series(self.actors)
         else:
             metrics.init_actor_series(actor)
+
+
+def _links(carriers: list[dict[str, str]] | None) -> list[Link]:
+    """Span links to the spans whose W3C context `carriers` hold (invalid ones are left out)."""
+    out: list[Link] = []
+    for carrier in carriers or ():
+        context = get_current_span(extract_context(carrier)).get_span_context()
+        if context.is_valid:
+            out.append(Link(context))
+    return out

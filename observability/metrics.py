@@ -74,6 +74,14 @@ LLM_LATENCY_SECONDS = Histogram(
 LLM_TOKENS = Counter("supportmesh_llm_tokens_total", "LLM tokens by model and kind (prompt, completion).",
                      ["model", "kind"])
 LLM_FALLBACKS = Counter("supportmesh_llm_fallbacks_total", "Calls that fell back to the local model.", ["model"])
+# Waits (a step suspends its saga until a signal or its durable timer): sagas waiting now, by signal, are
+# `sum by (signal) (supportmesh_waits_started_total) - sum by (signal) (supportmesh_wakes_total)` (a wait may
+# start in one process and end in another, so no process can keep a gauge of them).
+WAITS_STARTED = Counter("supportmesh_waits_started_total", "Sagas suspended by a step until a signal or its timer.",
+                        ["actor", "signal"])
+WAKES = Counter("supportmesh_wakes_total", "Waits ended, by kind (signal, timer).", ["actor", "signal", "kind"])
+WAIT_SECONDS = Histogram("supportmesh_wait_seconds", "How long a saga waited, by how the wait ended.",
+                         ["actor", "kind"], buckets=(1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600, 7 * 24 * 3600))
 CONSUMER_PENDING = Gauge("supportmesh_consumer_pending", "Messages waiting in an actor's consumer.", ["actor"])
 CONSUMER_ACK_PENDING = Gauge(
     "supportmesh_consumer_ack_pending", "Messages delivered to an actor and not yet acked.", ["actor"]
@@ -120,7 +128,8 @@ def init_actor_series(actor: str) -> None:
     """Create an actor's label sets at start, so dashboards show zeros instead of no data (and so that the
     first increment of a counter is seen by `increase()`)."""
     init_saga_event_series()
-    for outcome in ("completed", "memoized", "retried", "failed", "poison", "misrouted", "error"):
+    for outcome in ("completed", "memoized", "retried", "failed", "poison", "misrouted", "error", "waiting",
+                    "timer", "stale", "dropped"):
         ACTOR_MESSAGES.labels(actor, outcome)
     RETRIES.labels(actor)
     for source in ("jetstream", "retry", "sweeper"):

@@ -6,6 +6,10 @@ tracing, metrics) is the runtime's job (`saga.runtime`).
 - A *router* returns a `StepResult` that may also replace the remaining steps of the route.
 - Raise `RetryableError` (or let a timeout / connection error / 5xx escape) for transient failures and
   `PermanentError` for failures that a retry cannot fix.
+- A step may suspend its saga until a named signal arrives or a deadline passes: return
+  `StepResult(wait=Wait(signal, timeout_s, data))`. The step is run again when the wait ends, with
+  `ctx.wakeup` set (`Wakeup`: a signal and its payload, or the timer); it then completes as usual or waits
+  again. Signals are sent with `saga.signals.send_signal`; the mechanism is described in `saga.waits`.
 - An actor may implement `on_saga_failed`: the runtime of its process calls it when it fails a saga for good
   (the error handler's does: its own failures, dead letters, the sweeper), e.g. to hand the saga to a person.
 """
@@ -13,11 +17,53 @@ tracing, metrics) is the runtime's job (`saga.runtime`).
 from __future__ import annotations
 
 import logging
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol
 
 from saga.log import SagaEvent
 from saga.protocol import Message, SagaOutcome
+
+
+# A signal's name: it is part of subjects, keys and metric labels.
+SIGNAL_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+
+
+def check_signal(signal: str) -> str:
+    """The signal name, or ValueError when it is not `[a-z][a-z0-9_]{0,31}`."""
+    if not isinstance(signal, str) or not SIGNAL_NAME.match(signal):
+        raise ValueError(f"invalid signal name {signal!r}: expected [a-z][a-z0-9_]{{0,31}}")
+    return signal
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Suspend the saga at this step until `signal` arrives or `timeout_s` passes (a durable timer); `data`
+    (JSON) says what is pending and is recorded in `wait_started`."""
+
+    signal: str
+    timeout_s: float
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_signal(self.signal)
+        if isinstance(self.timeout_s, bool) or not isinstance(self.timeout_s, (int, float)) \
+                or not math.isfinite(self.timeout_s) or self.timeout_s <= 0:
+            raise ValueError(f"Wait.timeout_s must be a finite number > 0, not {self.timeout_s!r}")
+        if not isinstance(self.data, dict):
+            raise ValueError("Wait.data must be a dict")
+
+
+@dataclass(frozen=True)
+class Wakeup:
+    """Why a waiting step runs again (`StepContext.wakeup`)."""
+
+    kind: Literal["signal", "timer"]
+    signal: str  # the awaited signal's name
+    payload: dict[str, Any]  # the signal's payload ({} for a timer)
+    waited_s: float
+    wait_data: dict[str, Any]  # `Wait.data` of the wait that ended
 
 
 @dataclass
@@ -31,6 +77,10 @@ class StepResult:
     outcome: SagaOutcome | None = None
     # Why the route changed (recorded in the `route_changed` event).
     reason: str = ""
+    # Suspend the saga here until a signal or the timer; the step runs again then (`StepContext.wakeup`).
+    # A waiting result completes nothing: its enrichment, route change and outcome must be empty (else the
+    # step fails with a PermanentError); return them from the run that ends the wait.
+    wait: Wait | None = None
 
 
 class StepContext(Protocol):
@@ -41,6 +91,8 @@ class StepContext(Protocol):
     attempt: int
     settings: Any
     log: logging.LoggerAdapter[logging.Logger]
+    # None on a normal delivery; set when the step runs again because its wait ended.
+    wakeup: Wakeup | None
 
     @property
     def trace_id(self) -> str | None:
@@ -110,4 +162,4 @@ class Actor:
         return None
 
 
-__all__ = ["Actor", "FailureContext", "Message", "StepContext", "StepResult"]
+__all__ = ["Actor", "FailureContext", "Message", "StepContext", "StepResult", "Wait", "Wakeup", "check_signal"]

@@ -9,7 +9,8 @@ page, answered by any server that holds the stream (`allow_direct`), with no sta
     replies  up to N messages (headers Nats-Subject, Nats-Sequence, Nats-Num-Pending), then an end-of-batch
              status message (204 EOB); 404 when nothing matches.
 
-Needs nats-server >= 2.11 (we ship 2.15) and `allow_direct` on the stream (`ensure_direct`).
+Needs nats-server >= 2.11 (we ship 2.15) and `allow_direct` on the stream (`ensure_direct`; `ensure_bucket`
+opens or creates a KV bucket with it).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.errors import BucketNotFoundError
 
 DEFAULT_BATCH = 256
 
@@ -87,3 +90,27 @@ async def ensure_direct(js: Any, stream: str, *, max_bytes: int | None = None) -
         config.max_bytes = max_bytes
     await js.update_stream(config)
     return True
+
+
+async def ensure_bucket(js: Any, name: str, ttl_s: float, max_bytes: int = -1) -> Any:
+    """Open a KV bucket, creating it when missing (file storage, one value per key, retention TTL, at most
+    `max_bytes` (-1 = no limit; a full bucket refuses writes), direct gets on). A bucket created without direct
+    gets (by an older version) gets them turned on, and an existing bucket gets the current size limit."""
+    try:
+        kv = await js.key_value(name)
+    except BucketNotFoundError:
+        try:
+            return await js.create_key_value(
+                KeyValueConfig(bucket=name, history=1, ttl=ttl_s, storage=StorageType.FILE, direct=True,
+                               max_bytes=max_bytes)
+            )
+        except Exception as create_error:
+            # Another process created it between our two calls; else the server's refusal is the error to see
+            # (e.g. "insufficient storage resources": the limits add up to more than JetStream's max_file_store).
+            try:
+                kv = await js.key_value(name)
+            except BucketNotFoundError:
+                raise create_error from None
+    if await ensure_direct(js, f"KV_{name}", max_bytes=max_bytes):
+        kv = await js.key_value(name)
+    return kv

@@ -13,8 +13,10 @@ class StepHooks(Protocol):
     """Called by the runtime and recovery at fixed points. Spans are context managers."""
 
     def step_span(self, actor: str, subject: str, message: Any, hop_id: str, attempt: int,
-                  headers: dict[str, str]) -> contextlib.AbstractContextManager[Any]:
-        """Around one step (a CONSUMER span continuing the hop's trace context from `headers`)."""
+                  headers: dict[str, str], links: list[dict[str, str]] | None = None,
+                  ) -> contextlib.AbstractContextManager[Any]:
+        """Around one step (a CONSUMER span continuing the hop's trace context from `headers`); `links`: W3C
+        carriers of spans it follows from (a resumed step: the step that waited)."""
         ...
 
     def publish_span(self, subject: str, message_id: str, hop_id: str) -> contextlib.AbstractContextManager[Any]:
@@ -75,6 +77,14 @@ class StepHooks(Protocol):
         """An actor's runtime (or recovery, with `recovery`) started: create its series at zero."""
         ...
 
+    def on_wait_started(self, actor: str, signal: str) -> None:
+        """A step of `actor` suspended its saga until `signal` or its timer."""
+        ...
+
+    def on_wait_ended(self, actor: str, signal: str, kind: str, waited_s: float) -> None:
+        """A wait of `actor` ended (kind: signal or timer) after `waited_s`; its step runs again."""
+        ...
+
 
 class NoHooks:
     """Hooks that do nothing."""
@@ -96,3 +106,4 @@ class NoHooks:
 
     on_step_error = on_step_end = on_step_outcome = on_retry = on_redelivery = _ignore
     on_dead_letter = on_saga_event = on_backlog = on_storage = on_started = _ignore
+    on_wait_started = on_wait_ended = _ignore

@@ -15,6 +15,9 @@ JetStream KV.
 - Bucket `saga_running`: the index of sagas not finished yet, one empty key per message: written with the
   state when a saga starts (or is reopened by recovery) and deleted when it reaches a terminal state, so the
   sweeper reads the running sagas only, not every `saga_state` key.
+- Waits (`saga.waits`): `wait_started` is counted per wait at its step; `signal_received` and `timer_fired`
+  share one key per wait (`<message_id>.<step:04d>.wake.<n>`), so the create that writes one decides the
+  wait. A waiting saga's state is `waiting`, with the signal, the wait's number and its deadline.
 """
 
 from __future__ import annotations
@@ -28,16 +31,14 @@ from typing import Any, Literal
 
 import orjson
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import (
-    BucketNotFoundError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
     NoKeysError,
 )
 from pydantic import BaseModel, ConfigDict, Field
 
-from saga.direct import ensure_direct, read_subjects
+from saga.direct import ensure_bucket, read_subjects
 
 LOG_BUCKET = "saga_log"
 STATE_BUCKET = "saga_state"
@@ -60,6 +61,9 @@ EventKind = Literal[
     "dead_lettered",
     "saga_completed",
     "saga_failed",
+    "wait_started",
+    "signal_received",
+    "timer_fired",
 ]
 EVENT_KINDS: frozenset[str] = frozenset(EventKind.__args__)  # type: ignore[attr-defined]
 # Facts that happen at most once per step: their key has no counter.
@@ -67,7 +71,8 @@ ONCE_PER_STEP: frozenset[str] = frozenset(
     {"saga_started", "step_completed", "route_changed", "escalated", "saga_completed", "saga_failed"}
 )
 
-SagaStatus = Literal["running", "completed", "compensating", "escalated", "failed"]
+# `waiting`: a step suspended the saga until a signal or its timer (`saga.waits`); not terminal.
+SagaStatus = Literal["running", "waiting", "completed", "compensating", "escalated", "failed"]
 TERMINAL: frozenset[str] = frozenset({"completed", "escalated", "failed"})
 
 
@@ -96,10 +101,14 @@ class SagaEvent(BaseModel):
                          source if isinstance(source, str) else None)
 
 
-# Kinds counted per side effect (`seq` names the action), not per delivery attempt.
+# Kinds counted per side effect (`seq` names the action) or per wait at the step (`seq` is its number), not
+# per delivery attempt.
 PER_ACTION: frozenset[str] = frozenset(
-    {"action_executed", "compensation_started", "compensation_completed", "compensation_failed"}
+    {"action_executed", "compensation_started", "compensation_completed", "compensation_failed", "wait_started"}
 )
+# The two ways a wait ends share one key per wait (`<id>.<step>.wake.<n>`): the `create` that writes one of
+# them is the decision, and the other can never be written for that wait.
+WAKE_KINDS: frozenset[str] = frozenset({"signal_received", "timer_fired"})
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -111,6 +120,8 @@ def event_key(message_id: str, step_index: int, kind: str, attempt: int = 1, seq
         return base
     if kind in PER_ACTION:
         return f"{base}.{seq}"
+    if kind in WAKE_KINDS:
+        return f"{message_id}.{step_index:04d}.wake.{seq}"
     if kind == "redelivered" and seq:
         # A resumption decided by recovery (seq > 0) is counted apart from JetStream's redeliveries, and per
         # source: the sweeper and the error handler may resume the same step, and neither record may
@@ -134,6 +145,10 @@ class SagaState(BaseModel):
     trace_id: str | None = None
     # Who may read the saga (the application's owner string): set at the start, kept after.
     owner: str | None = None
+    # While `waiting`: the awaited signal, the wait's number at its step and its deadline (epoch seconds).
+    signal: str | None = None
+    wait_seq: int | None = None
+    deadline: float | None = None
     revision: int | None = None
 
 
@@ -258,12 +273,14 @@ class SagaLog:
         expected_revision: int | None = None,
         allow_reopen: bool = False,
         owner: str | None = None,
+        wait: tuple[str, int, float] | None = None,
     ) -> int | None:
         """Move the saga's state forward with compare-and-set; returns the new revision, or None when the
         change was refused (the saga is already terminal, or already further along).
 
         `expected_revision` is a hint (the revision the previous step saw): when right it saves a read.
         `allow_reopen` lets recovery move a saga out of `escalated`/`failed` (never out of `completed`).
+        `wait` (signal, wait number, deadline) goes with the status `waiting` (running → waiting → running).
         """
         current: SagaState | None = None
         revision = expected_revision
@@ -284,6 +301,7 @@ class SagaLog:
                 started_at=(current.started_at if current and current.started_at else now),
                 trace_id=trace_id or (current.trace_id if current else None),
                 owner=owner or (current.owner if current else None),
+                **(dict(zip(("signal", "wait_seq", "deadline"), wait, strict=True)) if wait else {}),
             )
             body = orjson.dumps(new.model_dump(mode="json", exclude={"revision"}, exclude_none=True))
             try:
@@ -355,27 +373,3 @@ def _may_move(current: SagaState, status: str, step_index: int, allow_reopen: bo
     if status == "running" and current.status == "running" and step_index < current.step_index:
         return False
     return True
-
-
-async def ensure_bucket(js: JetStreamContext, name: str, ttl_s: float, max_bytes: int = -1) -> Any:
-    """Open a KV bucket, creating it when missing (file storage, one value per key, retention TTL, at most
-    `max_bytes` (-1 = no limit; a full bucket refuses writes), direct gets on). A bucket created without direct
-    gets (by an older version) gets them turned on, and an existing bucket gets the current size limit."""
-    try:
-        kv = await js.key_value(name)
-    except BucketNotFoundError:
-        try:
-            return await js.create_key_value(
-                KeyValueConfig(bucket=name, history=1, ttl=ttl_s, storage=StorageType.FILE, direct=True,
-                               max_bytes=max_bytes)
-            )
-        except Exception as create_error:
-            # Another process created it between our two calls; else the server's refusal is the error to see
-            # (e.g. "insufficient storage resources": the limits add up to more than JetStream's max_file_store).
-            try:
-                kv = await js.key_value(name)
-            except BucketNotFoundError:
-                raise create_error from None
-    if await ensure_direct(js, f"KV_{name}", max_bytes=max_bytes):
-        kv = await js.key_value(name)
-    return kv

@@ -6,6 +6,9 @@
 - The sweeper: sagas of the running index (`saga_running`) with no event and no state change for
   `stall_after_s` are resumed from the saga log (their current step published again), at most `max_sweeps`
   times per step, then handed to the error handler (or failed, when stuck at the error handler itself).
+  A `waiting` saga is never stalled: the sweeper fires its timer itself once the deadline is `wait_grace_s`
+  past with no wake recorded (the schedule was lost), and republishes the resume of a decided wait that no
+  step took up (its decider died before publishing it); see `saga.waits`.
 
 It runs in a process that wires it next to an actor runtime (by default the error handler's: its actor opens
 the handoff ticket of a saga recovery fails), and only while it holds the lease: a key in the KV bucket
@@ -29,7 +32,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
 
-from saga import transport
+from saga import transport, waits
 from saga.log import TERMINAL, SagaEvent, SagaState, SagaStatus, ensure_bucket
 from saga.protocol import MESSAGE_ID, Message
 from saga.replay import replay
@@ -259,6 +262,13 @@ class Recovery:
         now = now or time.time()
         acted: list[str] = []
         for state in await self.core.saga.running():
+            if state.status == "waiting":
+                try:
+                    if await self._sweep_waiting(state, now):
+                        acted.append(state.message_id)
+                except Exception:
+                    log.exception("sweeping a waiting saga failed", extra=_about(self.name, state))
+                continue
             if state.status not in SWEPT or now - state.updated_at < self.settings.stall_after_s:
                 continue
             try:
@@ -286,6 +296,45 @@ class Recovery:
         subject = message.subject_for(message.route.current)
         with self.core.hooks.recovery_span(f"resume {subject}", carrier, message):
             await self._resume_stalled(message, history, now - max(e.ts for e in history), state.status)
+        return True
+
+    async def _sweep_waiting(self, state: SagaState, now: float) -> bool:
+        """A waiting saga: past its deadline and the grace with no wake, fire the timer (the same single-winner
+        claim as the schedule's); a wake decided `wait_grace_s` ago whose saga still waits gets its resume
+        published again, within the duplicate window (so repairs add at most one copy). A waiting state
+        whose wait was never recorded (its process died in between) is resumed like a stalled saga."""
+        grace, saga = self.settings.wait_grace_s, self.core.saga
+        deadline = state.deadline if state.deadline is not None else state.updated_at + self.settings.stall_after_s
+        overdue = now >= deadline + grace
+        if not overdue:
+            if now - state.updated_at < grace or not state.wait_seq:
+                return False
+            decided = await saga.get_event(state.message_id, state.step_index, "signal_received", seq=state.wait_seq)
+            if decided is None:
+                return False  # waiting, as it should
+        history = await saga.history(state.message_id)
+        wait = waits.find_wait(history, state.step_index)
+        prefix = self.core.app.subject_prefix
+        if wait is None or wait.seq < (state.wait_seq or 1):
+            if not overdue:
+                return False
+            message = replay(history, self.core.app.message_type)
+            if message is None:
+                return False
+            await self._resume_stalled(message, history, now - state.updated_at, "running")
+            return True
+        if wait.wake is None:
+            if not overdue:
+                return False
+            carrier = wait.link or await self._trace_carrier(state.message_id, history=history)
+            with self.core.hooks.recovery_span(f"timer {self.core.app.subject_for(wait.started.actor)}", carrier):
+                await waits.wake(saga, self.core.js, prefix, history, wait, "timer", source="sweeper")
+            log.warning("fired an overdue wait's timer (%s, %.0fs past its deadline)", wait.signal,
+                        now - wait.deadline, extra=_about(self.name, state))
+            return True
+        if not grace <= now - wait.wake.ts < self.settings.duplicate_window_s or waits.moved_on(history, wait):
+            return False
+        await waits.publish_resume(self.core.js, prefix, wait)
         return True
 
     async def _fail_unstarted(self, state: SagaState, history: list[SagaEvent], stalled_s: float) -> None:

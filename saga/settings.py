@@ -17,6 +17,7 @@ class SagaSettings(Protocol):
     stream_max_age_s: float
     stream_max_bytes: int
     deadletter_max_bytes: int
+    timers_max_bytes: int
     saga_log_enabled: bool
     saga_ttl_s: float
     saga_log_max_bytes: int
@@ -32,3 +33,5 @@ class SagaSettings(Protocol):
     stall_after_s: float
     sweep_interval_s: float
     max_sweeps: int
+    # How long past a wait's deadline the sweeper fires its timer itself (the schedule was lost or late).
+    wait_grace_s: float

@@ -1,5 +1,6 @@
-"""JetStream plumbing shared by the application's front end, its actors and tools: the stream, the per-actor
-durable pull consumers, and publishing a message to its current step."""
+"""JetStream plumbing shared by the application's front end, its actors and tools: the work stream (and the
+stream of the timers of waits), the per-actor durable pull consumers, and publishing a message to its current
+step."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from nats.js.api import (
     RetentionPolicy,
     StorageType,
     StreamConfig,
+    StreamSource,
+    SubjectTransform,
 )
 from nats.js.errors import (
     APIError,
@@ -29,6 +32,7 @@ from nats.js.errors import (
 
 from opentelemetry import propagate
 
+from saga import waits
 from saga.log import SagaEvent, SagaLog
 from saga.protocol import Message
 from saga.settings import SagaSettings as Settings
@@ -59,7 +63,9 @@ async def connect(settings: Settings, name: str, **options: Any) -> NATS:
 
 def stream_config(settings: Settings, subject_prefix: str) -> StreamConfig:
     """The one stream over `<subject_prefix>.>`: file storage, work-queue retention, a duplicate window, a size
-    limit that refuses new messages when reached (discard new: dropping old ones would lose sagas in flight)."""
+    limit that refuses new messages when reached (discard new: dropping old ones would lose sagas in flight).
+    It sources the fired timers of waits from the timer stream (`timer_stream_config`), each moved to the
+    subject of the actor that waits (`saga_fired.<prefix>.<actor>` → `<prefix>.<actor>`)."""
     return StreamConfig(
         name=settings.stream_name,
         subjects=[f"{subject_prefix}.>"],
@@ -69,12 +75,45 @@ def stream_config(settings: Settings, subject_prefix: str) -> StreamConfig:
         max_age=settings.stream_max_age_s,
         max_bytes=settings.stream_max_bytes,
         discard=DiscardPolicy.NEW,
+        sources=[StreamSource(name=timer_stream_name(settings), subject_transforms=[
+            SubjectTransform(src=f"{waits.FIRED_TOKEN}.{subject_prefix}.>", dest=f"{subject_prefix}.>")])],
+    )
+
+
+def timer_stream_name(settings: Settings) -> str:
+    """The stream of the durable timers of waits (`saga.waits`)."""
+    return f"{settings.stream_name}_TIMERS"
+
+
+def timer_stream_config(settings: Settings, subject_prefix: str) -> StreamConfig:
+    """The durable timers of waits: JetStream per-message schedules on `saga_timer.<prefix>.>` that fire onto
+    `saga_fired.<prefix>.<actor>`, from where the work stream sources them. A stream of its own because
+    JetStream refuses schedules in a stream that discards new messages when full, as the work stream must.
+    Schedules carry `Nats-TTL: never` (the max age would delete one due later); fired copies age out. When
+    full it drops its oldest messages: a lost schedule is fired by the recovery sweeper after its grace."""
+    return StreamConfig(
+        name=timer_stream_name(settings),
+        subjects=[f"{waits.TIMER_TOKEN}.{subject_prefix}.>", f"{waits.FIRED_TOKEN}.{subject_prefix}.>"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        duplicate_window=settings.duplicate_window_s,
+        max_age=settings.stream_max_age_s,
+        max_bytes=settings.timers_max_bytes,
+        discard=DiscardPolicy.OLD,
+        allow_msg_schedules=True,
+        allow_msg_ttl=True,
     )
 
 
 async def ensure_stream(js: JetStreamContext, settings: Settings, subject_prefix: str) -> None:
-    """Create the stream, or bring an existing one to the current configuration (idempotent)."""
-    config = stream_config(settings, subject_prefix)
+    """Create the timer stream and the work stream, or bring existing ones to the current configuration
+    (idempotent)."""
+    await declare_stream(js, timer_stream_config(settings, subject_prefix))
+    await declare_stream(js, stream_config(settings, subject_prefix))
+
+
+async def declare_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    """Create a stream, or update an existing one to `config`."""
     try:
         await js.add_stream(config)
     except BadRequestError:
@@ -100,15 +139,13 @@ async def ensure_deadletter_stream(js: JetStreamContext, settings: Settings) -> 
         max_bytes=settings.deadletter_max_bytes,
         discard=DiscardPolicy.NEW,
     )
-    try:
-        await js.add_stream(config)
-    except BadRequestError:
-        await js.update_stream(config)
+    await declare_stream(js, config)
 
 
 def storage_streams(settings: Settings, buckets: tuple[str, ...]) -> list[str]:
     """Every stream the mesh stores data in: the work stream, the dead letters and the KV buckets' streams."""
-    return [settings.stream_name, deadletter_stream_name(settings), *(f"KV_{bucket}" for bucket in buckets)]
+    return [settings.stream_name, timer_stream_name(settings), deadletter_stream_name(settings),
+            *(f"KV_{bucket}" for bucket in buckets)]
 
 
 def consumer_config(actor: str, *, subject: str, ack_wait_s: float, max_deliver: int, max_ack_pending: int) -> ConsumerConfig:

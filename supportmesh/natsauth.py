@@ -7,7 +7,7 @@ permission is an allow list, so whatever is not named is refused. A user's subje
   three buckets; receive replies on `supportmesh.reply.*`; publish and receive the sessions' live events
   (`supportmesh.session.*`: an agent's reply, the close of a hand-over), between gateways only.
 - every actor: fetch from its own durable consumer and ack its deliveries, publish to the actor subjects (the next
-  hop), write saga-log events. The answering actors (response aggregator, escalation router) also write the saga
+  hop) and the timers of waits (`saga_timer.<prefix>.>`, see saga/waits.py), write saga-log events. The answering actors (response aggregator, escalation router) also write the saga
   state and the chat results and publish replies; no other actor can forge an answer or move a saga's status.
 - escalation router (recovery): the dead-letter stream, reading and deleting a dead hop of the work stream.
 - operator: everything (tests, benchmarks, an operator's tools); no process of the mesh runs as it.
@@ -28,6 +28,7 @@ from gateway.live import SESSION_SUBJECT_PREFIX
 from saga.log import LOG_BUCKET, RUNNING_BUCKET, STATE_BUCKET
 from saga.recovery import LEASE_BUCKET
 from saga.transport import inbox_prefix
+from saga.waits import TIMER_TOKEN
 
 REPLY_SUBJECTS = "supportmesh.reply.*"
 SESSION_SUBJECTS = f"{SESSION_SUBJECT_PREFIX}.*"
@@ -74,7 +75,9 @@ def permissions(user: str, stream: str = "SUPPORT") -> dict[str, Any] | None:
     if user == OPERATOR:
         return None
     buckets = [LOG_BUCKET, STATE_BUCKET, RUNNING_BUCKET, RESULTS_BUCKET]
-    publish = [f"{API}.INFO", *_declare([stream, *map(_bucket_stream, buckets)]), *_write_bucket(LOG_BUCKET),
+    # Every process declares the work stream and the stream of the timers of waits it sources from.
+    publish = [f"{API}.INFO", *_declare([stream, f"{stream}_TIMERS", *map(_bucket_stream, buckets)]),
+               *_write_bucket(LOG_BUCKET),
                *_read_bucket(LOG_BUCKET)]
     subscribe = [f"{inbox_prefix(user)}.>"]
     if user == GATEWAY:
@@ -83,7 +86,7 @@ def permissions(user: str, stream: str = "SUPPORT") -> dict[str, Any] | None:
                     *_read_bucket(RESULTS_BUCKET), SESSION_SUBJECTS]
         subscribe += [REPLY_SUBJECTS, SESSION_SUBJECTS]
         return {"publish": {"allow": publish}, "subscribe": {"allow": subscribe}}
-    publish += [f"{SUBJECT_PREFIX}.*", *_consume(stream, user)]
+    publish += [f"{SUBJECT_PREFIX}.*", f"{TIMER_TOKEN}.{SUBJECT_PREFIX}.>", *_consume(stream, user)]
     if user in ANSWERING_ACTORS:
         publish += [REPLY_SUBJECTS, *_write_bucket(STATE_BUCKET), *_read_bucket(STATE_BUCKET),
                     *_write_bucket(RUNNING_BUCKET), *_write_bucket(RESULTS_BUCKET), *_read_bucket(RESULTS_BUCKET)]

@@ -12,7 +12,7 @@ from typing import Any
 import nats
 from nats.aio.msg import Msg
 
-from saga import transport
+from saga import transport, waits
 from saga.actor import Actor
 from saga.app import SagaApp
 from saga.hooks import NoHooks, StepHooks
@@ -208,8 +208,11 @@ class Runtime:
             finally:
                 core.hooks.on_step_end(self.name, time.perf_counter() - started)
             return "poison"
-        with core.hooks.step_span(self.name, self.subject, message, transport.msg_id(message), attempt,
-                                  dict(msg.headers or {})):
+        headers = dict(msg.headers or {})
+        # A resumed step links to the span of the step that waited (a wait may outlive its trace).
+        link = headers.get(waits.LINK_HEADER)
+        with core.hooks.step_span(self.name, self.subject, message, transport.msg_id(message), attempt, headers,
+                                  links=[{"traceparent": link}] if link else None):
             try:
                 return await run_step(core, msg, message, attempt)
             finally:

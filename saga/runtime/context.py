@@ -8,6 +8,7 @@ from typing import Any
 
 from nats.aio.msg import Msg
 
+from saga.actor import Wakeup
 from saga.log import SagaEvent
 from saga.protocol import Message
 from saga.runtime.core import Core
@@ -16,8 +17,11 @@ from saga.runtime.core import Core
 class StepContext:
     """One step's view of the runtime: its saga's history and records, the saga's result, the heartbeat."""
 
-    def __init__(self, core: Core, message: Message[Any], msg: Msg, attempt: int) -> None:
+    def __init__(self, core: Core, message: Message[Any], msg: Msg, attempt: int,
+                 wakeup: Wakeup | None = None) -> None:
         self._core = core
+        # Set when the step runs again because its wait ended (a signal or the timer).
+        self.wakeup = wakeup
         self._message = message
         self._msg = msg
         self.actor = core.name

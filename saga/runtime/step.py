@@ -1,4 +1,5 @@
-"""One step, as a pipeline: reuse the recorded result → run the handler → record and forward.
+"""One step, as a pipeline: reuse the recorded result → run the handler → record and forward (or suspend the
+saga when the handler waits: `saga.runtime.waiting`).
 
 `run_step` reads top to bottom as what happens to one delivery of a valid message; each stage is a short
 function below it. Failures leave the pipeline for `saga.runtime.failures`.
@@ -14,11 +15,12 @@ from typing import Any
 
 from nats.aio.msg import Msg
 
-from saga.actor import StepResult
+from saga import transport, waits
+from saga.actor import StepResult, Wakeup
 from saga.errors import PermanentError, error_text
 from saga.protocol import Message
 from saga.replay import apply_step
-from saga.runtime import failures
+from saga.runtime import failures, waiting
 from saga.runtime.context import StepContext
 from saga.runtime.core import Core
 from saga.runtime.crash import crash_point
@@ -28,27 +30,46 @@ log = logging.getLogger("saga.runtime")
 
 async def run_step(core: Core, msg: Msg, message: Message[Any], attempt: int) -> str:
     """Run one delivery of a valid message; returns its outcome (completed, memoized, retried, failed,
-    misrouted)."""
+    misrouted; with waits: waiting, timer, stale, dropped)."""
     route = message.route
     if route.current_step >= len(route.steps) or route.current != core.name:
         await failures.misrouted(core, msg, message, attempt)
         return "misrouted"
     if not core.durable:
         return await run_volatile(core, msg, message, attempt)
+    headers = msg.headers or {}
+    if waits.TIMER_HEADER in headers:  # a wait's durable timer fired: not a run of the step
+        return await waiting.timer_fired(core, msg, message, int(headers[waits.TIMER_HEADER]))
+    wake_seq = int(headers.get(waits.WAKE_HEADER) or 0)
     t0 = time.perf_counter()
     # `step_started` is informational: sent without waiting for its ack. Writes from one connection reach
     # JetStream in order, so it is stored before this step's `step_completed`.
     await core.record_nowait(message, "step_started", attempt=attempt)
 
-    memo = await recorded_result(core, message, attempt) if attempt > 1 else None
+    memo, waited = None, False
+    # A redelivery, a resume, or a resumption by recovery (a hop id of its own): has the step run already?
+    if attempt > 1 or wake_seq or headers.get("Nats-Msg-Id", "") != transport.msg_id(message):
+        memo, waited = await recorded_result(core, message, attempt)
     if memo is not None:
         await forward(core, message, apply_step(message, memo), memo, attempt, record=False)
         await msg.ack()
         return "memoized"
+    wakeup: Wakeup | None = None
+    if wake_seq:
+        resume = await waiting.resumed(core, msg, message, wake_seq, attempt)
+        if isinstance(resume, str):
+            return resume
+        wakeup, _ = resume
+    elif waited:  # the step suspended the saga already: do not run it again
+        return await waiting.redelivered_while_waiting(core, msg, message)
 
     crash_point(core.name, "before_handler", attempt)
     try:
-        memo = memo_of(await call_handler(core, msg, message, attempt))
+        result = await call_handler(core, msg, message, attempt, wakeup)
+        if result.wait is not None:
+            wait = waiting.check_waiting_result(result)
+            return await waiting.suspend(core, msg, message, wait, wake_seq + 1)
+        memo = memo_of(result)
         # Validates the enrichment and the route change: a bad result fails this step, not the next actor.
         next_message = apply_step(message, memo)
         crash_point(core.name, "after_handler", attempt)
@@ -61,23 +82,27 @@ async def run_step(core: Core, msg: Msg, message: Message[Any], attempt: int) ->
     return "completed"
 
 
-async def recorded_result(core: Core, message: Message[Any], attempt: int) -> dict[str, Any] | None:
-    """On a redelivery (crash, ack timeout, scheduled retry): the step's recorded result when it already
-    finished (it is reused instead of running the handler again); notes the redelivery and its source."""
+async def recorded_result(core: Core, message: Message[Any], attempt: int) -> tuple[dict[str, Any] | None, bool]:
+    """On a redelivery (crash, ack timeout, scheduled retry) or a resume: the step's recorded result when it
+    already finished (it is reused instead of running the handler again), and whether the step ever waited;
+    notes a redelivery and its source."""
     step = message.route.current_step
-    retried, done = await asyncio.gather(
+    retried, done, waited = await asyncio.gather(
         core.saga.get_event(message.message_id, step, "retry_scheduled", attempt=attempt - 1),
         core.saga.get_event(message.message_id, step, "step_completed"),
+        core.saga.get_event(message.message_id, step, "wait_started", seq=1),
     )
-    source = "retry" if retried else "jetstream"
-    await core.record_nowait(message, "redelivered", attempt=attempt, data={"source": source})
-    core.hooks.on_redelivery(core.name, source)
-    return done.data if done is not None else None
+    if attempt > 1:
+        source = "retry" if retried else "jetstream"
+        await core.record_nowait(message, "redelivered", attempt=attempt, data={"source": source})
+        core.hooks.on_redelivery(core.name, source)
+    return (done.data if done is not None else None), waited is not None
 
 
-async def call_handler(core: Core, msg: Msg, message: Message[Any], attempt: int) -> StepResult:
+async def call_handler(core: Core, msg: Msg, message: Message[Any], attempt: int,
+                       wakeup: Wakeup | None = None) -> StepResult:
     """Run the actor's handler with a heartbeat; a processor's dict becomes a StepResult."""
-    ctx = StepContext(core, message, msg, attempt)
+    ctx = StepContext(core, message, msg, attempt, wakeup)
     beat = asyncio.create_task(heartbeat(core, msg, message, ctx))
     try:
         raw = await core.actor.handle(message, ctx)

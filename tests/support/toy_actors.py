@@ -7,7 +7,9 @@ count executions across processes. Behaviour is driven by the customer message:
 - `fail-always` → `flaky` always raises a RetryableError;
 - `sleep:S` → the `slow` actor sleeps S seconds (long enough to be killed mid-step), and the `undo` actor
   takes S seconds to undo its (pretend) side effect;
-- `transient` → the broken `response_aggregator` fails with a RetryableError (else a PermanentError).
+- `transient` → the broken `response_aggregator` fails with a RetryableError (else a PermanentError);
+- `wait:SIGNAL:SECONDS` → the `waiter` actor suspends the saga until SIGNAL or the timer; each run that a
+  wait's end caused is logged as actor `waiter_resume`; with `twice` it waits a second time on the first wake.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import re
 from typing import Any
 
 from actors.base import Actor, PermanentError, RetryableError, StepContext, StepResult
+from saga.actor import Wait
 from actors.domain import Message
 
 
@@ -149,6 +152,26 @@ class Catcher(ToyActor):
             outcome="escalated",
             reason="caught",
         )
+
+
+class Waiter(ToyActor):
+    """Waits for a signal (or its timer) as the customer message says; the run a wake causes records how the
+    wait ended in `api_data`."""
+
+    name = "waiter"
+
+    async def handle(self, message: Message, ctx: StepContext) -> StepResult | dict[str, Any]:
+        self.note(message, ctx)
+        m = re.search(r"wait:([a-z_]+):([\d.]+)", message.payload.customer_message)
+        assert m, "the waiter needs wait:SIGNAL:SECONDS"
+        wakeup = ctx.wakeup
+        if wakeup is None:
+            return StepResult(wait=Wait(m.group(1), float(m.group(2)), {"asked": "toy", "n": 1}))
+        note("waiter_resume", message, ctx.attempt)
+        if "twice" in message.payload.customer_message and wakeup.wait_data.get("n") == 1:
+            return StepResult(wait=Wait(m.group(1), float(m.group(2)), {"asked": "toy", "n": 2}))
+        return stamped(message, self.name, {"kind": wakeup.kind, "signal": wakeup.signal, "payload": wakeup.payload,
+                                            "wait_data": wakeup.wait_data, "waited_s": wakeup.waited_s})
 
 
 class Noop(Actor):

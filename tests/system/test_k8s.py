@@ -648,7 +648,7 @@ def test_jetstream_storage_holds_every_limit(k3d) -> None:
     must fit in it (or nothing starts), and it must fit in the volume, with room left for JetStream's files."""
     settings = generate_actors.pod_settings()
     limits = [settings.saga_log_max_bytes, settings.saga_state_max_bytes, settings.chat_results_max_bytes,
-              settings.stream_max_bytes, settings.deadletter_max_bytes]
+              settings.stream_max_bytes, settings.deadletter_max_bytes, settings.timers_max_bytes]
     assert all(limit > 0 for limit in limits)
     conf = by_kind(k3d, "ConfigMap")["nats-config"]["data"]["nats.conf"]
     store = size_bytes(re.search(r"max_file_store:\s*(\S+)", conf).group(1))

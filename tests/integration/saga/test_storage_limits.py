@@ -18,7 +18,7 @@ CHAT = {"session_id": "s-full", "message": "where is my order 1001?"}  # from th
 def test_default_limits_fit_the_k8s_volume_with_headroom() -> None:
     s = Settings()
     limits = [s.saga_log_max_bytes, s.saga_state_max_bytes, s.chat_results_max_bytes, s.stream_max_bytes,
-              s.deadletter_max_bytes]
+              s.deadletter_max_bytes, s.timers_max_bytes]
     assert all(limit > 0 for limit in limits)
     # The NATS volume is 2 Gi (k8s/base/nats.yaml); JetStream needs room beyond the data for its index and
     # compaction, and the storage alert fires at 80 % of each limit, well before the disk is full.

@@ -1,0 +1,94 @@
+"""The runtime's side of waits (`saga.waits`): suspending a step, the fired timer, the resume of a step whose
+wait ended, and a plain redelivery of a step that waits already."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from nats.aio.msg import Msg
+
+from saga import waits
+from saga.actor import StepResult, Wait, Wakeup
+from saga.errors import PermanentError
+from saga.protocol import Message
+from saga.runtime.core import Core
+
+log = logging.getLogger("saga.runtime")
+
+
+def check_waiting_result(result: StepResult) -> Wait:
+    """The wait of a result that suspends the saga; a PermanentError when it also tries to complete the step
+    (enrichment, route change or outcome: those belong to the run that ends the wait)."""
+    assert result.wait is not None
+    if result.enrichment or result.remaining_route is not None or result.outcome is not None:
+        raise PermanentError("a step that waits may not also return an enrichment, a route change or an outcome")
+    return result.wait
+
+
+async def suspend(core: Core, msg: Msg, message: Message[Any], wait: Wait, seq: int) -> str:
+    """Suspend the saga at this step: state `waiting` first (so a decided wait always finds it waiting and
+    moves it on), then `wait_started`, then the durable timer, then the ack. A crash in between is repaired:
+    before the record, by the sweeper (a waiting state with no wait past its deadline is resumed as stalled);
+    after it, by the redelivery (which finds the wait and schedules the timer again) or the sweeper's timer."""
+    step = message.route.current_step
+    event = waits.wait_event(message, core.name, seq, wait.signal, wait.timeout_s, wait.data,
+                             core.hooks.trace_headers(), core.hooks.trace_id() or message.metadata.trace_id)
+    moved = await core.saga.set_state(message.message_id, status="waiting", step_index=step, actor=core.name,
+                                      wait=(wait.signal, seq, float(event.data["deadline"])))
+    if moved is None:  # the saga ended meanwhile (failed by recovery): nothing to wait for
+        await msg.ack()
+        return "dropped"
+    await core.saga.record(event)
+    await waits.schedule_timer(core.js, core.app.subject_prefix, event)
+    core.hooks.on_wait_started(core.name, wait.signal)
+    await msg.ack()
+    log.info("step waits for %s (%.1fs)", wait.signal, wait.timeout_s, extra=core.extra(message, 1))
+    return "waiting"
+
+
+async def timer_fired(core: Core, msg: Msg, message: Message[Any], seq: int) -> str:
+    """A wait's schedule fired: claim the wait for the timer and publish the resume, or drop the timer when a
+    signal won (a loser republishes the resume while the step has not run it). Acked only after that, so a
+    crash in between redelivers the timer and the claim repairs itself."""
+    history = await core.saga.history(message.message_id)
+    wait = waits.find_wait(history, message.route.current_step, seq)
+    if wait is not None:
+        await waits.wake(core.saga, core.js, core.app.subject_prefix, history, wait, "timer", source="schedule")
+    await msg.ack()
+    return "timer"
+
+
+async def resumed(core: Core, msg: Msg, message: Message[Any], seq: int,
+                  attempt: int) -> tuple[Wakeup, int] | str:
+    """A resume delivery of wait `seq` whose step has not completed (the step pipeline memoizes that case
+    first): the Wakeup to run the handler with (and the wait's number), or "stale" when the handler must not
+    run (the step waited again since, or nothing was decided)."""
+    step = message.route.current_step
+    history = await core.saga.history(message.message_id)
+    wait = waits.find_wait(history, step, seq)
+    if wait is None or wait.wake is None or waits.moved_on(history, wait):
+        await msg.ack()
+        return "stale"
+    await core.saga.set_state(message.message_id, status="running", step_index=step, actor=core.name)
+    kind = "signal" if wait.wake.kind == "signal_received" else "timer"
+    waited = float(wait.wake.data.get("waited_s", 0.0))
+    if attempt == 1:
+        core.hooks.on_wait_ended(core.name, wait.signal, kind, waited)
+    payload = wait.wake.data.get("payload") or {}
+    return Wakeup(kind=kind, signal=wait.signal, payload=dict(payload), waited_s=waited,
+                  wait_data=dict(wait.started.data.get("data") or {})), seq
+
+
+async def redelivered_while_waiting(core: Core, msg: Msg, message: Message[Any]) -> str:
+    """A plain delivery of a step that waits already (JetStream's redelivery of the message it suspended on,
+    or a resumption by recovery): the handler does not run again. The open wait gets its timer scheduled again
+    (the first may never have been published); a decided one gets its resume published again."""
+    history = await core.saga.history(message.message_id)
+    wait = waits.find_wait(history, message.route.current_step)
+    if wait is not None and wait.wake is None:
+        await waits.schedule_timer(core.js, core.app.subject_prefix, wait.started)
+    elif wait is not None and not waits.moved_on(history, wait):
+        await waits.publish_resume(core.js, core.app.subject_prefix, wait)
+    await msg.ack()
+    return "waiting"
