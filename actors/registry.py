@@ -47,6 +47,8 @@ class ActorSpec:
     writes_history: bool = False
     # Runs recovery (dead letters, the sweeper) and counts it for every actor.
     runs_recovery: bool = False
+    # Suspends sagas to wait for a person (saga.waits): it moves the saga's state to `waiting` and back.
+    waits: bool = False
 
     @property
     def module_name(self) -> str:
@@ -69,7 +71,7 @@ ACTORS: tuple[ActorSpec, ...] = (
     ActorSpec("decision_router", routes=STEPS),
     ActorSpec("response_generator", routes=STEPS, llm_calls_per_step=1, memory="768Mi"),
     ActorSpec("guardrail_validator", routes=STEPS),
-    ActorSpec("execution_coordinator", routes=frozenset({ACTION})),
+    ActorSpec("execution_coordinator", routes=frozenset({ACTION}), waits=True),
     ActorSpec("escalation_router", routes=frozenset({ESCALATION}), runs_recovery=True),
     ActorSpec("response_aggregator", routes=frozenset({CHAT, ACTION, ESCALATION}), replicas=1, autoscale=False,
               writes_history=True),

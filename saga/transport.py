@@ -148,11 +148,14 @@ def storage_streams(settings: Settings, buckets: tuple[str, ...]) -> list[str]:
             *(f"KV_{bucket}" for bucket in buckets)]
 
 
-def consumer_config(actor: str, *, subject: str, ack_wait_s: float, max_deliver: int, max_ack_pending: int) -> ConsumerConfig:
-    """The durable pull consumer of one actor; every replica of the actor fetches from it."""
+def consumer_config(actor: str, *, subject: str, ack_wait_s: float, max_deliver: int, max_ack_pending: int,
+                    resume_subject: str | None = None) -> ConsumerConfig:
+    """The durable pull consumer of one actor; every replica of the actor fetches from it. With
+    `resume_subject`, it also takes the resumes of the actor's waits (`saga.waits.resume_subject`)."""
     return ConsumerConfig(
         durable_name=actor,
-        filter_subject=subject,
+        filter_subject=None if resume_subject else subject,
+        filter_subjects=[subject, resume_subject] if resume_subject else None,
         ack_policy=AckPolicy.EXPLICIT,
         deliver_policy=DeliverPolicy.ALL,
         ack_wait=ack_wait_s,

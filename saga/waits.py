@@ -54,6 +54,16 @@ def timer_subject(prefix: str, message_id: str, step: int, seq: int) -> str:
     return f"{TIMER_TOKEN}.{prefix}.{message_id}.{step:04d}.{seq}"
 
 
+RESUME_TOKEN = "_resume"  # resumes: <prefix>._resume.<actor> (an actor name never starts with "_")
+
+
+def resume_subject(prefix: str, actor: str) -> str:
+    """Where the resumes of `actor`'s waits are published: a subject of their own, so a process that may send
+    signals (a gateway) may publish resumes without being able to publish a step; the runtime runs a resume on
+    the message recorded with the wait, never on the body it was sent with."""
+    return f"{prefix}.{RESUME_TOKEN}.{actor}"
+
+
 def resume_id(message_id: str, step: int, seq: int) -> str:
     """The Nats-Msg-Id of the resume of one wait: however many times it is published, it is stored once."""
     return f"{message_id}:{step}:w{seq}"
@@ -148,7 +158,8 @@ async def publish_resume(js: Any, prefix: str, wait: WaitRecord) -> None:
                     WAKE_HEADER: str(wait.seq)})
     if "traceparent" in wait.link:
         headers[LINK_HEADER] = wait.link["traceparent"]
-    await js.publish(f"{prefix}.{wait.started.actor}", orjson.dumps(wait.started.data["message"]), headers=headers)
+    await js.publish(resume_subject(prefix, wait.started.actor), orjson.dumps(wait.started.data["message"]),
+                     headers=headers)
 
 
 async def wake(saga: SagaLog, js: Any, prefix: str, history: list[SagaEvent], wait: WaitRecord, kind: WakeKind,
@@ -169,4 +180,4 @@ async def wake(saga: SagaLog, js: Any, prefix: str, history: list[SagaEvent], wa
 
 
 __all__ = ["LINK_HEADER", "TIMER_HEADER", "WAKE_HEADER", "WaitRecord", "at_time", "find_wait", "moved_on",
-           "publish_resume", "resume_id", "schedule_timer", "timer_subject", "wait_event", "wake"]
+           "publish_resume", "resume_id", "resume_subject", "schedule_timer", "timer_subject", "wait_event", "wake"]

@@ -3,11 +3,13 @@
 One account (the global one, so monitoring and KEDA's `$G` keep working) and one user per process kind; every
 permission is an allow list, so whatever is not named is refused. A user's subjects:
 
-- gateway: publish the first step of a route, write the saga log (`saga_started`) and the saga's state, read the
+- gateway: publish the first step of a route and the resume of a wait it signals (run only on the message
+  recorded with the wait, never on the body sent), write the saga log (`saga_started`, a signal) and the saga's state, read the
   three buckets; receive replies on `supportmesh.reply.*`; publish and receive the sessions' live events
   (`supportmesh.session.*`: an agent's reply, the close of a hand-over), between gateways only.
 - every actor: fetch from its own durable consumer and ack its deliveries, publish to the actor subjects (the next
-  hop) and the timers of waits (`saga_timer.<prefix>.>`, see saga/waits.py), write saga-log events. The answering actors (response aggregator, escalation router) also write the saga
+  hop), the timers of waits (`saga_timer.<prefix>.>`) and their resumes (`<prefix>._resume.*`, see saga/waits.py),
+  write saga-log events. An actor that waits (`ActorSpec.waits`) also moves its sagas' state. The answering actors (response aggregator, escalation router) also write the saga
   state and the chat results and publish replies; no other actor can forge an answer or move a saga's status.
 - escalation router (recovery): the dead-letter stream, reading and deleting a dead hop of the work stream.
 - operator: everything (tests, benchmarks, an operator's tools); no process of the mesh runs as it.
@@ -22,13 +24,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from actors import registry
 from actors.domain import ANSWERING_ACTOR, ERROR_HANDLER, HAPPY_PATH, SUBJECT_PREFIX
 from actors.results import RESULTS_BUCKET
 from gateway.live import SESSION_SUBJECT_PREFIX
 from saga.log import LOG_BUCKET, RUNNING_BUCKET, STATE_BUCKET
 from saga.recovery import LEASE_BUCKET
 from saga.transport import inbox_prefix
-from saga.waits import TIMER_TOKEN
+from saga.waits import TIMER_TOKEN, resume_subject
 
 REPLY_SUBJECTS = "supportmesh.reply.*"
 SESSION_SUBJECTS = f"{SESSION_SUBJECT_PREFIX}.*"
@@ -39,6 +42,10 @@ FIRST_STEPS: tuple[str, ...] = (HAPPY_PATH[0],)
 # The actors that answer the customer (and so write the result, the saga's final state and the reply).
 ANSWERING_ACTORS: tuple[str, ...] = (ANSWERING_ACTOR, ERROR_HANDLER)
 API = "$JS.API"
+# The resumes of waits (saga.waits.resume_subject): published by whoever ends a wait (a signal, a timer).
+RESUMES = resume_subject(SUBJECT_PREFIX, "*")
+# The actors that suspend sagas (they move a saga's state to `waiting` and back).
+WAITING_ACTORS: tuple[str, ...] = tuple(spec.name for spec in registry.ACTORS if spec.waits)
 
 
 def _bucket_stream(bucket: str) -> str:
@@ -82,11 +89,14 @@ def permissions(user: str, stream: str = "SUPPORT") -> dict[str, Any] | None:
     subscribe = [f"{inbox_prefix(user)}.>"]
     if user == GATEWAY:
         publish += [f"{SUBJECT_PREFIX}.{step}" for step in FIRST_STEPS]
+        publish.append(RESUMES)  # a signal's resume: run only on the message recorded with the wait
         publish += [*_write_bucket(STATE_BUCKET), *_read_bucket(STATE_BUCKET), *_write_bucket(RUNNING_BUCKET),
                     *_read_bucket(RESULTS_BUCKET), SESSION_SUBJECTS]
         subscribe += [REPLY_SUBJECTS, SESSION_SUBJECTS]
         return {"publish": {"allow": publish}, "subscribe": {"allow": subscribe}}
-    publish += [f"{SUBJECT_PREFIX}.*", f"{TIMER_TOKEN}.{SUBJECT_PREFIX}.>", *_consume(stream, user)]
+    publish += [f"{SUBJECT_PREFIX}.*", RESUMES, f"{TIMER_TOKEN}.{SUBJECT_PREFIX}.>", *_consume(stream, user)]
+    if user in WAITING_ACTORS:
+        publish += [*_write_bucket(STATE_BUCKET), *_read_bucket(STATE_BUCKET)]
     if user in ANSWERING_ACTORS:
         publish += [REPLY_SUBJECTS, *_write_bucket(STATE_BUCKET), *_read_bucket(STATE_BUCKET),
                     *_write_bucket(RUNNING_BUCKET), *_write_bucket(RESULTS_BUCKET), *_read_bucket(RESULTS_BUCKET)]

@@ -113,6 +113,7 @@ class Runtime:
             # gives up (MAX_DELIVERIES advisory) instead of looping.
             max_deliver=self.core.policy.max_attempts + 1,
             max_ack_pending=self.settings.max_ack_pending,
+            resume_subject=waits.resume_subject(self.core.app.subject_prefix, self.name),
         )
         await transport.ensure_consumer(self.js, self.settings, config)
         self._sub = await self.js.pull_subscribe_bind(self.name, stream=self.settings.stream_name)

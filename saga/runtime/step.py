@@ -41,6 +41,13 @@ async def run_step(core: Core, msg: Msg, message: Message[Any], attempt: int) ->
     if waits.TIMER_HEADER in headers:  # a wait's durable timer fired: not a run of the step
         return await waiting.timer_fired(core, msg, message, int(headers[waits.TIMER_HEADER]))
     wake_seq = int(headers.get(waits.WAKE_HEADER) or 0)
+    if msg.subject == waits.resume_subject(core.app.subject_prefix, core.name):
+        # Whoever sent it, a resume runs on the message recorded with its wait (or not at all).
+        recorded = await waiting.recorded_message(core, message, wake_seq)
+        if recorded is None:
+            await msg.ack()
+            return "dropped"
+        message = recorded
     t0 = time.perf_counter()
     # `step_started` is informational: sent without waiting for its ack. Writes from one connection reach
     # JetStream in order, so it is stored before this step's `step_completed`.

@@ -11,6 +11,7 @@ from nats.aio.msg import Msg
 from saga import waits
 from saga.actor import StepResult, Wait, Wakeup
 from saga.errors import PermanentError
+from saga.log import SagaEvent
 from saga.protocol import Message
 from saga.runtime.core import Core
 
@@ -59,6 +60,19 @@ async def timer_fired(core: Core, msg: Msg, message: Message[Any], seq: int) -> 
     return "timer"
 
 
+async def recorded_message(core: Core, message: Message[Any], seq: int) -> Message[Any] | None:
+    """The message recorded with wait `seq` of the step `message` names, for a delivery on the resume subject;
+    None (drop it) when it carries no wait number or names no recorded wait."""
+    if seq < 1:
+        log.warning("a message on the resume subject without a wait number: dropped", extra=core.extra(message, 1))
+        return None
+    wait = waits.find_wait(await core.saga.history(message.message_id), message.route.current_step, seq)
+    if wait is None:
+        log.warning("a resume of a wait that was never recorded: dropped", extra=core.extra(message, 1))
+        return None
+    return core.app.message_type.model_validate(wait.started.data["message"])
+
+
 async def resumed(core: Core, msg: Msg, message: Message[Any], seq: int,
                   attempt: int) -> tuple[Wakeup, int] | str:
     """A resume delivery of wait `seq` whose step has not completed (the step pipeline memoizes that case
@@ -68,6 +82,14 @@ async def resumed(core: Core, msg: Msg, message: Message[Any], seq: int,
     history = await core.saga.history(message.message_id)
     wait = waits.find_wait(history, step, seq)
     if wait is None or wait.wake is None or waits.moved_on(history, wait):
+        await msg.ack()
+        return "stale"
+    # Two copies of a resume (a republished one that JetStream stored again, one sent by hand) may be fetched at
+    # once: the first delivery of a copy claims the wait's resumption, and a first delivery that finds it claimed
+    # is dropped. A redelivery (attempt > 1: the claimant died) runs, so a crash never strands the step.
+    claim = SagaEvent(message_id=message.message_id, kind="redelivered", actor=core.name, step_index=step,
+                      seq=seq, trace_id=message.metadata.trace_id, data={"source": "wake"})
+    if attempt == 1 and not await core.saga.record(claim):
         await msg.ack()
         return "stale"
     await core.saga.set_state(message.message_id, status="running", step_index=step, actor=core.name)

@@ -301,3 +301,30 @@ async def _acked(h: Harness, actor: str) -> bool:
 
 async def _async(value: Any) -> Any:
     return value
+
+
+async def test_a_resume_runs_on_the_recorded_message_never_on_the_body_sent(harness: Harness) -> None:
+    """The resume subject is open to whoever may signal (a gateway): a forged body with a wait number runs the
+    message recorded with the wait, and a message there without a recorded wait never runs at all."""
+    await harness.run_actor(Waiter)
+    await harness.run_actor(Done)
+    message = await harness.submit(["waiter", "done"], "wait:approval:120")
+    await waiting(harness, message.message_id)
+    subject = waits.resume_subject(SUBJECT_PREFIX, "waiter")
+
+    # No wait was decided and none is named: dropped, nothing runs.
+    # The forgery sends the saga elsewhere after the wait (to an actor nobody runs here).
+    forged = message.model_copy(update={"route": message.route.model_copy(update={"steps": ["waiter", "elsewhere"]})})
+    await harness.js.publish(subject, forged.to_bytes(), headers={waits.WAKE_HEADER: "0"})
+    await harness.js.publish(subject, forged.to_bytes(), headers={waits.WAKE_HEADER: "7"})
+    await until(lambda: _acked(harness, "waiter"), what="the forged resumes acked")
+    assert harness.executions("waiter_resume", message.message_id) == []
+
+    # A real decision, then the forged body sent as its resume: the recorded message is what runs.
+    assert await signal(harness, message.message_id, payload={"approved": True}) == "accepted"
+    await harness.js.publish(subject, forged.to_bytes(), headers={waits.WAKE_HEADER: "1"})
+    final = await harness.wait_terminal(message.message_id, timeout=30)
+    assert final.status == "completed"  # through "done", as recorded: the forged route was never taken
+    assert [e.actor for e in await harness.events(message.message_id) if e.kind == "step_completed"] == [
+        "waiter", "done"]
+    assert len(harness.executions("waiter_resume", message.message_id)) == 1

@@ -29,9 +29,12 @@ def test_only_the_answering_actors_reply_and_move_a_saga() -> None:
         may = allowed(actor)
         answering = actor in natsauth.ANSWERING_ACTORS
         assert (natsauth.REPLY_SUBJECTS in may) == answering, actor
-        assert ("$KV.saga_state.>" in may) == answering, actor
+        # ...and the actors that suspend sagas to wait for a person (they move the state to `waiting` and back).
+        assert ("$KV.saga_state.>" in may) == (answering or actor in natsauth.WAITING_ACTORS), actor
         assert ("$KV.chat_results.>" in may) == answering, actor
         assert "$KV.saga_log.>" in may  # every actor records its own steps
+    assert natsauth.WAITING_ACTORS == ("execution_coordinator",)
+
 
 
 def test_only_recovery_reaches_the_dead_letters_and_each_actor_only_its_consumer() -> None:
@@ -45,7 +48,8 @@ def test_only_recovery_reaches_the_dead_letters_and_each_actor_only_its_consumer
 
 def test_the_gateway_publishes_only_first_steps() -> None:
     steps = [s for s in allowed(natsauth.GATEWAY) if s.startswith("ecommerce.support.")]
-    assert steps == ["ecommerce.support.sentiment_analyzer"]
+    # ...and the resumes of waits it signals, which run only on the message recorded with the wait.
+    assert steps == ["ecommerce.support.sentiment_analyzer", "ecommerce.support._resume.*"]
     assert natsauth.permissions(natsauth.OPERATOR) is None
 
 
