@@ -73,17 +73,21 @@ async def read_subjects(nc: Any, stream: str, subject_filter: str, *, batch: int
         await sub.unsubscribe()
 
 
-async def ensure_direct(js: Any, stream: str, *, max_bytes: int | None = None) -> bool:
+async def ensure_direct(js: Any, stream: str, *, max_bytes: int | None = None, replicas: int | None = None) -> bool:
     """Turn on `allow_direct` for a stream created without it (KV buckets created by older versions), and bring
-    its `max_bytes` to `max_bytes` when given (a bucket created before it had a limit, or with another one);
-    returns True when the stream was changed."""
+    its `max_bytes` to `max_bytes` and its replicas to `replicas` when given (a bucket created before it had a
+    limit, or with another one; a bucket created before the mesh ran on a cluster); returns True when the
+    stream was changed."""
     info = await js.stream_info(stream)
     config = info.config
-    changed = not config.allow_direct or (max_bytes is not None and (config.max_bytes or -1) != max_bytes)
+    changed = (not config.allow_direct or (max_bytes is not None and (config.max_bytes or -1) != max_bytes)
+               or (replicas is not None and (config.num_replicas or 1) != replicas))
     if not changed:
         return False
     config.allow_direct = True
     if max_bytes is not None:
         config.max_bytes = max_bytes
+    if replicas is not None:
+        config.num_replicas = replicas
     await js.update_stream(config)
     return True

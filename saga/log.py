@@ -38,6 +38,7 @@ from nats.js.errors import (
 from pydantic import BaseModel, ConfigDict, Field
 
 from saga.direct import ensure_direct, read_subjects
+from saga.jetstream import ambiguous_writes
 
 LOG_BUCKET = "saga_log"
 STATE_BUCKET = "saga_state"
@@ -153,13 +154,14 @@ class SagaLog:
 
     @classmethod
     async def open(cls, js: JetStreamContext, *, ttl_s: float = 7 * 24 * 3600, read_timeout_s: float = 5.0,
-                   log_max_bytes: int = -1, state_max_bytes: int = -1,
+                   log_max_bytes: int = -1, state_max_bytes: int = -1, replicas: int | None = None,
                    on_recorded: Callable[[str], None] | None = None) -> SagaLog:
-        """Open the buckets, creating them (file storage, retention TTL, size limit; -1 = none) when missing."""
+        """Open the buckets, creating them (file storage, retention TTL, size limit; -1 = none) when missing.
+        `replicas`: brought to this many (None: a new bucket gets one, an existing one is left as it is)."""
         log_kv, state_kv, running_kv = await asyncio.gather(
-            ensure_bucket(js, LOG_BUCKET, ttl_s, log_max_bytes),
-            ensure_bucket(js, STATE_BUCKET, ttl_s, state_max_bytes),
-            ensure_bucket(js, RUNNING_BUCKET, ttl_s, state_max_bytes),
+            ensure_bucket(js, LOG_BUCKET, ttl_s, log_max_bytes, replicas),
+            ensure_bucket(js, STATE_BUCKET, ttl_s, state_max_bytes, replicas),
+            ensure_bucket(js, RUNNING_BUCKET, ttl_s, state_max_bytes, replicas),
         )
         return cls(js, log_kv, state_kv, running_kv, read_timeout_s=read_timeout_s, on_recorded=on_recorded)
 
@@ -170,13 +172,24 @@ class SagaLog:
 
         Every writer of the saga log goes through here (or `record_nowait`), so this is where events are
         counted (`on_recorded`): once per record created."""
-        payload = event.model_dump(mode="json", exclude={"revision"}, exclude_none=True)
-        try:
-            await self._log.create(event.key, orjson.dumps(payload))
-        except KeyWrongLastSequenceError:
-            return False
+        payload = orjson.dumps(event.model_dump(mode="json", exclude={"revision"}, exclude_none=True))
+        with ambiguous_writes() as retried:
+            try:
+                await self._log.create(event.key, payload)
+            except KeyWrongLastSequenceError:
+                # Someone recorded this fact first, or we did: a write retried after an unanswered attempt (a
+                # leader election, saga/jetstream.py) is refused when that attempt had landed. The same bytes (the
+                # same event, down to its timestamp) are then our own write.
+                if not (retried[0] and await self._stored_is(event.key, payload)):
+                    return False
         self._on_recorded(event.kind)
         return True
+
+    async def _stored_is(self, key: str, payload: bytes) -> bool:
+        try:
+            return (await self._log.get(key)).value == payload
+        except KeyNotFoundError:
+            return False
 
     async def record_nowait(self, event: SagaEvent) -> None:
         """Write an informational event without waiting for the ack. It carries the same "create only"
@@ -357,17 +370,19 @@ def _may_move(current: SagaState, status: str, step_index: int, allow_reopen: bo
     return True
 
 
-async def ensure_bucket(js: JetStreamContext, name: str, ttl_s: float, max_bytes: int = -1) -> Any:
+async def ensure_bucket(js: JetStreamContext, name: str, ttl_s: float, max_bytes: int = -1,
+                        replicas: int | None = None) -> Any:
     """Open a KV bucket, creating it when missing (file storage, one value per key, retention TTL, at most
-    `max_bytes` (-1 = no limit; a full bucket refuses writes), direct gets on). A bucket created without direct
-    gets (by an older version) gets them turned on, and an existing bucket gets the current size limit."""
+    `max_bytes` (-1 = no limit; a full bucket refuses writes), direct gets on, `replicas` copies (None: one)). A
+    bucket created without direct gets (by an older version) gets them turned on, and an existing bucket gets
+    the current size limit and, when `replicas` is given, that many replicas."""
     try:
         kv = await js.key_value(name)
     except BucketNotFoundError:
         try:
             return await js.create_key_value(
                 KeyValueConfig(bucket=name, history=1, ttl=ttl_s, storage=StorageType.FILE, direct=True,
-                               max_bytes=max_bytes)
+                               max_bytes=max_bytes, replicas=replicas or 1)
             )
         except Exception as create_error:
             # Another process created it between our two calls; else the server's refusal is the error to see
@@ -376,6 +391,6 @@ async def ensure_bucket(js: JetStreamContext, name: str, ttl_s: float, max_bytes
                 kv = await js.key_value(name)
             except BucketNotFoundError:
                 raise create_error from None
-    if await ensure_direct(js, f"KV_{name}", max_bytes=max_bytes):
+    if await ensure_direct(js, f"KV_{name}", max_bytes=max_bytes, replicas=replicas):
         kv = await js.key_value(name)
     return kv
