@@ -65,30 +65,39 @@ def is_transient(exc: BaseException) -> bool:
                             nats.errors.StaleConnectionError))
 
 
+# How long one attempt of a write waits for its ack. An ack takes milliseconds on a healthy bus; a write sent to a
+# node that died with it is never answered, so waiting the API timeout (10 s) for it would hold the step that long.
+WRITE_ATTEMPT_TIMEOUT_S = 4.0
+
+
 class RetryingJetStream(JetStreamContext):
     """`nc.jetstream()` whose `publish` (and so every KV write of the buckets opened through it) retries
-    transient failures for up to `retry_s` seconds, backing off from `base_s` to `max_s` between attempts."""
+    transient failures for up to `retry_s` seconds, backing off from `base_s` to `max_s` between attempts, each
+    attempt waiting at most `attempt_timeout_s` for its ack."""
 
     def __init__(self, conn: Any, *, retry_s: float = 20.0, base_s: float = 0.1, max_s: float = 1.0,
-                 **options: Any) -> None:
+                 attempt_timeout_s: float | None = None, **options: Any) -> None:
         super().__init__(conn, **options)
         self.retry_s = retry_s
+        self.attempt_timeout_s = attempt_timeout_s
         self.base_s = base_s
         self.max_s = max_s
 
-    async def publish(self, subject: str, payload: bytes = b"", timeout: float | None = None,  # type: ignore[override]
-                      stream: str | None = None, headers: dict[str, Any] | None = None,
-                      msg_ttl: float | None = None) -> Any:
+    def _attempt_timeout(self, timeout: float | None, deadline: float) -> float:
+        """How long one attempt waits: never past the bound (but a late attempt gets a fair second)."""
+        wait = timeout if timeout is not None else self._timeout
+        if self.attempt_timeout_s is not None and self.retry_s > 0:
+            wait = min(wait, self.attempt_timeout_s)
+        return min(wait, max(deadline - time.monotonic(), 1.0))
+
+    async def _retry(self, what: str, attempt_once: Any) -> Any:
+        """Run `attempt_once(timeout)` until it succeeds, fails for good, or the bound is reached."""
         deadline = time.monotonic() + self.retry_s
         delay = self.base_s
         attempt = 1
         while True:
-            # Never wait past the bound for one answer (but give a late attempt a fair second).
-            wait = timeout if timeout is not None else self._timeout
-            wait = min(wait, max(deadline - time.monotonic(), 1.0))
             try:
-                return await super().publish(subject, payload, timeout=wait, stream=stream,
-                                             headers=dict(headers) if headers else None, msg_ttl=msg_ttl)
+                return await attempt_once(self._attempt_timeout(None, deadline))
             except Exception as exc:
                 left = deadline - time.monotonic()
                 if not is_transient(exc) or left <= 0:
@@ -96,13 +105,33 @@ class RetryingJetStream(JetStreamContext):
                 box = _AMBIGUOUS.get()
                 if box is not None and isinstance(exc, (nats.errors.TimeoutError, asyncio.TimeoutError)):
                     box[0] = True  # no answer: the attempt may have been stored
-                log.warning("JetStream write to %s failed (%s, attempt %d); retrying for up to %.1f s more",
-                            subject, type(exc).__name__, attempt, left)
+                log.warning("JetStream %s failed (%s, attempt %d); retrying for up to %.1f s more",
+                            what, type(exc).__name__, attempt, left)
                 await asyncio.sleep(min(delay, left))
                 delay = min(delay * 2, self.max_s)
                 attempt += 1
 
+    async def publish(self, subject: str, payload: bytes = b"", timeout: float | None = None,  # type: ignore[override]
+                      stream: str | None = None, headers: dict[str, Any] | None = None,
+                      msg_ttl: float | None = None) -> Any:
+        async def once(wait: float) -> Any:
+            return await super(RetryingJetStream, self).publish(
+                subject, payload, timeout=min(wait, timeout) if timeout is not None else wait, stream=stream,
+                headers=dict(headers) if headers else None, msg_ttl=msg_ttl)
+
+        return await self._retry(f"write to {subject}", once)
+
+    async def get_msg(self, stream_name: str, seq: int | None = None, subject: str | None = None,  # type: ignore[override]
+                      direct: bool | None = False, next: bool | None = False) -> Any:
+        """A message read (every KV get): retried like a write, so a read sent to a node that died with it is
+        asked again of another instead of waiting out the API timeout."""
+        async def once(wait: float) -> Any:
+            return await asyncio.wait_for(super(RetryingJetStream, self).get_msg(
+                stream_name, seq=seq, subject=subject, direct=direct, next=next), wait)
+
+        return await self._retry(f"read of {stream_name}", once)
+
 
 def jetstream(nc: Any, *, timeout: float, retry_s: float) -> RetryingJetStream:
     """The JetStream context of a connection, with writes retried through a leader election (see the module)."""
-    return RetryingJetStream(nc, timeout=timeout, retry_s=retry_s)
+    return RetryingJetStream(nc, timeout=timeout, retry_s=retry_s, attempt_timeout_s=WRITE_ATTEMPT_TIMEOUT_S)
