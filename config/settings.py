@@ -27,7 +27,15 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SUPPORTMESH_", extra="ignore")
 
     # transport and state
+    # One server, or the seed URLs of a cluster, comma-separated: clients connect to any and fail over to the
+    # others (reconnecting forever).
     nats_url: str = "nats://127.0.0.1:4222"
+    # Replicas of every stream and KV bucket (3 on a 3-node JetStream cluster; at most the number of nodes).
+    # Applied on start to existing ones too (JetStream scales a stream's replicas in place).
+    nats_replicas: int = Field(default=1, ge=1, le=5)
+    # How long a JetStream write (a publish, a KV write) is retried while the bus cannot take it (a stream
+    # leader being elected, a node restarting) before the step or the request fails (the gateway: 503).
+    nats_retry_s: float = Field(default=20.0, ge=0)
     stream_name: str = "SUPPORT"
     stream_max_age_s: float = 24 * 3600
     duplicate_window_s: float = 120.0

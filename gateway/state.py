@@ -14,7 +14,7 @@ from config.settings import Settings
 from gateway.replies import ReplyRouter
 from observability import metrics
 from saga.log import SagaLog
-from saga.transport import connect, ensure_stream
+from saga.transport import connect, ensure_stream, jetstream
 
 # How long a JetStream request (a KV read, a publish ack) may take before the gateway gives up on it: a read
 # then answers 503 with Retry-After, a start that cannot be recorded 503 (nothing started).
@@ -37,12 +37,13 @@ class Gateway:
         """Connect to NATS, Redis and SQLite; declare the stream and buckets; listen for replies."""
         s = self.settings
         self.nc = await connect(s, "supportmesh-gateway", max_reconnect_attempts=-1, reconnect_time_wait=0.25)
-        self.js = self.nc.jetstream(timeout=STORE_TIMEOUT_S)
+        self.js = jetstream(self.nc, s, timeout=STORE_TIMEOUT_S)
         await ensure_stream(self.js, s, SUBJECT_PREFIX)
         self.saga = await SagaLog.open(self.js, ttl_s=s.saga_ttl_s, read_timeout_s=STORE_TIMEOUT_S,
                                        log_max_bytes=s.saga_log_max_bytes, state_max_bytes=s.saga_state_max_bytes,
-                                       on_recorded=metrics.count_saga_event)
-        self.results = await ResultStore.open(self.js, ttl_s=s.saga_ttl_s, max_bytes=s.chat_results_max_bytes)
+                                       replicas=s.nats_replicas, on_recorded=metrics.count_saga_event)
+        self.results = await ResultStore.open(self.js, ttl_s=s.saga_ttl_s, max_bytes=s.chat_results_max_bytes,
+                                              replicas=s.nats_replicas)
         self.replies = ReplyRouter(self.nc)
         await self.replies.start()
         from actors.history import HistoryStore

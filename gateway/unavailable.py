@@ -39,6 +39,7 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     nats.errors.FlushTimeoutError,
     nats.js.errors.ServiceUnavailableError,  # also a full bucket or stream: 503 "maximum bytes exceeded" (10077)
     nats.js.errors.ServerError,
+    nats.js.errors.NoStreamResponseError,  # no stream leader took a publish (an election outlasting the retries)
     DirectGetError,
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,

@@ -124,7 +124,9 @@ def deployment(spec: ActorSpec, settings: Settings) -> dict:
 
 
 def scaled_object(spec: ActorSpec) -> dict:
-    """KEDA scales an actor on the backlog of its JetStream consumer."""
+    """KEDA scales an actor on the backlog of its JetStream consumer. NATS is a cluster: the scaler finds the
+    consumer's leader node and asks it at `<node>.<endpoint>`, so the endpoint is the headless Service (whose
+    pod names are the nodes' server names)."""
     actor = spec.name
     name = actor.replace("_", "-")
     return {
@@ -134,7 +136,7 @@ def scaled_object(spec: ActorSpec) -> dict:
             "maxReplicaCount": spec.max_replicas,
             "pollingInterval": 5, "cooldownPeriod": 60,
             "triggers": [{"type": "nats-jetstream", "metadata": {
-                "natsServerMonitoringEndpoint": "nats.supportmesh.svc.cluster.local:8222", "account": "$G",
+                "natsServerMonitoringEndpoint": "nats-headless.supportmesh.svc.cluster.local:8222", "account": "$G",
                 "stream": "SUPPORT", "consumer": actor, "lagThreshold": "20"}}],
         },
     }

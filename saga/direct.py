@@ -76,33 +76,38 @@ async def read_subjects(nc: Any, stream: str, subject_filter: str, *, batch: int
         await sub.unsubscribe()
 
 
-async def ensure_direct(js: Any, stream: str, *, max_bytes: int | None = None) -> bool:
+async def ensure_direct(js: Any, stream: str, *, max_bytes: int | None = None, replicas: int | None = None) -> bool:
     """Turn on `allow_direct` for a stream created without it (KV buckets created by older versions), and bring
-    its `max_bytes` to `max_bytes` when given (a bucket created before it had a limit, or with another one);
-    returns True when the stream was changed."""
+    its `max_bytes` to `max_bytes` and its replicas to `replicas` when given (a bucket created before it had a
+    limit, or with another one; a bucket created before the mesh ran on a cluster); returns True when the
+    stream was changed."""
     info = await js.stream_info(stream)
     config = info.config
-    changed = not config.allow_direct or (max_bytes is not None and (config.max_bytes or -1) != max_bytes)
+    changed = (not config.allow_direct or (max_bytes is not None and (config.max_bytes or -1) != max_bytes)
+               or (replicas is not None and (config.num_replicas or 1) != replicas))
     if not changed:
         return False
     config.allow_direct = True
     if max_bytes is not None:
         config.max_bytes = max_bytes
+    if replicas is not None:
+        config.num_replicas = replicas
     await js.update_stream(config)
     return True
 
 
-async def ensure_bucket(js: Any, name: str, ttl_s: float, max_bytes: int = -1) -> Any:
+async def ensure_bucket(js: Any, name: str, ttl_s: float, max_bytes: int = -1, replicas: int | None = None) -> Any:
     """Open a KV bucket, creating it when missing (file storage, one value per key, retention TTL, at most
-    `max_bytes` (-1 = no limit; a full bucket refuses writes), direct gets on). A bucket created without direct
-    gets (by an older version) gets them turned on, and an existing bucket gets the current size limit."""
+    `max_bytes` (-1 = no limit; a full bucket refuses writes), direct gets on, `replicas` copies (None: one)). A
+    bucket created without direct gets (by an older version) gets them turned on, and an existing bucket gets
+    the current size limit and, when `replicas` is given, that many replicas."""
     try:
         kv = await js.key_value(name)
     except BucketNotFoundError:
         try:
             return await js.create_key_value(
                 KeyValueConfig(bucket=name, history=1, ttl=ttl_s, storage=StorageType.FILE, direct=True,
-                               max_bytes=max_bytes)
+                               max_bytes=max_bytes, replicas=replicas or 1)
             )
         except Exception as create_error:
             # Another process created it between our two calls; else the server's refusal is the error to see
@@ -111,6 +116,6 @@ async def ensure_bucket(js: Any, name: str, ttl_s: float, max_bytes: int = -1) -
                 kv = await js.key_value(name)
             except BucketNotFoundError:
                 raise create_error from None
-    if await ensure_direct(js, f"KV_{name}", max_bytes=max_bytes):
+    if await ensure_direct(js, f"KV_{name}", max_bytes=max_bytes, replicas=replicas):
         kv = await js.key_value(name)
     return kv

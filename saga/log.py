@@ -39,6 +39,7 @@ from nats.js.errors import (
 from pydantic import BaseModel, ConfigDict, Field
 
 from saga.direct import ensure_bucket, read_subjects
+from saga.jetstream import ambiguous_writes
 
 LOG_BUCKET = "saga_log"
 STATE_BUCKET = "saga_state"
@@ -168,13 +169,14 @@ class SagaLog:
 
     @classmethod
     async def open(cls, js: JetStreamContext, *, ttl_s: float = 7 * 24 * 3600, read_timeout_s: float = 5.0,
-                   log_max_bytes: int = -1, state_max_bytes: int = -1,
+                   log_max_bytes: int = -1, state_max_bytes: int = -1, replicas: int | None = None,
                    on_recorded: Callable[[str], None] | None = None) -> SagaLog:
-        """Open the buckets, creating them (file storage, retention TTL, size limit; -1 = none) when missing."""
+        """Open the buckets, creating them (file storage, retention TTL, size limit; -1 = none) when missing.
+        `replicas`: brought to this many (None: a new bucket gets one, an existing one is left as it is)."""
         log_kv, state_kv, running_kv = await asyncio.gather(
-            ensure_bucket(js, LOG_BUCKET, ttl_s, log_max_bytes),
-            ensure_bucket(js, STATE_BUCKET, ttl_s, state_max_bytes),
-            ensure_bucket(js, RUNNING_BUCKET, ttl_s, state_max_bytes),
+            ensure_bucket(js, LOG_BUCKET, ttl_s, log_max_bytes, replicas),
+            ensure_bucket(js, STATE_BUCKET, ttl_s, state_max_bytes, replicas),
+            ensure_bucket(js, RUNNING_BUCKET, ttl_s, state_max_bytes, replicas),
         )
         return cls(js, log_kv, state_kv, running_kv, read_timeout_s=read_timeout_s, on_recorded=on_recorded)
 
@@ -185,13 +187,24 @@ class SagaLog:
 
         Every writer of the saga log goes through here (or `record_nowait`), so this is where events are
         counted (`on_recorded`): once per record created."""
-        payload = event.model_dump(mode="json", exclude={"revision"}, exclude_none=True)
-        try:
-            await self._log.create(event.key, orjson.dumps(payload))
-        except KeyWrongLastSequenceError:
-            return False
+        payload = orjson.dumps(event.model_dump(mode="json", exclude={"revision"}, exclude_none=True))
+        with ambiguous_writes() as retried:
+            try:
+                await self._log.create(event.key, payload)
+            except KeyWrongLastSequenceError:
+                # Someone recorded this fact first, or we did: a write retried after an unanswered attempt (a
+                # leader election, saga/jetstream.py) is refused when that attempt had landed. The same bytes (the
+                # same event, down to its timestamp) are then our own write.
+                if not (retried[0] and await self._stored_is(event.key, payload)):
+                    return False
         self._on_recorded(event.kind)
         return True
+
+    async def _stored_is(self, key: str, payload: bytes) -> bool:
+        try:
+            return (await self._log.get(key)).value == payload
+        except KeyNotFoundError:
+            return False
 
     async def record_nowait(self, event: SagaEvent) -> None:
         """Write an informational event without waiting for the ack. It carries the same "create only"

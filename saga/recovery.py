@@ -76,7 +76,8 @@ class Recovery:
         """Declare the dead-letter stream and the lease bucket, then run the lease and the recovery loops
         (they act only while this instance holds the lease). Call after the runtime started."""
         await transport.ensure_deadletter_stream(self.core.js, self.settings)
-        self._lease_kv = await ensure_bucket(self.core.js, LEASE_BUCKET, self.lease_s)
+        self._lease_kv = await ensure_bucket(self.core.js, LEASE_BUCKET, self.lease_s,
+                                            replicas=self.core.settings.nats_replicas)
         self.core.hooks.on_started(self.name, recovery=True)
         await self._renew()
         self._tasks = [asyncio.create_task(loop(), name=f"recovery-{loop.__name__}")

@@ -29,9 +29,10 @@ class ResultStore(Generic[R]):
         self._kv = kv
 
     @classmethod
-    async def open(cls, js: JetStreamContext, *, ttl_s: float, max_bytes: int = -1) -> Any:
-        """Open the bucket, creating it (file storage, TTL, size limit; -1 = none) if it does not exist yet."""
-        kv = await ensure_bucket(js, cls.bucket, ttl_s, max_bytes)
+    async def open(cls, js: JetStreamContext, *, ttl_s: float, max_bytes: int = -1, replicas: int | None = None) -> Any:
+        """Open the bucket, creating it (file storage, TTL, size limit; -1 = none; `replicas` copies, see
+        `saga.log.ensure_bucket`) if it does not exist yet."""
+        kv = await ensure_bucket(js, cls.bucket, ttl_s, max_bytes, replicas)
         return cls(kv)
 
     async def save(self, result: R) -> bool:

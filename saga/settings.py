@@ -9,7 +9,9 @@ from typing import Protocol
 class SagaSettings(Protocol):
     """Connection, stream, KV, retry and recovery settings of the engine."""
 
-    nats_url: str
+    nats_url: str  # one URL, or a cluster's seed URLs, comma-separated
+    nats_replicas: int  # replicas of every stream and KV bucket
+    nats_retry_s: float  # how long a JetStream write is retried while the bus cannot take it
     nats_user: str  # empty: anonymous (a server without authorization)
     nats_credentials: str  # the user's nkey seed file
     stream_name: str

@@ -33,6 +33,8 @@ from nats.js.errors import (
 from opentelemetry import propagate
 
 from saga import waits
+from saga.jetstream import RetryingJetStream, servers
+from saga.jetstream import jetstream as retrying_jetstream
 from saga.log import SagaEvent, SagaLog
 from saga.protocol import Message
 from saga.settings import SagaSettings as Settings
@@ -52,13 +54,22 @@ def inbox_prefix(user: str) -> str:
 async def connect(settings: Settings, name: str, **options: Any) -> NATS:
     """Connect to NATS as this process's user: signed in with its nkey seed (`nats_credentials`) and receiving
     its request replies under its own inbox prefix (the only inbox its permissions let it read). Without
-    credentials it connects anonymously, which only a server without authorization accepts (unit tests)."""
+    credentials it connects anonymously, which only a server without authorization accepts (unit tests).
+
+    `nats_url` may name a cluster's seed URLs (comma-separated): the client starts with any of them, learns the
+    others from the cluster, and moves to another node when its own goes down."""
     auth: dict[str, Any] = {}
     if settings.nats_credentials:
         auth["nkeys_seed"] = settings.nats_credentials
     if settings.nats_user:
         auth["inbox_prefix"] = inbox_prefix(settings.nats_user)
-    return await nats.connect(settings.nats_url, name=name, **auth, **options)
+    return await nats.connect(servers=servers(settings.nats_url), name=name, **auth, **options)
+
+
+def jetstream(nc: NATS, settings: Settings, timeout: float) -> RetryingJetStream:
+    """The JetStream context of a process: its writes retry a bus that briefly cannot take them (a leader
+    election, a restarting server) for up to `nats_retry_s` (saga/jetstream.py)."""
+    return retrying_jetstream(nc, timeout=timeout, retry_s=settings.nats_retry_s)
 
 
 def stream_config(settings: Settings, subject_prefix: str) -> StreamConfig:
@@ -75,6 +86,7 @@ def stream_config(settings: Settings, subject_prefix: str) -> StreamConfig:
         max_age=settings.stream_max_age_s,
         max_bytes=settings.stream_max_bytes,
         discard=DiscardPolicy.NEW,
+        num_replicas=settings.nats_replicas,
         sources=[StreamSource(name=timer_stream_name(settings), subject_transforms=[
             SubjectTransform(src=f"{waits.FIRED_TOKEN}.{subject_prefix}.>", dest=f"{subject_prefix}.>")])],
     )
@@ -102,6 +114,7 @@ def timer_stream_config(settings: Settings, subject_prefix: str) -> StreamConfig
         discard=DiscardPolicy.OLD,
         allow_msg_schedules=True,
         allow_msg_ttl=True,
+        num_replicas=settings.nats_replicas,
     )
 
 
@@ -113,7 +126,8 @@ async def ensure_stream(js: JetStreamContext, settings: Settings, subject_prefix
 
 
 async def declare_stream(js: JetStreamContext, config: StreamConfig) -> None:
-    """Create a stream, or update an existing one to `config`."""
+    """Create a stream, or bring an existing one to `config` (its limits, its replicas: JetStream scales an
+    existing stream's replicas in place when the cluster has the nodes)."""
     try:
         await js.add_stream(config)
     except BadRequestError:
@@ -138,6 +152,7 @@ async def ensure_deadletter_stream(js: JetStreamContext, settings: Settings) -> 
         max_age=settings.saga_ttl_s,
         max_bytes=settings.deadletter_max_bytes,
         discard=DiscardPolicy.NEW,
+        num_replicas=settings.nats_replicas,
     )
     await declare_stream(js, config)
 

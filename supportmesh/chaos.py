@@ -3,6 +3,10 @@ for a duration, and print what was killed and when.
 
     supportmesh chaos --target local --interval 1 --duration 60
     supportmesh chaos --target local --include-nats --actors intent_analyzer,execution_coordinator
+
+With `--include-nats` against a NATS cluster (`supportmesh up --nats-cluster 3`) the victims include the nodes
+(`nats-n1`...), one at a time: a node is a victim only while every node is up and healthy, so the next is killed
+only once the supervisor has brought the last one back and it has caught up (never a majority down).
     supportmesh chaos --target k8s --namespace supportmesh --selector app.kubernetes.io/component=actor
 """
 
@@ -87,13 +91,15 @@ class LocalBackend:
             if p.get("kind") == "actor" and p.get("pid") and (self.actors is None or p.get("actor") in self.actors)
             and _ready(p.get("url"))
         ]
-        if self.include_nats and doc.get("nats_pid"):
-            names.append("nats-server")
+        if self.include_nats:
+            names += nats_victims(doc)
         return names
 
     def kill(self, victim: str, dry_run: bool) -> str:
         doc = self._read()
-        pid = doc.get("nats_pid") if victim == "nats-server" else doc["processes"].get(victim, {}).get("pid")
+        nodes = {f"nats-{n['name']}": n.get("pid") for n in doc.get("nats_nodes", [])}
+        pid = (doc.get("nats_pid") if victim == "nats-server" else nodes[victim] if victim in nodes
+               else doc["processes"].get(victim, {}).get("pid"))
         if not pid:
             raise ChaosError(f"{victim} has no PID (down, being restarted)")
         if not dry_run:
@@ -104,12 +110,23 @@ class LocalBackend:
         return f"SIGKILL pid {pid}"
 
 
-def _ready(url: str | None, timeout_s: float = 2.0) -> bool:
-    """True when the process at `url` answers `/readyz` with 200 (one without a URL counts as ready)."""
+def nats_victims(doc: dict) -> list[str]:
+    """The NATS victims of a local mesh: its single server, or, in a cluster, its nodes while all of them are up
+    and healthy (so one at a time: never a second before the first is back and current)."""
+    nodes = doc.get("nats_nodes") or []
+    if len(nodes) <= 1:
+        return ["nats-server"] if doc.get("nats_pid") else []
+    if all(n.get("pid") and _ready(n.get("monitor_url"), path="/healthz") for n in nodes):
+        return [f"nats-{n['name']}" for n in nodes]
+    return []
+
+
+def _ready(url: str | None, timeout_s: float = 2.0, path: str = "/readyz") -> bool:
+    """True when the process at `url` answers `path` (`/readyz`) with 200 (one without a URL counts as ready)."""
     if not url:
         return True
     try:
-        with urllib.request.urlopen(f"{url.rstrip('/')}/readyz", timeout=timeout_s) as r:  # noqa: S310 (loopback)
+        with urllib.request.urlopen(f"{url.rstrip('/')}{path}", timeout=timeout_s) as r:  # noqa: S310 (loopback)
             return r.status == 200
     except (OSError, ValueError):
         return False
@@ -208,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="stop after this many rounds (with --seed: the same victims on any machine)")
     parser.add_argument("--dry-run", action="store_true", help="say what would be killed, kill nothing")
     parser.add_argument("--data-dir", default=".supportmesh", help="local: where endpoints.json is")
-    parser.add_argument("--include-nats", action="store_true", help="local: nats-server is a victim too")
+    parser.add_argument("--include-nats", action="store_true",
+                        help="local: nats-server is a victim too (in a cluster, one node at a time)")
     parser.add_argument("--namespace", default="supportmesh", help="k8s: namespace")
     parser.add_argument("--selector", default="app.kubernetes.io/component=actor", help="k8s: pod label selector")
     parser.add_argument("--kubectl", default="kubectl", help="k8s: kubectl binary")

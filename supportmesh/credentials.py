@@ -72,6 +72,10 @@ class MeshCredentials:
             creds.redis_passwords[user] = path
         return creds
 
+    def route_password(self) -> str:
+        """The password the nodes of a local NATS cluster open routes with (created once, kept like the rest)."""
+        return _load_or_create(self.root / "nats-routes" / "route.password", lambda: secrets.token_urlsafe(32))
+
     def redis_password(self, user: str) -> str:
         """The password of a Redis ACL user (for the ACL file's hash)."""
         return self.redis_passwords[user].read_text().strip()
@@ -88,7 +92,7 @@ def nats_options(endpoints: dict[str, Any], user: str = "operator") -> dict[str,
     as the operator; as another user they get that user's permissions and inbox."""
     from saga.transport import inbox_prefix
 
-    options: dict[str, Any] = {"servers": endpoints["nats_url"]}
+    options: dict[str, Any] = {"servers": endpoints.get("nats_urls") or endpoints["nats_url"]}
     seed = endpoints.get("credentials", {}).get("nats", {}).get(user)
     if seed:
         options["nkeys_seed"] = seed

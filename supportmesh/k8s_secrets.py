@@ -3,7 +3,8 @@
     supportmesh secrets | kubectl -n supportmesh apply -f -
 
 Four Secrets, all referenced by the base manifests (no pod starts without them):
-- `supportmesh-nats-auth` (`auth.conf`): nats-server's users and permissions, public nkeys only;
+- `supportmesh-nats-auth` (`auth.conf`): nats-server's users and permissions, public nkeys only; and
+  (`routes.conf`) the cluster's routes between the NATS pods with the password they open them with;
 - `supportmesh-nats-credentials` (`<user>.nk`): each process's nkey seed; each pod mounts only its own;
 - `supportmesh-redis-acl` (`users.acl`): redis-server's ACL users, password hashes only;
 - `supportmesh-redis-credentials` (`<user>.password`): the passwords of the gateway's and the session actors'
@@ -22,11 +23,21 @@ import yaml
 
 from supportmesh import natsauth, redisauth
 from supportmesh.credentials import new_nkey_seed, nkey_public, redis_password_hash
+from supportmesh.natsserver import route_url, routes_config
 
 NATS_AUTH = "supportmesh-nats-auth"
 NATS_CREDENTIALS = "supportmesh-nats-credentials"
 REDIS_ACL = "supportmesh-redis-acl"
 REDIS_CREDENTIALS = "supportmesh-redis-credentials"
+# The NATS StatefulSet (k8s/base/nats.yaml): its pods, reached through the headless Service, on the route port.
+NATS_NODES = 3
+ROUTE_USER = "route"
+
+
+def nats_routes(password: str, nodes: int = NATS_NODES) -> str:
+    """`routes.conf`, included in the `cluster` block of every NATS pod: the route user and the three routes."""
+    urls = [route_url(f"nats-{i}.nats-headless", 6222, ROUTE_USER, password) for i in range(nodes)]
+    return routes_config(urls, ROUTE_USER, password)
 
 
 def nats_users() -> list[str]:
@@ -51,7 +62,8 @@ def generate(namespace: str = "supportmesh", stream: str = "SUPPORT") -> list[di
     auth_conf = natsauth.authorization_config({user: nkey_public(seed) for user, seed in seeds.items()}, stream)
     acl = redisauth.acl_file(lambda user: redis_password_hash(passwords[user]))
     return [
-        _secret(NATS_AUTH, namespace, {"auth.conf": auth_conf}),
+        _secret(NATS_AUTH, namespace, {"auth.conf": auth_conf,
+                                       "routes.conf": nats_routes(secrets.token_urlsafe(32))}),
         _secret(NATS_CREDENTIALS, namespace, {f"{user}.nk": seed + "\n" for user, seed in seeds.items()}),
         _secret(REDIS_ACL, namespace, {"users.acl": acl}),
         _secret(REDIS_CREDENTIALS, namespace, {f"{user}.password": pw for user, pw in passwords.items()}),

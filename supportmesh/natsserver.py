@@ -8,6 +8,7 @@ the server, which is what the durability promise rests on.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import httpx
 
+from config.private_files import write_private
 from supportmesh.procs import stop_process
 
 
@@ -44,6 +46,21 @@ def free_port(host: str = "127.0.0.1") -> int:
             if (host, port) not in _HANDED_OUT:
                 _HANDED_OUT.add((host, port))
                 return port
+
+
+def route_url(host: str, port: int, user: str = "", password: str = "") -> str:
+    """A route URL (`nats-route://user:password@host:port`)."""
+    from urllib.parse import quote
+
+    creds = f"{quote(user, safe='')}:{quote(password, safe='')}@" if user else ""
+    return f"nats-route://{creds}{host}:{port}"
+
+
+def routes_config(routes: list[str], user: str = "", password: str = "") -> str:
+    """The inside of a `cluster` block that names the routes and who may open one (the routes' user): written
+    into a local node's configuration, and into the Secret that the k8s nodes include (`supportmesh secrets`)."""
+    auth = (f"authorization {{ user: {json.dumps(user)}, password: {json.dumps(password)} }}\n" if user else "")
+    return auth + f"routes: {json.dumps(routes)}\n"
 
 
 def find_binary() -> str:
@@ -76,6 +93,16 @@ class NatsServer:
     log_file: Path | None = None
     # An `authorization { users: [...] }` block (supportmesh/natsauth.py); empty: anyone may connect (unit tests).
     authorization: str = ""
+    # Cluster mode (`cluster_port` set): this node's name, the cluster's name, the route port it listens on, the
+    # route URLs of every node (its own is ignored by the server) and the routes' user and password.
+    server_name: str = ""
+    cluster_name: str = ""
+    cluster_port: int = 0
+    routes: list[str] = field(default_factory=list)
+    route_user: str = ""
+    route_password: str = field(default="", repr=False)
+    # The JetStream domain of the cluster ("": none).
+    domain: str = ""
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -93,19 +120,40 @@ class NatsServer:
         """PID of the running server."""
         return self.process.pid if self.process else None
 
+    @property
+    def route_url(self) -> str:
+        """This node's route URL, with the routes' credentials (what the other nodes' `routes` name)."""
+        return route_url(self.host, self.cluster_port, self.route_user, self.route_password)
+
     def config_text(self) -> str:
         """The server configuration file we write."""
         store = str(Path(self.store_dir).resolve()).replace("\\", "/")
         return (
-            f'listen: "{self.host}:{self.port}"\n'
+            (f'server_name: "{self.server_name}"\n' if self.server_name else "")
+            + f'listen: "{self.host}:{self.port}"\n'
             f'http: "{self.host}:{self.monitor_port}"\n'
             f"max_payload: {self.max_payload}\n"
             "jetstream {\n"
             f'  store_dir: "{store}"\n'
             f"  sync_interval: {self.sync_interval}\n"
             + (f"  max_file_store: {self.max_file_store}\n" if self.max_file_store else "")
+            + (f'  domain: "{self.domain}"\n' if self.domain else "")
             + "}\n"
+            + self.cluster_text()
             + self.authorization
+        )
+
+    def cluster_text(self) -> str:
+        """The `cluster` block: routes between the nodes, each route signing in with the routes' own user (a
+        client's credentials open no route, and a route's open no client connection)."""
+        if not self.cluster_port:
+            return ""
+        return (
+            "cluster {\n"
+            f'  name: "{self.cluster_name or "supportmesh"}"\n'
+            f'  listen: "{self.host}:{self.cluster_port}"\n'
+            + routes_config(self.routes, self.route_user, self.route_password)
+            + "}\n"
         )
 
     def start(self, timeout_s: float = 15.0) -> NatsServer:
@@ -115,7 +163,10 @@ class NatsServer:
         self.store_dir = Path(self.store_dir)
         self.store_dir.mkdir(parents=True, exist_ok=True)
         conf = self.store_dir.parent / f"nats-{self.port}.conf"
-        conf.write_text(self.config_text())
+        if self.route_password:
+            write_private(conf, self.config_text())  # it holds the routes' password
+        else:
+            conf.write_text(self.config_text())
         binary = find_binary()
         check = subprocess.run([binary, "-c", str(conf), "-t"], capture_output=True, text=True, timeout=30)
         if check.returncode != 0:
@@ -161,3 +212,45 @@ class NatsServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def cluster_nodes(base_dir: Path, count: int, *, host: str = "127.0.0.1", ports: list[int] | None = None,
+                  route_user: str = "route", route_password: str = "", cluster_name: str = "supportmesh",
+                  domain: str = "supportmesh", **options: object) -> list[NatsServer]:
+    """`count` nats-servers forming one JetStream cluster on `host`: node `n<i>` keeps its store under
+    `<base_dir>/n<i>/jetstream`, listens for clients on `ports[i - 1]` (free ports when not given) and for routes
+    on a free port, and routes to every node (the routes sign in as `route_user`). Start them with `start_cluster`."""
+    ports = ports or [free_port(host) for _ in range(count)]
+    cluster_ports = [free_port(host) for _ in range(count)]
+    routes = [route_url(host, p, route_user if route_password else "", route_password) for p in cluster_ports]
+    return [NatsServer(store_dir=Path(base_dir) / f"n{i + 1}" / "jetstream", port=ports[i], host=host,
+                       server_name=f"n{i + 1}", cluster_name=cluster_name, cluster_port=cluster_ports[i],
+                       routes=routes, route_user=route_user if route_password else "",
+                       route_password=route_password, domain=domain, **options)  # type: ignore[arg-type]
+            for i in range(count)]
+
+
+def wait_healthy(nodes: list[NatsServer], timeout_s: float = 60.0) -> None:
+    """Wait until every node answers `/healthz` with 200: JetStream up and, in a cluster, the meta group with a
+    leader and this node current in it (before that, creating a stream waits out its timeout)."""
+    deadline = time.monotonic() + timeout_s
+    pending = list(nodes)
+    while pending and time.monotonic() < deadline:
+        for node in list(pending):
+            try:
+                if httpx.get(f"{node.monitor_url}/healthz", timeout=1.0).status_code == 200:
+                    pending.remove(node)
+            except httpx.HTTPError:
+                pass
+        if pending:
+            time.sleep(0.1)
+    if pending:
+        raise NatsServerError(f"nats-server not healthy within {timeout_s}s: {', '.join(n.url for n in pending)}")
+
+
+def start_cluster(nodes: list[NatsServer], timeout_s: float = 60.0) -> list[NatsServer]:
+    """Start every node (each alone reports JetStream enabled) and wait until the cluster is healthy."""
+    for node in nodes:
+        node.start(timeout_s=timeout_s)
+    wait_healthy(nodes, timeout_s)
+    return nodes

@@ -34,7 +34,7 @@ from gateway.auth import load_or_create_secret
 from supportmesh import natsauth, redisauth
 from config.private_files import write_private
 from supportmesh.credentials import MeshCredentials, redis_password_hash
-from supportmesh.natsserver import NatsServer, free_port
+from supportmesh.natsserver import NatsServer, cluster_nodes, free_port, wait_healthy
 from supportmesh.redisserver import RedisServer
 from supportmesh.supervisor import Child, Supervisor
 
@@ -74,6 +74,7 @@ class LocalMesh:
         gateway_port: int = 8000,
         mocks_port: int = 8100,
         nats_port: int = 4222,
+        nats_cluster: int = 1,
         redis_port: int = 6379,
         gateway_replicas: int = 1,
         sync_interval: str = "always",
@@ -92,9 +93,17 @@ class LocalMesh:
         # Every process signs in with its own NATS user; Redis users only for the redis-server started here.
         self.credentials = MeshCredentials.load_or_create(
             self.data_dir, [natsauth.GATEWAY, *registry.names(), natsauth.OPERATOR], [] if self.redis_url else list(redisauth.USERS))
-        self.nats = NatsServer(store_dir=self.data_dir / "jetstream", port=_port(nats_port),
-                               sync_interval=sync_interval,
-                               authorization=natsauth.authorization_config(self.credentials.nats_public))
+        authorization = natsauth.authorization_config(self.credentials.nats_public)
+        if nats_cluster > 1:
+            # One JetStream cluster on loopback: each node its own store, routes signed in with their own password.
+            ports = [_port(nats_port + i if nats_port else 0) for i in range(nats_cluster)]
+            self.nats_nodes = cluster_nodes(self.data_dir / "jetstream", nats_cluster, host=host, ports=ports,
+                                            route_password=self.credentials.route_password(),
+                                            sync_interval=sync_interval, authorization=authorization)
+        else:
+            self.nats_nodes = [NatsServer(store_dir=self.data_dir / "jetstream", port=_port(nats_port),
+                                          sync_interval=sync_interval, authorization=authorization)]
+        self.nats = self.nats_nodes[0]
         self.observability = observability
         self.prometheus_port = _port(prometheus_port) if observability else 0
         self.extra_env = env or {}
@@ -117,6 +126,11 @@ class LocalMesh:
         return f"http://{self.host}:{self.mocks_port}"
 
     @property
+    def nats_url(self) -> str:
+        """The NATS URL the processes get: every node's, comma-separated (one URL for a single server)."""
+        return ",".join(node.url for node in self.nats_nodes)
+
+    @property
     def endpoints_path(self) -> Path:
         """Where URLs and PIDs are written."""
         return self.data_dir / "endpoints.json"
@@ -125,7 +139,7 @@ class LocalMesh:
         env = {
             **os.environ,
             **self.extra_env,
-            "SUPPORTMESH_NATS_URL": self.nats.url,
+            "SUPPORTMESH_NATS_URL": self.nats_url,
             "SUPPORTMESH_REDIS_URL": self.redis_url,
             "SUPPORTMESH_SQLITE_PATH": str(self.data_dir / "history.db"),
             "SUPPORTMESH_CUSTOMERS_API_URL": self.mocks_url,
@@ -133,6 +147,8 @@ class LocalMesh:
             "SUPPORTMESH_TRACKING_API_URL": self.mocks_url,
             "PYTHONUNBUFFERED": "1",
         }
+        if len(self.nats_nodes) > 1:
+            env["SUPPORTMESH_NATS_REPLICAS"] = str(len(self.nats_nodes))  # R3 on a 3-node cluster
         env.update(extra)
         return env
 
@@ -155,8 +171,11 @@ class LocalMesh:
         """Start everything and wait until the gateway and every actor report ready. Supervision begins at
         once: a process that crashes while the mesh starts is restarted like any other."""
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
-        self.nats.log_file = self.data_dir / "logs" / "nats-server.log"
-        self.nats.start()
+        for node in self.nats_nodes:
+            node.log_file = self.data_dir / "logs" / (f"nats-server-{node.server_name}.log" if node.server_name
+                                                      else "nats-server.log")
+            node.start()
+        await asyncio.to_thread(wait_healthy, self.nats_nodes, 90.0)
         if not self.redis_url:
             self.redis = RedisServer(data_dir=self.data_dir / "redis", port=_port(self.redis_port),
                                      log_path=self.data_dir / "logs" / "redis-server.log",
@@ -245,9 +264,13 @@ class LocalMesh:
             "gateway_urls": [f"http://{self.host}:{p}" for p in self.gateway_ports],
             "widget_url": f"{self.gateway_url}/",
             "mocks_url": self.mocks_url,
-            "nats_url": self.nats.url,
+            "nats_url": self.nats_url,
+            "nats_urls": [node.url for node in self.nats_nodes],
             "nats_monitor_url": self.nats.monitor_url,
             "nats_pid": self.nats.pid,
+            # Every node of the cluster (one entry for a single server): chaos kills them one at a time.
+            "nats_nodes": [{"name": node.server_name or "nats-server", "url": node.url,
+                            "monitor_url": node.monitor_url, "pid": node.pid} for node in self.nats_nodes],
             "redis_url": self.redis_url,
             "redis_pid": self.redis.pid if self.redis else None,
             "prometheus_url": f"http://{self.host}:{self.prometheus_port}" if self.observability else None,
@@ -272,10 +295,11 @@ class LocalMesh:
         await self.stop()
 
     async def _watch_servers(self) -> None:
-        """Restart nats-server (same port, same store) or redis-server when one dies, as a StatefulSet would."""
+        """Restart a nats-server (same port, same store) or redis-server when one dies, as a StatefulSet would."""
+        servers = [(f"nats-server {node.server_name}".strip(), node) for node in self.nats_nodes]
         while True:
             await asyncio.sleep(0.2)
-            for name, server in (("nats-server", self.nats), ("redis-server", self.redis)):
+            for name, server in (*servers, ("redis-server", self.redis)):
                 proc = getattr(server, "process", None)
                 if server is None or proc is None or proc.poll() is None:
                     continue
@@ -300,8 +324,9 @@ class LocalMesh:
         if self.redis:
             self.redis.stop()
             log.info("stopped redis-server")
-        self.nats.stop()
-        log.info("stopped nats-server")
+        for node in self.nats_nodes:
+            node.stop()
+        log.info("stopped nats-server" + (f" ({len(self.nats_nodes)} nodes)" if len(self.nats_nodes) > 1 else ""))
         with contextlib.suppress(Exception):
             self.write_endpoints(ready=False)
 
@@ -316,7 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--gateway-port", type=int, default=8000)
     parser.add_argument("--mocks-port", type=int, default=8100)
-    parser.add_argument("--nats-port", type=int, default=4222)
+    parser.add_argument("--nats-port", type=int, default=4222, help="the (first) nats-server's client port")
+    parser.add_argument("--nats-cluster", type=int, default=1, metavar="N",
+                        help="run N nats-servers as one JetStream cluster (3: streams and buckets with 3 replicas)")
     parser.add_argument("--redis-port", type=int, default=6379, help="ignored when SUPPORTMESH_REDIS_URL is set")
     parser.add_argument("--sync-interval", default="always", help="nats-server JetStream sync_interval")
     parser.add_argument("--observability", action="store_true", help="also start Prometheus")
@@ -324,10 +351,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.replicas < 1 or args.gateways < 1:
         parser.error("--replicas and --gateways must be at least 1")
+    if args.nats_cluster not in (1, 3, 5):
+        parser.error("--nats-cluster must be 1, 3 or 5 (a JetStream cluster needs an odd number of nodes)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     mesh = LocalMesh(
         Path(args.data_dir), replicas=args.replicas, host=args.host, gateway_port=args.gateway_port,
-        mocks_port=args.mocks_port, nats_port=args.nats_port, redis_port=args.redis_port, gateway_replicas=args.gateways,
+        mocks_port=args.mocks_port, nats_port=args.nats_port, nats_cluster=args.nats_cluster, redis_port=args.redis_port, gateway_replicas=args.gateways,
         sync_interval=args.sync_interval, observability=args.observability, prometheus_port=args.prometheus_port,
     )
 

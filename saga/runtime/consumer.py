@@ -89,13 +89,14 @@ class Runtime:
         core, settings = self.core, self.settings
         core.nc = await transport.connect(settings, f"supportmesh-{self.name}", max_reconnect_attempts=-1,
                                           reconnect_time_wait=0.25, connect_timeout=5)
-        core.js = core.nc.jetstream(timeout=10)
+        core.js = transport.jetstream(core.nc, settings, timeout=10)
         await transport.ensure_stream(core.js, settings, core.app.subject_prefix)
         core.saga = await SagaLog.open(core.js, ttl_s=settings.saga_ttl_s, log_max_bytes=settings.saga_log_max_bytes,
                                        state_max_bytes=settings.saga_state_max_bytes,
-                                       on_recorded=core.hooks.on_saga_event)
+                                       replicas=settings.nats_replicas, on_recorded=core.hooks.on_saga_event)
         core.results = await core.app.result_store.open(core.js, ttl_s=settings.saga_ttl_s,
-                                                        max_bytes=settings.chat_results_max_bytes)
+                                                        max_bytes=settings.chat_results_max_bytes,
+                                                        replicas=settings.nats_replicas)
         await self.actor.start(settings)
         await self._bind()
         self._loop_task = asyncio.create_task(self._fetch_loop(), name=f"{self.name}-fetch")

@@ -26,9 +26,10 @@ class Mesh:
     """A running local mesh."""
 
     def __init__(self, data_dir: Path, *, replicas: int = 1, gateways: int = 1, observability: bool = False,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, nats_cluster: int = 1) -> None:
         self.data_dir = data_dir
         self.replicas = replicas
+        self.nats_cluster = nats_cluster
         self.gateways = gateways
         self.observability = observability
         # The mesh verifies tokens with the test secret (tests/support/identity.py) unless told otherwise; an empty value
@@ -50,6 +51,8 @@ class Mesh:
                 "--mocks-port", "0", "--nats-port", "0", "--redis-port", "0", "--prometheus-port", "0"]
         if self.observability:
             argv.append("--observability")
+        if self.nats_cluster > 1:
+            argv += ["--nats-cluster", str(self.nats_cluster)]
         env = {**os.environ, "PYTHONPATH": str(REPO), **self.env}
         env.pop("SUPPORTMESH_REDIS_URL", None)
         with open(self.data_dir / "up.log", "ab") as log:
@@ -79,6 +82,8 @@ class Mesh:
         pids = {name: p["pid"] for name, p in ep["processes"].items() if p.get("pid")}
         pids.update({name: ep[key] for name, key in (("nats-server", "nats_pid"), ("redis-server", "redis_pid"))
                      if ep.get(key)})
+        if len(ep.get("nats_nodes", [])) > 1:  # a cluster: every node by name
+            pids.update({f"nats-{node['name']}": node["pid"] for node in ep["nats_nodes"] if node.get("pid")})
         return pids
 
     @property

@@ -26,15 +26,21 @@ from actors import registry
 from supportmesh.credentials import nats_options
 
 from tests.support import REPO
-from tests.support.chaos_load import actions_by_message, build_messages, check_invariants, run_load
+from tests.support.chaos_load import (
+    ACK_WAIT_S,
+    CHAOS_ENV,
+    MAX_DELIVERIES,
+    MAX_REDELIVERIES,
+    MAX_SWEEPS,
+    actions_by_message,
+    build_messages,
+    check_invariants,
+    run_load,
+)
 from tests.support.mesh import Mesh
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 ACTORS = registry.names(registry.ACTORS)
-MAX_ATTEMPTS = 4
-MAX_DELIVERIES = MAX_ATTEMPTS + 1
-MAX_REDELIVERIES, MAX_SWEEPS = 1, 2
-ACK_WAIT_S = 3
 FIGURES = REPO / "test-artifacts" / "chaos-figures.json"
 
 
@@ -46,13 +52,7 @@ def body_timeout(seconds: float) -> pytest.MarkDecorator:
 
 @pytest.fixture(scope="module")
 def chaos_mesh(tmp_path_factory):
-    m = Mesh(tmp_path_factory.mktemp("chaos-mesh"), env={
-        "SUPPORTMESH_CHAT_DEADLINE_S": "3", "SUPPORTMESH_ACK_WAIT_S": str(ACK_WAIT_S),
-        "SUPPORTMESH_MAX_ATTEMPTS": str(MAX_ATTEMPTS),
-        "SUPPORTMESH_BACKOFF_BASE_S": "0.2", "SUPPORTMESH_BACKOFF_MAX_S": "1", "SUPPORTMESH_STALL_AFTER_S": "20",
-        "SUPPORTMESH_SWEEP_INTERVAL_S": "2", "SUPPORTMESH_REDELIVERY_DELAY_S": "0.2",
-        "SUPPORTMESH_MAX_REDELIVERIES": str(MAX_REDELIVERIES), "SUPPORTMESH_MAX_SWEEPS": str(MAX_SWEEPS),
-    }).start()
+    m = Mesh(tmp_path_factory.mktemp("chaos-mesh"), env=CHAOS_ENV).start()
     try:
         yield m
     finally:
@@ -137,26 +137,28 @@ def test_k8s_backend_exits_nonzero_when_every_round_fails(tmp_path) -> None:
     assert "failed" in out.stdout.strip().splitlines()[-1]
 
 
-def test_local_backend_kills_only_processes_that_are_serving(tmp_path) -> None:
-    """A process the supervisor is still starting (its /readyz not 200) holds no step: it is no victim."""
+def health(status: int):  # type: ignore[no-untyped-def]
+    """A loopback HTTP server answering `/readyz` and `/healthz` with `status` (a process's or a node's health)."""
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
     from threading import Thread
 
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(status if self.path in ("/readyz", "/healthz") else 404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_local_backend_kills_only_processes_that_are_serving(tmp_path) -> None:
+    """A process the supervisor is still starting (its /readyz not 200) holds no step: it is no victim."""
     from supportmesh.chaos import LocalBackend
-
-    def health(status: int) -> ThreadingHTTPServer:
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
-                self.send_response(status if self.path == "/readyz" else 404)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                return
-
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        Thread(target=server.serve_forever, daemon=True).start()
-        return server
 
     serving, starting = health(200), health(503)
     try:
@@ -173,6 +175,33 @@ def test_local_backend_kills_only_processes_that_are_serving(tmp_path) -> None:
     finally:
         serving.shutdown()
         starting.shutdown()
+
+
+def test_local_backend_kills_one_nats_node_at_a_time(tmp_path) -> None:
+    """In a NATS cluster the nodes are victims only while every one of them is up and healthy: the next is killed
+    once the last one is back and current, so never two at once (never a majority of three)."""
+    from supportmesh.chaos import LocalBackend
+
+    up, recovering = health(200), health(503)
+    try:
+        def write(*monitors: str, pids: tuple = (21, 22, 23)) -> None:
+            nodes = [{"name": f"n{i + 1}", "pid": pid, "monitor_url": url}
+                     for i, (url, pid) in enumerate(zip(monitors, pids))]
+            (tmp_path / "endpoints.json").write_text(json.dumps({"processes": {}, "nats_pid": 21, "nats_nodes": nodes}))
+
+        healthy = f"http://127.0.0.1:{up.server_address[1]}"
+        write(healthy, healthy, healthy)
+        backend = LocalBackend(tmp_path, None, include_nats=True)
+        assert backend.victims() == ["nats-n1", "nats-n2", "nats-n3"]
+        assert backend.kill("nats-n2", dry_run=True) == "SIGKILL pid 22"
+        write(healthy, f"http://127.0.0.1:{recovering.server_address[1]}", healthy)  # n2 restarted, catching up
+        assert backend.victims() == []
+        write(healthy, healthy, healthy, pids=(21, None, 23))  # n2 down, not restarted yet
+        assert backend.victims() == []
+        assert LocalBackend(tmp_path, None, include_nats=False).victims() == []
+    finally:
+        up.shutdown()
+        recovering.shutdown()
 
 
 # ---- scenarios against the local mesh ----------------------------------------------------------------------

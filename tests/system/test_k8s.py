@@ -82,18 +82,26 @@ def test_everything_lands_in_one_namespace(overlay: str) -> None:
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_statefulsets_are_governed_by_headless_services(overlay: str) -> None:
-    """A StatefulSet's serviceName must be a headless Service (its pods' stable DNS names); the clients keep a
-    ClusterIP Service of the name the configuration uses."""
+    """A StatefulSet's serviceName must be a headless Service (its pods' stable DNS names); Redis's clients keep a
+    ClusterIP Service of the name the configuration uses, and NATS's clients name each pod of the cluster by its
+    stable name under the headless Service (`nats-<i>.nats-headless`, one per replica)."""
     docs = render(overlay)
     services = by_kind(docs, "Service")
-    for name, sts in by_kind(docs, "StatefulSet").items():
+    statefulsets = by_kind(docs, "StatefulSet")
+    for name, sts in statefulsets.items():
         governing = services[sts["spec"]["serviceName"]]
         assert governing["spec"].get("clusterIP") == "None", (name, governing["metadata"]["name"])
         assert governing["spec"]["selector"].items() <= sts["spec"]["template"]["metadata"]["labels"].items()
     config = by_kind(docs, "ConfigMap")["supportmesh-config"]["data"]
-    for url in (config["SUPPORTMESH_NATS_URL"], config["SUPPORTMESH_REDIS_URL"]):
-        client = services[url.split("://")[1].split(":")[0]]
-        assert client["spec"].get("clusterIP") != "None", url
+    redis = config["SUPPORTMESH_REDIS_URL"]
+    assert services[redis.split("://")[1].split(":")[0]]["spec"].get("clusterIP") != "None", redis
+    pods = []
+    for url in config["SUPPORTMESH_NATS_URL"].split(","):
+        pod, service = url.split("://")[1].split(":")[0].split(".")
+        sts_name, index = pod.rsplit("-", 1)
+        assert statefulsets[sts_name]["spec"]["serviceName"] == service, url
+        pods.append(int(index))
+    assert pods == list(range(statefulsets["nats"]["spec"]["replicas"]))  # every node, once
 
 
 def test_keda_leaves_replicas_to_the_autoscaler(k3d) -> None:
@@ -228,6 +236,26 @@ def test_nats_is_durable(k3d) -> None:
     assert "sync_interval: always" in conf
     nats = by_kind(k3d, "StatefulSet")["nats"]
     assert nats["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
+
+
+def test_nats_is_a_three_node_cluster_with_r3_streams(k3d) -> None:
+    """NATS runs as three StatefulSet pods routed into one JetStream cluster (each with its own volume), every
+    process gets all three seed URLs, and the streams and buckets are kept on all three nodes (R3)."""
+    nats = by_kind(k3d, "StatefulSet")["nats"]
+    assert nats["spec"]["replicas"] == 3 and nats["spec"]["serviceName"] == "nats-headless"
+    assert nats["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"  # a volume per pod
+    conf = by_kind(k3d, "ConfigMap")["nats-config"]["data"]["nats.conf"]
+    assert "server_name: $POD_NAME" in conf and re.search(r"cluster \{[^}]*listen: 0\.0\.0\.0:6222", conf)
+    assert "include ./auth/routes.conf" in conf  # routes and their password from the Secret, not the ConfigMap
+    container = nats["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "cluster", "containerPort": 6222} in container["ports"]
+    headless = by_kind(k3d, "Service")["nats-headless"]["spec"]
+    assert headless["clusterIP"] == "None" and 6222 in {p["port"] for p in headless["ports"]}
+    assert by_kind(k3d, "PodDisruptionBudget")["nats"]["spec"]["maxUnavailable"] == 1
+    config = by_kind(k3d, "ConfigMap")["supportmesh-config"]["data"]
+    assert config["SUPPORTMESH_NATS_URL"].split(",") == [f"nats://nats-{i}.nats-headless:4222" for i in range(3)]
+    assert config["SUPPORTMESH_NATS_REPLICAS"] == "3"
+    assert generate_actors.pod_settings().nats_replicas == 3
 
 
 def dockerfile_lines() -> list[str]:
@@ -584,7 +612,7 @@ def architecture_flows(pods: dict[str, tuple], uis_exposed: bool) -> tuple[list,
     llm = {a.replace("_", "-") for a in LLM_ACTORS}
     redis = {a.replace("_", "-") for a in REDIS_USERS}
     mocks = {a.replace("_", "-") for a in MOCK_USERS}
-    allowed = [("client", "gateway", 8000), ("client", "grafana", 3000),
+    allowed = [("client", "gateway", 8000), ("client", "grafana", 3000), ("nats", "nats", 6222),
                ("gateway", "nats", 4222), ("gateway", "redis", 6379), ("gateway", "jaeger", 4318),
                ("mocks", "jaeger", 4318), ("mocks", "jaeger", 4317),
                ("prometheus", "gateway", 8000), ("prometheus", "mocks", 8100),
@@ -593,7 +621,8 @@ def architecture_flows(pods: dict[str, tuple], uis_exposed: bool) -> tuple[list,
                  ("mocks", "nats", 4222), ("mocks", "redis", 6379), ("client", "jaeger", 4318),
                  ("gateway", "mocks", 8100), ("gateway", "internet", 443), ("grafana", "nats", 4222),
                  ("jaeger", "nats", 4222), ("nats", "internet", 443), ("redis", "nats", 4222),
-                 ("prometheus", "nats", 4222), ("prometheus", "redis", 6379), ("mocks", "internet", 443)]
+                 ("prometheus", "nats", 4222), ("prometheus", "redis", 6379), ("mocks", "internet", 443),
+                 ("gateway", "nats", 6222), ("client", "nats", 6222)]  # the cluster's routes: NATS pods only
     uis = [("client", "prometheus", 9090), ("client", "jaeger", 16686)]
     (allowed if uis_exposed else forbidden).extend(uis)
     for a in actors:

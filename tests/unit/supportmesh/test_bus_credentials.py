@@ -3,6 +3,8 @@ manifests' use of them. The refusals by real servers are in test_bus_auth.py."""
 
 from __future__ import annotations
 
+import os
+import re
 import stat
 import subprocess
 
@@ -77,14 +79,28 @@ def test_generated_secrets_configure_nats_server(tmp_path) -> None:
     config = next(d for d in yaml.safe_load_all((REPO / "k8s/base/nats.yaml").read_text())
                   if d["kind"] == "ConfigMap")["data"]["nats.conf"]
     (tmp_path / "auth").mkdir()
-    (tmp_path / "auth" / "auth.conf").write_text(auth)
+    for key, text in secrets["supportmesh-nats-auth"].items():  # auth.conf and routes.conf
+        (tmp_path / "auth" / key).write_text(text)
     (tmp_path / "nats.conf").write_text(config.replace("/data", str(tmp_path / "data")))
+    # The pod's name (the node's server_name) comes from the environment, as in the StatefulSet.
     check = subprocess.run([find_binary(), "-c", str(tmp_path / "nats.conf"), "-t"], capture_output=True, text=True,
-                           timeout=30)
+                           timeout=30, env={**os.environ, "POD_NAME": "nats-1"})
     assert check.returncode == 0, check.stderr or check.stdout
     acl = secrets["supportmesh-redis-acl"]["users.acl"]
     assert acl.startswith("user default off") and not any(
         pw in acl for pw in secrets["supportmesh-redis-credentials"].values())
+
+
+def test_generated_secrets_route_the_three_nats_pods() -> None:
+    """The cluster's routes (Secret key routes.conf): one per StatefulSet pod through the headless Service, each
+    signing in as the route user with the Secret's password; the password is nowhere in the ConfigMap."""
+    auth = next(s for s in generate() if s["metadata"]["name"] == "supportmesh-nats-auth")["stringData"]
+    routes = auth["routes.conf"]
+    password = re.search(r'password: "([^"]+)"', routes).group(1)
+    assert len(password) >= 32
+    urls = re.findall(r'"(nats-route://[^"]+)"', routes)
+    assert urls == [f"nats-route://route:{password}@nats-{i}.nats-headless:6222" for i in range(3)]
+    assert password not in (REPO / "k8s/base/nats.yaml").read_text()
 
 
 def test_each_pod_mounts_only_its_own_credentials_and_the_repo_ships_none() -> None:
