@@ -111,8 +111,9 @@ class StepContext(Protocol):
         """This saga's final result, when one was stored already."""
         ...
 
-    async def save_result(self, result: Any) -> bool:
-        """Store this saga's final result once; False when one was stored already."""
+    async def save_result(self, result: Any, *, provisional: bool = False) -> bool:
+        """Store this saga's final result once (False when one was stored already); with `provisional`, an
+        answer given before the saga waits for a signal, shown until the final result replaces it."""
         ...
 
     async def in_progress(self) -> None:

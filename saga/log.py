@@ -65,6 +65,7 @@ EventKind = Literal[
     "wait_started",
     "signal_received",
     "timer_fired",
+    "signal_buffered",
 ]
 EVENT_KINDS: frozenset[str] = frozenset(EventKind.__args__)  # type: ignore[attr-defined]
 # Facts that happen at most once per step: their key has no counter.
@@ -97,6 +98,8 @@ class SagaEvent(BaseModel):
     @property
     def key(self) -> str:
         """The deterministic KV key of this event."""
+        if self.kind == "signal_buffered":  # one per signal name and saga, whatever step it came during
+            return f"{self.message_id}.signal.{self.data['signal']}"
         source = self.data.get("source")
         return event_key(self.message_id, self.step_index, self.kind, self.attempt, self.seq,
                          source if isinstance(source, str) else None)

@@ -43,10 +43,28 @@ class ResultStore(Generic[R]):
         except KeyWrongLastSequenceError:
             return False
 
-    async def get(self, message_id: str) -> R | None:
-        """The stored outcome, or None while the saga is still running."""
+    async def save_provisional(self, result: R) -> None:
+        """Store an answer given before the saga ends (it waits for a signal): `get` returns it until the final
+        outcome is saved. A later provisional answer of the same saga replaces it; the final one never does."""
+        await self._kv.put(provisional_key(result.message_id),  # type: ignore[attr-defined]
+                           orjson.dumps(result.model_dump(mode="json")))
+
+    async def get(self, message_id: str, *, provisional: bool = True) -> R | None:
+        """The stored outcome; else (with `provisional`) the answer given while the saga waits; else None while
+        the saga is still running."""
+        final = await self._read(message_id)
+        if final is not None or not provisional:
+            return final
+        return await self._read(provisional_key(message_id))
+
+    async def _read(self, key: str) -> R | None:
         try:
-            entry = await self._kv.get(message_id)
+            entry = await self._kv.get(key)
         except KeyNotFoundError:
             return None
         return self.model.model_validate(orjson.loads(entry.value)) if entry.value else None
+
+
+def provisional_key(message_id: str) -> str:
+    """Where a saga's provisional answer is kept (message ids have no dot, so it never names another saga)."""
+    return f"{message_id}.provisional"

@@ -16,16 +16,20 @@ from typing import Any, Literal
 import orjson
 
 from saga.actor import check_signal
-from saga.log import TERMINAL, SagaLog
+from saga.log import TERMINAL, SagaEvent, SagaLog
 from saga.protocol import MESSAGE_ID
-from saga.waits import find_wait, wake
+from saga.waits import find_wait, take_buffered, wake
 
 SignalOutcome = Literal["accepted", "not_waiting", "already_decided"]
 
 
 async def send_signal(saga_log: SagaLog, js: Any, message_id: str, signal: str, payload: dict[str, Any] | None = None,
-                      *, subject_prefix: str) -> SignalOutcome:
+                      *, subject_prefix: str, buffer: bool = False) -> SignalOutcome:
     """Deliver `signal` with `payload` (a JSON object) to the saga `message_id`, if it waits for it.
+
+    With `buffer`, a running saga that does not wait for `signal` yet keeps it (`signal_buffered`, once per
+    signal name): its next wait for that signal ends with it at once ("accepted"). That is how an answer that
+    comes before the question's wait is recorded (a customer quicker than a step redelivered after a crash).
 
     Raises ValueError for a bad signal name or a payload that is not a JSON object; NATS errors (timeouts,
     a full bucket) propagate. Safe to call again after an error: a decision already recorded is not taken
@@ -43,12 +47,26 @@ async def send_signal(saga_log: SagaLog, js: Any, message_id: str, signal: str, 
     history = await saga_log.history(message_id)
     wait = find_wait(history)
     if wait is None or wait.signal != signal:
-        return "not_waiting"
+        return await _buffer(saga_log, js, message_id, signal, payload, subject_prefix) if buffer else "not_waiting"
     if wait.wake is None:
         state = await saga_log.state(message_id)
         if state is None or state.status in TERMINAL:
             return "not_waiting"  # the saga ended without this wait being decided (e.g. it was failed)
     return await wake(saga_log, js, subject_prefix, history, wait, "signal", payload)
+
+
+async def _buffer(saga_log: SagaLog, js: Any, message_id: str, signal: str, payload: dict[str, Any],
+                  prefix: str) -> SignalOutcome:
+    state = await saga_log.state(message_id)
+    if state is None or state.status in TERMINAL:
+        return "not_waiting"
+    kept = SagaEvent(message_id=message_id, kind="signal_buffered", actor="signal", step_index=state.step_index,
+                     trace_id=state.trace_id, data={"signal": signal, "payload": payload})
+    if not await saga_log.record(kept):
+        return "already_decided"  # one was kept already: the first answer stands
+    # The wait may have started between our read and our record: then it did not see this signal, take it now.
+    await take_buffered(saga_log, js, prefix, message_id, signal)
+    return "accepted"
 
 
 __all__ = ["SignalOutcome", "send_signal"]

@@ -123,6 +123,27 @@ def find_wait(history: list[SagaEvent], step: int | None = None, seq: int | None
     return WaitRecord(last, wake)
 
 
+def buffered_signal(history: list[SagaEvent], signal: str) -> SagaEvent | None:
+    """A signal sent before the saga waited for it (`signal_buffered`) that no wait has taken yet."""
+    buffered = next((e for e in history if e.kind == "signal_buffered" and e.data.get("signal") == signal), None)
+    taken = any(e.kind == "signal_received" and e.data.get("source") == "buffered" and e.data.get("signal") == signal
+                for e in history)
+    return None if buffered is None or taken else buffered
+
+
+async def take_buffered(saga: SagaLog, js: Any, prefix: str, message_id: str, signal: str) -> bool:
+    """End the saga's open wait for `signal` with a signal buffered before it (True when one did). Both the
+    sender (after buffering) and the waiting step (after recording its wait) call it, so whichever writes second
+    sees the other's record; the wake's single-winner claim takes it once."""
+    history = await saga.history(message_id)
+    wait = find_wait(history)
+    buffered = buffered_signal(history, signal)
+    if wait is None or wait.wake is not None or wait.signal != signal or buffered is None:
+        return False
+    await wake(saga, js, prefix, history, wait, "signal", buffered.data.get("payload") or {}, source="buffered")
+    return True
+
+
 def moved_on(history: list[SagaEvent], wait: WaitRecord) -> bool:
     """True when the waiting step no longer needs this wait's resume: it completed, or waited again."""
     return any((e.kind == "step_completed" and e.step_index == wait.step)
@@ -180,4 +201,4 @@ async def wake(saga: SagaLog, js: Any, prefix: str, history: list[SagaEvent], wa
 
 
 __all__ = ["LINK_HEADER", "TIMER_HEADER", "WAKE_HEADER", "WaitRecord", "at_time", "find_wait", "moved_on",
-           "publish_resume", "resume_id", "resume_subject", "schedule_timer", "timer_subject", "wait_event", "wake"]
+           "publish_resume", "resume_id", "resume_subject", "buffered_signal", "take_buffered", "schedule_timer", "timer_subject", "wait_event", "wake"]

@@ -54,8 +54,12 @@ class StepContext:
         """This saga's final result, when one was stored already."""
         return await self._core.results.get(self._message.message_id)
 
-    async def save_result(self, result: Any) -> bool:
-        """Store this saga's final result once; False when one was stored already."""
+    async def save_result(self, result: Any, *, provisional: bool = False) -> bool:
+        """Store this saga's final result once (False when one was stored already); with `provisional`, the
+        answer given before the saga waits for a signal, shown until the final result replaces it."""
+        if provisional:
+            await self._core.results.save_provisional(result)
+            return True
         return await self._core.results.save(result)
 
     async def in_progress(self) -> None:

@@ -43,6 +43,8 @@ async def suspend(core: Core, msg: Msg, message: Message[Any], wait: Wait, seq: 
     await core.saga.record(event)
     await waits.schedule_timer(core.js, core.app.subject_prefix, event)
     core.hooks.on_wait_started(core.name, wait.signal)
+    # The signal may have come first (sent while the saga was still on its way to this wait): take it now.
+    await waits.take_buffered(core.saga, core.js, core.app.subject_prefix, message.message_id, wait.signal)
     await msg.ack()
     log.info("step waits for %s (%.1fs)", wait.signal, wait.timeout_s, extra=core.extra(message, 1))
     return "waiting"

@@ -328,3 +328,26 @@ async def test_a_resume_runs_on_the_recorded_message_never_on_the_body_sent(harn
     assert [e.actor for e in await harness.events(message.message_id) if e.kind == "step_completed"] == [
         "waiter", "done"]
     assert len(harness.executions("waiter_resume", message.message_id)) == 1
+
+
+async def test_a_signal_sent_before_the_wait_is_kept_for_it(harness: Harness) -> None:
+    """A signal that comes while the saga is still on its way to the wait (`buffer=True`) is kept and ends the
+    wait as soon as it starts; without `buffer` it is refused; a second one is not kept twice."""
+    message = await harness.submit(["waiter", "done"], "wait:approval:120")  # no waiter runs yet
+    await until(lambda: harness.saga.state(message.message_id), what="the saga started")
+    assert await signal(harness, message.message_id, payload={"early": True}) == "not_waiting"
+    assert await send_signal(harness.saga, harness.js, message.message_id, "approval", {"early": True},
+                             subject_prefix=SUBJECT_PREFIX, buffer=True) == "accepted"
+    assert await send_signal(harness.saga, harness.js, message.message_id, "approval", {"early": False},
+                             subject_prefix=SUBJECT_PREFIX, buffer=True) == "already_decided"
+
+    await harness.run_actor(Waiter)
+    await harness.run_actor(Done)
+    final = await harness.wait_terminal(message.message_id, timeout=30)
+    assert final.status == "completed"
+    events = await harness.events(message.message_id)
+    assert order(events, "signal_buffered", "wait_started", "signal_received", "step_completed") == [
+        "signal_buffered", "wait_started", "signal_received", "step_completed", "step_completed"]
+    result = waiter_result(events)
+    assert result["kind"] == "signal" and result["payload"] == {"early": True}
+    assert len(harness.executions("waiter_resume", message.message_id)) == 1
