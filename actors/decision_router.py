@@ -1,12 +1,16 @@
 """decision_router (smart router): escalation for critical sentiment, low confidence or a customer asking for a
-person, an action plan within policy, and the execution step inserted when an action is approved."""
+person, an action plan within policy, and the execution step inserted when an action is approved.
+
+An approved plan waits for the customer's yes (`requires: confirmation`, while SUPPORTMESH_CONFIRM_ACTIONS is on);
+a plan beyond what the agent may do alone waits for a colleague's decision (`requires: approval`). Either way the
+customer is answered first and the execution coordinator then waits (`registry.route_answering_first`)."""
 
 from __future__ import annotations
 
 from actors.base import Actor, StepContext, StepResult
 from actors.domain import ActionPlan, Message
 from actors.policy import decide_action, guest_plan
-from actors.registry import ACTION, ESCALATION, route
+from actors.registry import ACTION, ESCALATION, route, route_answering_first
 from config.settings import Settings
 
 # The intent of a customer who asks for a person (actors/local_model.py, actors/prompts.py).
@@ -21,6 +25,7 @@ class DecisionRouter(Actor):
 
     async def start(self, settings: Settings) -> None:
         self.min_confidence = settings.min_intent_confidence
+        self.confirm_actions = settings.confirm_actions
 
     async def handle(self, message: Message, ctx: StepContext) -> StepResult:
         p = message.payload
@@ -40,7 +45,13 @@ class DecisionRouter(Actor):
         decision = decide_action(p.intent, p.context)
         plan = decision.plan
         if decision.needs_human:
-            return StepResult(enrichment={"action_plan": plan}, remaining_route=escalate, reason="needs_approval")
+            waiting = plan.model_copy(update={"requires": "approval"})
+            return StepResult(enrichment={"action_plan": waiting}, reason="needs_approval",
+                              remaining_route=list(route_answering_first(ACTION, after=self.name)))
+        if plan.approved and getattr(self, "confirm_actions", True):
+            waiting = plan.model_copy(update={"requires": "confirmation"})
+            return StepResult(enrichment={"action_plan": waiting}, reason=f"confirm_{plan.action}",
+                              remaining_route=list(route_answering_first(ACTION, after=self.name)))
         if plan.approved:
             return StepResult(enrichment={"action_plan": plan}, remaining_route=list(route(ACTION, after=self.name)),
                               reason=f"approved_{plan.action}")

@@ -131,6 +131,10 @@ class ActionPlan(Strict):
     reason: str = ""
     approved: bool = False
     policy_notes: list[str] = Field(default_factory=list)
+    # Who must say yes before the action happens: the customer ("confirmation", for every approved plan while
+    # SUPPORTMESH_CONFIRM_ACTIONS is on) or a colleague ("approval", for a plan over what the agent may do alone).
+    # The execution coordinator waits for that signal; nothing is executed before it.
+    requires: Literal["confirmation", "approval"] | None = None
 
 
 class AgentResponse(Strict):
@@ -169,6 +173,23 @@ class ExecutionResult(Strict):
     detail: str = ""
 
 
+DecisionOutcome = Literal["yes", "no", "other", "approved", "denied", "timeout"]
+
+
+class PersonDecision(Strict):
+    """Added by execution_coordinator when the wait for a person ended: what they decided (or that nobody did)."""
+
+    kind: Literal["confirmation", "approval"]
+    outcome: DecisionOutcome
+    # The customer's reply that decided (its own message id, its text), for the history.
+    reply_message_id: str | None = Field(default=None, max_length=64)
+    reply_text: str | None = Field(default=None, max_length=4000)
+    # The colleague who decided, and their note to the customer (a denial's reason).
+    agent: str | None = Field(default=None, max_length=254)
+    note: str | None = Field(default=None, max_length=2000)
+    waited_s: float = 0.0
+
+
 class MessagePayload(Strict):
     """The customer's input (never changed) and one enrichment per processor (added once)."""
 
@@ -182,6 +203,7 @@ class MessagePayload(Strict):
     response: AgentResponse | None = None
     guardrail_check: GuardrailCheck | None = None
     execution_result: ExecutionResult | None = None
+    decision: PersonDecision | None = None
     error: ErrorInfo | None = None
     recovery_log: list[dict[str, Any]] = Field(default_factory=list)
 

@@ -183,7 +183,9 @@ class EscalationRouter(Actor):
         saga's keys without an answer reaching us (an order that cannot be checked is noted as unverified)."""
         effects = {e.action_id: e for e in recorded_effects(history)}
         plan = message.payload.action_plan
-        if plan is None or plan.action == "none" or not plan.approved or not plan.order_id:
+        # Any plan with an order may have acted: one the policy approved, and one a colleague approved (its plan
+        # says `approved: false`, `requires: approval`). Looking costs one listing; missing an effect keeps it.
+        if plan is None or plan.action == "none" or not plan.order_id:
             return list(effects.values())
         if any((e.action, e.order_id) == (plan.action, plan.order_id) for e in effects.values()):
             return list(effects.values())  # the planned effect's answer arrived: nothing unknown to look for

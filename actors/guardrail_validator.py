@@ -78,6 +78,8 @@ def check(message: Message) -> list[str]:
     for action, claim in CLAIMS.items():
         if claim.search(text) and not (plan and plan.approved and plan.action == action):
             violations.append(f"claims a {action} the action plan did not approve")
+        elif claim.search(text) and plan and plan.requires:
+            violations.append(f"claims a {action} that waits for the {plan.requires} of a person")
     return violations
 
 

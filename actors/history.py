@@ -87,6 +87,17 @@ class HistoryStore:
         await self.db.commit()
         return cur.rowcount
 
+    async def record_agent_message(self, *, row_id: str, session_id: str, text: str, route_trace: list[str],
+                                   payload: dict[str, Any]) -> int:
+        """Write one agent row once (an answer nobody's message asked for: a decision's outcome, a timeout)."""
+        cur = await self.db.execute(
+            "INSERT OR IGNORE INTO messages (message_id, session_id, timestamp, sender, content, route_trace, payload)"
+            " VALUES (?, ?, ?, 'agent', ?, ?, ?)",
+            (row_id, session_id, datetime.now(UTC).isoformat(timespec="microseconds"), text,
+             orjson.dumps(route_trace).decode(), orjson.dumps(payload).decode()))
+        await self.db.commit()
+        return cur.rowcount
+
     async def record_message(self, *, message_id: str, session_id: str, sender: str, content: str,
                              route_trace: list[str]) -> None:
         """Write one row of a conversation a person has taken over (the customer's message, or an agent's

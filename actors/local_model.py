@@ -152,6 +152,14 @@ def _guest_reply(order: dict[str, Any], tracking: dict[str, Any], plan: dict[str
     return parts
 
 
+def confirmation_question(action: str, order_id: Any, amount: Any) -> str:
+    """What the agent asks before acting: exactly what will happen, and how to answer."""
+    what = {"refund": f"refund {_money(amount or 0)} on order {order_id} to your original payment method",
+            "cancel": f"cancel order {order_id}; you will not be charged for it",
+            "replacement": f"send you a replacement for order {order_id}"}.get(action, f"{action} order {order_id}")
+    return f"I can {what}. Shall I go ahead? Reply yes to go ahead, or no to leave it as it is."
+
+
 SMALL_TALK_REPLIES = {
     "greeting": "Hello! I can help with order status, deliveries, cancellations, replacements and refunds: "
                 "what can I do for you?",
@@ -197,7 +205,13 @@ def compose_response(data: dict[str, Any], careful: bool = False) -> str:
     action = plan.get("action", "none")
     if action != "none" and order:
         oid = order.get("order_id")
-        if plan.get("approved") and not careful:
+        if plan.get("requires") == "confirmation":
+            parts.append(f"{confirmation_question(action, oid, plan.get('amount'))}")
+        elif plan.get("requires") == "approval":
+            note = (plan.get("policy_notes") or ["it needs a colleague's approval"])[0]
+            parts.append(f"I can't do that on my own for order {oid}: {note}. I've passed your request to a "
+                         "colleague, who will review it; I'll tell you here as soon as they decide.")
+        elif plan.get("approved") and not careful:
             if action == "refund":
                 parts.append(f"I've issued a refund of {_money(plan.get('amount') or 0)} for order {oid}; it "
                              "will appear on your original payment method within 5-7 business days.")

@@ -109,10 +109,11 @@ def decide_action(intent: Intent, context: CustomerContext | None) -> Decision:
 
 
 def recheck(plan: ActionPlan, email: str, order: dict[str, Any] | None,
-            customer: dict[str, Any] | None) -> str | None:
+            customer: dict[str, Any] | None, *, approved_by_colleague: bool = False) -> str | None:
     """Why an approved plan may not be executed now, given the order and the customer read fresh from the
     APIs (None when it may): the order must be the message's customer's, and the same rules must approve the
-    same action and amount."""
+    same action and amount. A colleague's approval lifts only the limits that send a plan to a person (a tier's
+    refund limit, the count of refunds or replacements), never eligibility or the refundable amount."""
     if order is None or customer is None:
         return f"order {plan.order_id} or customer {email} not found"
     if str(order.get("customer_email", "")).lower() != email.lower() or order.get("customer_id") != customer.get("id"):
@@ -120,6 +121,6 @@ def recheck(plan: ActionPlan, email: str, order: dict[str, Any] | None,
     if plan.action == "refund" and plan.amount is None:
         return "a refund plan without an amount"
     decision = evaluate(plan.action, order, customer, plan.amount if plan.action == "refund" else None)
-    if not decision.plan.approved:
+    if not decision.plan.approved and not (approved_by_colleague and decision.needs_human):
         return f"policy: {decision.plan.policy_notes[0]}"
     return None

@@ -52,7 +52,12 @@ def response_messages(data: dict[str, Any], violations: list[str] | None = None)
     rules = [
         "Acknowledge the issue, explain the current status from the data, and say what happens next.",
         "Use only order numbers, amounts, dates and locations present in the data.",
-        "Only say an action (refund, cancellation, replacement) is done when action_plan.approved is true.",
+        "Only say an action (refund, cancellation, replacement) is done when action_plan.approved is true and "
+        "action_plan.requires is null.",
+        "When action_plan.requires is \"confirmation\", nothing is done yet: say exactly what you will do (the "
+        "action, the order number, the amount) and ask the customer to reply yes to go ahead or no to leave it.",
+        "When action_plan.requires is \"approval\", nothing is done yet: explain the policy note and say a "
+        "colleague will review the request and the customer will be told here.",
         "When action_plan.approved is false, explain the policy note politely.",
         "Never promise or guarantee anything beyond the action plan. 2 to 5 sentences, no markdown.",
         "When signed_in is false the customer is a guest: say that to look up an order they give its number and "

@@ -109,3 +109,16 @@ def route(kind: str, *, after: str | None = None, actors: Sequence[ActorSpec] | 
     `after`, only the steps after that actor (what a router puts in `remaining_route`)."""
     steps = tuple(a.name for a in (active() if actors is None else actors) if kind in a.routes)
     return steps[steps.index(after) + 1:] if after is not None else steps
+
+
+def route_answering_first(kind: str, *, after: str, actors: Sequence[ActorSpec] | None = None) -> tuple[str, ...]:
+    """`route(kind, after=...)` with the answering actor (the chat route's last step) also placed right before the
+    route's first step that is not on the chat route (the step that acts): the customer gets an answer first (a
+    question, or "a colleague will review it"), and the saga then waits at the acting step for their yes or a
+    colleague's decision; the answering actor answers again at the end."""
+    steps = route(kind, after=after, actors=actors)
+    chat = set(route(CHAT, actors=actors))
+    acting = next((i for i, step in enumerate(steps) if step not in chat), None)
+    if acting is None:
+        return steps
+    return (*steps[:acting], route(CHAT, actors=actors)[-1], *steps[acting:])

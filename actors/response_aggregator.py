@@ -25,11 +25,16 @@ from actors.base import Actor, StepContext
 from actors.domain import Message
 from actors.handover import escalation_of
 from actors.history import HistoryStore
-from actors.results import build_result
+from actors.results import build_result, provisional
 from actors.sessions import SessionStore
 from config.settings import Settings
 
 log = logging.getLogger("supportmesh.actor.response_aggregator")
+
+
+def moved_on(message: Message) -> bool:
+    """The customer answered a pending question with another question: that one's saga owns the session now."""
+    return message.payload.decision is not None and message.payload.decision.outcome == "other"
 
 
 class ResponseAggregator(Actor):
@@ -82,18 +87,12 @@ class ResponseAggregator(Actor):
 
     async def handle(self, message: Message, ctx: StepContext) -> dict[str, Any]:
         result = build_result(message, ctx.trace_id)
-        taken = message.route.steps[: message.route.current_step + 1]
         # The three records are independent: written at once, and all stored before the customer is answered.
         await asyncio.gather(
-            self.history.record_exchange(
-                message_id=message.message_id, session_id=message.session_id,
-                customer_text=message.payload.customer_message, agent_text=result.response,
-                route_trace=taken, payload=message.payload.model_dump(mode="json"),
-                customer_at=datetime.fromtimestamp(message.metadata.created_at, UTC).isoformat(
-                    timespec="microseconds"),
-            ),
-            self._set_session_state(message.session_id, message.message_id, result.status),
-            ctx.save_result(result),
+            self._record_history(message, result.response),
+            self._set_session_state(message.session_id, message.message_id, result.status)
+            if not moved_on(message) else asyncio.sleep(0),
+            ctx.save_result(result, provisional=provisional(message)),
         )
         if result.status == "escalated":
             # Before the answer: the customer's next message, however quick, already finds the hand-over.
@@ -101,6 +100,31 @@ class ResponseAggregator(Actor):
         if message.metadata.reply_subject:
             await ctx.publish_reply(message.metadata.reply_subject, result.to_bytes())
         return {}
+
+    async def _record_history(self, message: Message, agent_text: str) -> None:
+        """The rows of this answer. A first answer: the customer's message and the reply. After a person's
+        decision: the customer's reply that decided and this answer (the customer's own message, by its id), or
+        this answer alone (a colleague decided, or nobody did); nothing when the customer moved on to another
+        question (that message is answered, and recorded, by a saga of its own)."""
+        taken = message.route.steps[: message.route.current_step + 1]
+        payload = message.payload.model_dump(mode="json")
+        decision = message.payload.decision
+        if decision is None:
+            await self.history.record_exchange(
+                message_id=message.message_id, session_id=message.session_id,
+                customer_text=message.payload.customer_message, agent_text=agent_text, route_trace=taken,
+                payload=payload,
+                customer_at=datetime.fromtimestamp(message.metadata.created_at, UTC).isoformat(timespec="microseconds"))
+        elif decision.outcome == "other":
+            return
+        elif decision.reply_message_id and decision.reply_text:
+            await self.history.record_exchange(
+                message_id=decision.reply_message_id, session_id=message.session_id,
+                customer_text=decision.reply_text, agent_text=agent_text, route_trace=taken, payload=payload)
+        else:
+            await self.history.record_agent_message(
+                row_id=f"{message.message_id}:{decision.kind}", session_id=message.session_id, text=agent_text,
+                route_trace=taken, payload=payload)
 
 
 ACTOR = ResponseAggregator

@@ -25,8 +25,12 @@ class ChatAnswer(BaseModel):
 
     message_id: str
     session_id: str
-    status: Literal["resolved", "escalated"]
+    # `needs_confirmation` and `pending_approval` are provisional: the saga waits for the customer's yes or a
+    # colleague's decision, and its final answer replaces this one.
+    status: Literal["resolved", "escalated", "needs_confirmation", "pending_approval"]
     response: str
+    # What waits for a yes or an approval: {action, order_id, amount}.
+    pending_action: dict[str, Any] | None = None
     action_plan: dict[str, Any] | None = None
     execution_result: dict[str, Any] | None = None
     trace_id: str | None = None
@@ -81,13 +85,30 @@ def action_noun(action: str) -> str:
     return ACTION_NOUN.get(action, action)
 
 
+PROVISIONAL = {"confirmation": "needs_confirmation", "approval": "pending_approval"}
+
+
+def provisional(message: Message) -> bool:
+    """Whether an answer given at this step is provisional: a step after it waits for a person (the decision
+    router puts the answering step before the acting one, see `registry.route_answering_first`)."""
+    plan = message.payload.action_plan
+    return (plan is not None and plan.requires is not None and message.payload.decision is None
+            and message.route.current_step < len(message.route.steps) - 1)
+
+
 def build_result(message: Message, trace_id: str | None = None) -> ChatResult:
-    """The customer's answer from the finished message. A saga that was escalated or failed answers
-    `escalated` (it is with people now: a colleague follows up, or, when no ticket could be opened, the answer
-    asks the customer to come back with its reference); the API knows no other status."""
+    """The customer's answer from the message. A saga that was escalated or failed answers `escalated` (it is
+    with people now: a colleague follows up, or, when no ticket could be opened, the answer asks the customer to
+    come back with its reference). An answer before a wait for a person is `needs_confirmation` or
+    `pending_approval`, naming the pending action."""
     p = message.payload
     status = "escalated" if message.metadata.outcome in ("escalated", "failed") else "resolved"
+    pending = None
+    if provisional(message) and p.action_plan is not None and p.action_plan.requires is not None:
+        status = PROVISIONAL[p.action_plan.requires]
+        pending = {"action": p.action_plan.action, "order_id": p.action_plan.order_id, "amount": p.action_plan.amount}
     return ChatResult(
+        pending_action=pending,
         message_id=message.message_id,
         session_id=message.session_id,
         status=status,

@@ -82,6 +82,13 @@ class Settings(BaseSettings):
     # Below this intent confidence the decision router hands the message to a human.
     min_intent_confidence: float = 0.6
 
+    # Waits for a person. Every side effect waits for the customer's explicit yes (`needs_confirmation`); a plan
+    # that needs a colleague waits for an agent's decision in the console (`pending_approval`). Past its deadline
+    # a confirmation lapses (nothing is done) and an approval is escalated (nothing is done, a ticket is opened).
+    confirm_actions: bool = True
+    confirmation_timeout_s: float = Field(default=900.0, gt=0, le=7 * 24 * 3600)
+    approval_timeout_s: float = Field(default=14400.0, gt=0, le=30 * 24 * 3600)
+
     # actors
     actor_concurrency: int = 16
     max_attempts: int = 4

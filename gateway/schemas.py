@@ -62,7 +62,8 @@ class ChatResponse(ChatAnswer):
     """The agent's answer; `with_agent` when a person has the conversation (no saga ran: the message went to
     the support team's queue, and the agent's reply comes on the session's events)."""
 
-    status: Literal["resolved", "escalated", "with_agent"]  # type: ignore[assignment]
+    status: Literal["resolved", "escalated", "needs_confirmation", "pending_approval",  # type: ignore[assignment]
+                    "with_agent"]
 
 
 class QueueItem(BaseModel):

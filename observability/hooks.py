@@ -101,7 +101,7 @@ class ObservabilityHooks:
 
     def on_wait_ended(self, actor: str, signal: str, kind: str, waited_s: float) -> None:
         metrics.WAKES.labels(actor, signal, kind).inc()
-        metrics.observe(metrics.WAIT_SECONDS.labels(actor, kind), waited_s)
+        metrics.observe(metrics.WAIT_SECONDS.labels(actor, signal, kind), waited_s)
 
     def on_started(self, actor: str, *, recovery: bool = False) -> None:
         if recovery:

@@ -80,8 +80,12 @@ LLM_FALLBACKS = Counter("supportmesh_llm_fallbacks_total", "Calls that fell back
 WAITS_STARTED = Counter("supportmesh_waits_started_total", "Sagas suspended by a step until a signal or its timer.",
                         ["actor", "signal"])
 WAKES = Counter("supportmesh_wakes_total", "Waits ended, by kind (signal, timer).", ["actor", "signal", "kind"])
-WAIT_SECONDS = Histogram("supportmesh_wait_seconds", "How long a saga waited, by how the wait ended.",
-                         ["actor", "kind"], buckets=(1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600, 7 * 24 * 3600))
+WAIT_SECONDS = Histogram("supportmesh_wait_seconds", "How long a saga waited, by signal and how the wait ended.",
+                         ["actor", "signal", "kind"], buckets=(1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600, 7 * 24 * 3600))
+# What people decided about pending actions: kind (confirmation, approval), outcome (yes, no, other, approved,
+# denied, timeout).
+DECISIONS = Counter("supportmesh_decisions_total", "Decisions on actions that waited for a person.",
+                    ["kind", "outcome"])
 CONSUMER_PENDING = Gauge("supportmesh_consumer_pending", "Messages waiting in an actor's consumer.", ["actor"])
 CONSUMER_ACK_PENDING = Gauge(
     "supportmesh_consumer_ack_pending", "Messages delivered to an actor and not yet acked.", ["actor"]

@@ -91,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wait", type=float, default=None,
                         help="seconds to follow a message past the deadline (default: the gateway's advice)")
     parser.add_argument("--json", action="store_true", help="print the raw JSON answer")
+    parser.add_argument("--yes", action="store_true", help="when the agent asks to confirm an action, answer yes "
+                        "(without it, reply later with `--session <id> yes`)")
     args = parser.parse_args(argv)
     if args.wait is not None and args.wait <= 0:
         parser.error("--wait must be positive")
@@ -103,17 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
         with httpx.Client(base_url=url, timeout=30, headers=headers) as client:
-            r = client.post("/api/chat", json=body)
-            if r.status_code == 202:  # past the deadline: follow up for a bounded time
-                message_id = r.json()["message_id"]
-                wait_s = args.wait or _follow_timeout(client)
-                final = follow(client, message_id, wait_s)
-                if final is None:
-                    print(f"supportmesh chat: no answer after {wait_s:g}s; message {message_id} is still being "
-                          f"processed.\n  follow it: {url}/api/chat/{message_id}\n"
-                          f"  timeline:  {url}/saga.html?id={message_id}", file=sys.stderr)
-                    return EXIT_STILL_PROCESSING
-                r = final
+            r = _send(client, body, args, url)
+            if r is not None and args.yes and r.status_code == 200 and r.json()["status"] == "needs_confirmation":
+                r = _send(client, {**body, "message": "yes"}, args, url)
+            if r is None:
+                return EXIT_STILL_PROCESSING
     except httpx.HTTPError as exc:
         print(f"supportmesh chat: cannot reach the gateway at {url} ({exc}); is `supportmesh up` running?",
               file=sys.stderr)
@@ -126,4 +122,21 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(data, indent=2))
     else:
         _print_answer(data, url)
+        if data["status"] == "needs_confirmation":
+            print(f"to go ahead: supportmesh chat --session {body['session_id']} yes")
     return 0
+
+
+def _send(client: httpx.Client, body: dict[str, Any], args: argparse.Namespace, url: str) -> httpx.Response | None:
+    """POST one message; past the gateway's deadline, follow it up for a bounded time (None: still processing)."""
+    r = client.post("/api/chat", json=body)
+    if r.status_code != 202:
+        return r
+    message_id = r.json()["message_id"]
+    wait_s = args.wait or _follow_timeout(client)
+    final = follow(client, message_id, wait_s)
+    if final is None:
+        print(f"supportmesh chat: no answer after {wait_s:g}s; message {message_id} is still being "
+              f"processed.\n  follow it: {url}/api/chat/{message_id}\n"
+              f"  timeline:  {url}/saga.html?id={message_id}", file=sys.stderr)
+    return final

@@ -90,8 +90,9 @@ def permissions(user: str, stream: str = "SUPPORT") -> dict[str, Any] | None:
     if user == GATEWAY:
         publish += [f"{SUBJECT_PREFIX}.{step}" for step in FIRST_STEPS]
         publish.append(RESUMES)  # a signal's resume: run only on the message recorded with the wait
+        # The running index is read for the console's queue of sagas waiting for a colleague's approval.
         publish += [*_write_bucket(STATE_BUCKET), *_read_bucket(STATE_BUCKET), *_write_bucket(RUNNING_BUCKET),
-                    *_read_bucket(RESULTS_BUCKET), SESSION_SUBJECTS]
+                    *_read_bucket(RUNNING_BUCKET), *_read_bucket(RESULTS_BUCKET), SESSION_SUBJECTS]
         subscribe += [REPLY_SUBJECTS, SESSION_SUBJECTS]
         return {"publish": {"allow": publish}, "subscribe": {"allow": subscribe}}
     publish += [f"{SUBJECT_PREFIX}.*", RESUMES, f"{TIMER_TOKEN}.{SUBJECT_PREFIX}.>", *_consume(stream, user)]

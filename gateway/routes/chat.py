@@ -19,6 +19,7 @@ from actors.domain import GUEST_EMAIL, new_message, subject_for
 from actors.domain import Message as SagaMessage
 from actors.results import ChatResult
 from gateway import handover
+from gateway.confirmations import answer_confirmation, pending_confirmation
 from gateway.idempotency import IDEMPOTENCY_HEADER, earlier_attempt, message_id_for
 from gateway.replies import REPLIES
 from gateway.routes.common import caller, chat_response, check_id, claim_session, log
@@ -68,6 +69,16 @@ def chat_router(gw: Gateway, chat_route: tuple[str, ...]) -> APIRouter:
         # A person has this conversation: the message goes to the support team's queue, no saga starts.
         if (to_agent := await _with_agent(gw, body.session_id, body.message)) is not None:
             return to_agent
+        # A retry (the same Idempotency-Key) is the same message again, never the answer to its own question.
+        retry = idempotency_key is not None and await gw.saga.state(
+            message_id_for(who.owner, body.session_id, idempotency_key)) is not None
+        if who.verified and not retry and (waiting := await pending_confirmation(gw, body.session_id, who)):
+            # The reply to "shall I go ahead?": the waiting saga's signal, answered with its final answer.
+            what, result = await answer_confirmation(gw, waiting, body.message, settings.chat_deadline_s)
+            if what == "answered":
+                if result is None:
+                    return JSONResponse(ChatPending(message_id=waiting).model_dump(), status_code=202)
+                return chat_response(result)
         started = time.perf_counter()
         metrics.CHATS_IN_FLIGHT.inc()
         message = new_message(

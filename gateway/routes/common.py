@@ -50,6 +50,7 @@ def chat_response(result: ChatResult) -> dict[str, Any]:
         session_id=result.session_id,
         status=result.status,
         response=result.response,
+        pending_action=result.pending_action,
         action_plan=result.action_plan,
         execution_result=result.execution_result,
         trace_id=result.trace_id,

@@ -85,7 +85,8 @@ async def saga_document(gw: Gateway, message_id: str,
 
 async def _event_stream(gw: Gateway, message_id: str, request: Request, *,
                         idle_timeout_s: float = STREAM_IDLE_TIMEOUT_S) -> AsyncIterator[dict[str, str]]:
-    """The saga's history, then its live events, then its result; then the stream closes.
+    """The saga's history, then its live events, then its result; then the stream closes. A saga that waits for a
+    person also sends the answer it gave before the wait (a `result` with a provisional status) when the wait starts.
 
     Every answered route ends with `saga_completed`, a failed saga's too (its answer is delivered by the
     response aggregator after `saga_failed`), so that closes the stream. After a `saga_failed` the stream
@@ -121,6 +122,10 @@ async def _event_stream(gw: Gateway, message_id: str, request: Request, *,
                     if result is not None:
                         yield {"event": "result", "data": result.model_dump_json()}
                     return
+                if event.kind == "wait_started" and (asked := await gw.results.get(message_id)) is not None:
+                    # The answer given before the wait (a question, or "a colleague will review it"); the final
+                    # one follows when the wait ends, if the stream is still open by then.
+                    yield {"event": "result", "data": asked.model_dump_json()}
                 if event.kind == "saga_failed" and event.data.get("reason") == NOT_STARTED:
                     return
                 failed = failed or event.kind == "saga_failed"
@@ -151,7 +156,7 @@ async def _stored_result(gw: Gateway, message_id: str, wait_s: float = 5.0) -> C
     lags behind the watcher."""
     deadline = time.monotonic() + wait_s
     while True:
-        result = await gw.results.get(message_id)
+        result = await gw.results.get(message_id, provisional=False)
         if result is not None or time.monotonic() >= deadline:
             return result
         await asyncio.sleep(0.1)
@@ -164,4 +169,4 @@ async def _answer_given_directly(gw: Gateway, message_id: str) -> ChatResult | N
     state = await gw.saga.state(message_id)
     if state is None or state.status not in TERMINAL:
         return None
-    return await gw.results.get(message_id)
+    return await gw.results.get(message_id, provisional=False)

@@ -18,10 +18,14 @@ from actors import registry
 from saga.log import SagaLog
 from supportmesh.credentials import nats_options
 
-from tests.support.identity import auth
+from gateway.auth import mint_agent_token
+from tests.support.chat_client import PROVISIONAL
+from tests.support.identity import TEST_SECRET, TOKEN_TTL_S, auth
 
 ACTORS = registry.names(registry.ACTORS)
 
+# The colleague who approves what waits for approval during a load (the test meshes verify TEST_SECRET).
+AGENT = {"Authorization": f"Bearer {mint_agent_token(TEST_SECRET, 'Chaos', TOKEN_TTL_S)}"}
 NOT_ACCEPTED_RETRIES = 120  # 503 = nothing started: a client sends it again (60 s at 0.5 s)
 
 # The chaos meshes' retry and recovery settings: short waits, so that kills are recovered from within a test.
@@ -75,6 +79,21 @@ async def run_load(base: str, messages: list[tuple[str, str]], concurrency: int,
     sem = asyncio.Semaphore(concurrency)
     async with httpx.AsyncClient(base_url=base, timeout=60) as client:
 
+        async def settled(r: httpx.Response, message_id: str, headers: dict[str, str], deadline: float, *,
+                          final: bool = False) -> httpx.Response:
+            """Follow the message until it is answered (not 202), or with `final` until its final answer (not a
+            provisional one: a question, or a pending approval), at most until `deadline`."""
+            # A 503 to a read is "ask again" (the store did not answer in time: a bus failing over), not an outcome.
+            while time.monotonic() < deadline and (
+                    r.status_code in (202, 503) or (final and r.status_code == 200
+                                                    and r.json()["status"] in PROVISIONAL)):
+                await asyncio.sleep(0.5)
+                try:
+                    r = await client.get(f"/api/chat/{message_id}", headers=headers)
+                except httpx.HTTPError:
+                    continue
+            return r
+
         async def one(email: str, text: str) -> Outcome:
             body = {"session_id": uuid.uuid4().hex, "message": text}
             headers = auth(email)  # signed in as the customer
@@ -90,13 +109,23 @@ async def run_load(base: str, messages: list[tuple[str, str]], concurrency: int,
                     raise AssertionError(f"the gateway refused {text!r} after {refused} 503s: {r.status_code} {r.text}")
             first, accepted = r.status_code, r.json()
             deadline = time.monotonic() + settle_s
-            # A 503 to a read is "ask again" (the store did not answer in time: a bus failing over), not an outcome.
-            while r.status_code in (202, 503) and time.monotonic() < deadline:
-                await asyncio.sleep(0.5)
-                try:
-                    r = await client.get(f"/api/chat/{accepted['message_id']}", headers=headers)
-                except httpx.HTTPError:
-                    continue
+            r = await settled(r, accepted["message_id"], headers, deadline)
+            if r.status_code == 200 and r.json()["status"] == "needs_confirmation":
+                # The customer says yes (the question is answered, the action then done once).
+                async with sem:
+                    yes = await client.post("/api/chat", json={**body, "message": "yes"}, headers=headers)
+                    while yes.status_code == 503 and time.monotonic() < deadline:
+                        await asyncio.sleep(0.5)
+                        yes = await client.post("/api/chat", json={**body, "message": "yes"}, headers=headers)
+                r = await settled(yes, accepted["message_id"], headers, deadline, final=True)
+            if r.status_code == 200 and r.json()["status"] == "pending_approval":
+                # A colleague approves it in the console (once; another gateway's click would get a 409).
+                # An agent sees it in the queue once the saga waits: until then the approval is refused (409).
+                approve = f"/api/console/sagas/{accepted['message_id']}/approve"
+                while (await client.post(approve, headers=AGENT)).status_code in (409, 503) \
+                        and time.monotonic() < deadline:
+                    await asyncio.sleep(0.5)
+                r = await settled(r, accepted["message_id"], headers, deadline, final=True)
             final = r.json() if r.status_code == 200 else {"status": "missing", "response": ""}
             return Outcome(accepted["message_id"], final["status"], final.get("response", ""), first,
                            time.monotonic() - started, started, text, refused, email)
@@ -172,7 +201,7 @@ def check_invariants(endpoints: dict[str, Any], outcomes: list[Outcome], *, sinc
       consumer enforces, and JetStream's delivery count on every record), and a step is published once plus at
       most `max_republishes` recovery resumptions (sweeper, escalation router) per saga.
     """
-    missing = [o.message_id for o in outcomes if o.status not in ("resolved", "escalated")]
+    missing = [(o.message_id, o.status, o.text) for o in outcomes if o.status not in ("resolved", "escalated")]
     assert not missing, f"{len(missing)} messages without an answer: {missing[:5]}"
     ids = {o.message_id for o in outcomes}
     sagas, missed_by_listing = asyncio.run(sagas_listed_or_expected(endpoints, since, ids))
@@ -183,7 +212,9 @@ def check_invariants(endpoints: dict[str, Any], outcomes: list[Outcome], *, sinc
     assert not ran, f"sagas that ran although their client was told they were not accepted: {list(ran.items())[:3]}"
 
     db = sqlite3.connect(endpoints["sqlite_path"])
-    rows = Counter(r[0].split(":")[0] for r in db.execute("SELECT message_id FROM messages"))
+    # The customer's row and the agent's answer (`<id>`, `<id>:agent`); a saga that waited for a person also has
+    # the decision's answer (`<id>:approval`), and the customer's yes is a message of its own with its two rows.
+    rows = Counter(r[0].removesuffix(":agent") for r in db.execute("SELECT message_id FROM messages"))
     db.close()
     bad_rows = {m: rows.get(m, 0) for m in ids if rows.get(m, 0) != 2}
     assert not bad_rows, f"history rows per message should be 2: {list(bad_rows.items())[:5]}"

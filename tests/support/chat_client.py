@@ -26,13 +26,43 @@ def follow(base: str, message_id: str, wait_s: float = FOLLOW_S, *, email: str =
     return outcome
 
 
+# Answers given while a saga waits for a person (its final answer follows).
+PROVISIONAL = frozenset({"needs_confirmation", "pending_approval"})
+
+
+def follow_final(base: str, message_id: str, wait_s: float = FOLLOW_S, *,
+                 email: str = "user@example.com") -> httpx.Response:
+    """GET /api/chat/{id} until the saga's final answer (not 202, not a provisional answer), at most `wait_s`."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        outcome = follow(base, message_id, max(0.0, deadline - time.monotonic()), email=email)
+        if outcome.status_code != 200 or outcome.json()["status"] not in PROVISIONAL or time.monotonic() > deadline:
+            return outcome
+        time.sleep(0.3)
+
+
 def chat(base: str, message: str, *, session: str | None = None, email: str = "user@example.com",
-         timeout: float = 30, follow_s: float = FOLLOW_S) -> httpx.Response:
+         timeout: float = 30, follow_s: float = FOLLOW_S, confirm: bool = True) -> httpx.Response:
     """Send a chat message as the signed-in customer `email`; a 202 is followed to the outcome. Returns the last
-    response (200 with the answer)."""
-    body = {"session_id": session or uuid.uuid4().hex, "message": message}
-    r = httpx.post(f"{base}/api/chat", json=body, timeout=timeout, headers=auth(email))
-    return follow(base, r.json()["message_id"], follow_s, email=email) if r.status_code == 202 else r
+    response (200 with the answer). With `confirm`, an answer asking "shall I go ahead?" is answered "yes" in the
+    same session, and the result is the saga's final answer (what a customer who wants the action sees)."""
+    session = session or uuid.uuid4().hex
+    r = httpx.post(f"{base}/api/chat", json={"session_id": session, "message": message}, timeout=timeout,
+                   headers=auth(email))
+    r = follow(base, r.json()["message_id"], follow_s, email=email) if r.status_code == 202 else r
+    if confirm and r.status_code == 200 and r.json()["status"] == "needs_confirmation":
+        return reply(base, "yes", session=session, email=email, timeout=timeout, follow_s=follow_s)
+    return r
+
+
+def reply(base: str, message: str, *, session: str, email: str = "user@example.com", timeout: float = 30,
+          follow_s: float = FOLLOW_S) -> httpx.Response:
+    """Answer a pending question in `session`: the response is the waiting saga's final answer (followed)."""
+    r = httpx.post(f"{base}/api/chat", json={"session_id": session, "message": message}, timeout=timeout,
+                   headers=auth(email))
+    if r.status_code == 202 or (r.status_code == 200 and r.json()["status"] in PROVISIONAL):
+        return follow_final(base, r.json()["message_id"], follow_s, email=email)
+    return r
 
 
 def answer(base: str, message: str, **kwargs: object) -> dict:

@@ -366,7 +366,11 @@ def test_supervisor_restarts_a_killed_actor(mesh) -> None:
 def test_chat_command(mesh, capsys) -> None:
     from supportmesh.chat import main
 
+    httpx.post(f"{mesh.mocks_url}/_admin/reset", timeout=10).raise_for_status()  # 44444 not refunded yet
     assert main(["--gateway", mesh.gateway_url, "--token", mesh.token(), "I want a refund for order 44444"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("[needs_confirmation]") and "Shall I go ahead" in out and "--session" in out
+    assert main(["--gateway", mesh.gateway_url, "--token", mesh.token(), "--yes", "I want a refund for order 44444"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("[resolved]") and "action: refund on order 44444" in out and "timeline" in out
 

@@ -14,7 +14,10 @@ pytestmark = pytest.mark.e2e
 
 BASE = ["sentiment_analyzer", "intent_analyzer", "context_retriever", "decision_router"]
 ANSWER = BASE + ["response_generator", "guardrail_validator", "response_aggregator"]
-ACTION = BASE + ["response_generator", "guardrail_validator", "execution_coordinator", "response_aggregator"]
+# An action: the customer is asked first (the aggregator answers "shall I go ahead?"), the execution coordinator
+# waits for the yes (the chat client sends it), acts, and the aggregator answers again.
+ACTION = BASE + ["response_generator", "guardrail_validator", "response_aggregator", "execution_coordinator",
+                 "response_aggregator"]
 HUMAN = BASE + ["escalation_router", "response_aggregator"]
 
 

@@ -23,8 +23,11 @@ export const KIND_LABELS = {
   compensation_failed: "could not undo an action automatically", redelivered: "resuming",
   escalated: "handed to a person", poison_message: "failed: the message could not be read",
   dead_lettered: "failed: gave up delivering it", saga_completed: "finished",
-  saga_failed: "could not finish automatically",
+  saga_failed: "could not finish automatically", wait_started: "waiting for a yes or a colleague's decision",
+  signal_received: "answer received", timer_fired: "no answer in time", signal_buffered: "answer kept",
 };
+// Answers given while the saga waits for a person: the final answer follows (a yes, a colleague's decision).
+const PROVISIONAL = new Set(["needs_confirmation", "pending_approval"]);
 const BAD_KINDS = new Set(["step_failed", "compensation_failed", "poison_message", "dead_lettered", "saga_failed"]);
 const DONE_KINDS = new Set(["step_completed", "saga_completed"]);
 
@@ -254,11 +257,13 @@ export function mountChat(root, { api, operatorLinks = true, autofocus = true })
         resolve();
       };
       const finish = (result) => {
-        if (done) return;
+        // Following the reply to a question already shown, its provisional answer is not news: wait for the final.
+        if (done || (PROVISIONAL.has(result.status) && asked.has(result.message_id))) return false;
         pending.remove();
-        addAgent(result, seen);
+        answered(result, seen);
         setProgress("");
         stop();
+        return true;
       };
       const limitTimer = setTimeout(() => {
         if (!done) { giveUp(pending, messageId, limitS); stop(); }
@@ -267,7 +272,7 @@ export function mountChat(root, { api, operatorLinks = true, autofocus = true })
         if (done) return;
         try {
           const { status, body } = await getJSON(`/api/chat/${encodeURIComponent(messageId)}`);
-          if (status === 200) return finish(body);
+          if (status === 200 && finish(body)) return;
         } catch (_) { /* the gateway may be restarting: try again */ }
         if (!done) pollTimer = setTimeout(poll, 1000);
       };
@@ -280,6 +285,29 @@ export function mountChat(root, { api, operatorLinks = true, autofocus = true })
         result: (data) => finish(JSON.parse(data)),
       }, events.signal).then(poll, poll);  // a stream that ends or breaks without the result: poll
     });
+  }
+
+  // Message ids whose provisional answer (a question, "a colleague will review it") is on screen.
+  const asked = new Set();
+
+  // Show an answer; a provisional one is remembered, and a pending approval is watched until a colleague decides,
+  // so the open widget shows the outcome without a reload.
+  function answered(result, events) {
+    addAgent(result, events);
+    if (!PROVISIONAL.has(result.status)) return;
+    asked.add(result.message_id);
+    if (result.status === "pending_approval") awaitDecision(result.message_id);
+  }
+
+  async function awaitDecision(messageId) {
+    for (;;) {
+      await new Promise((resolve) => setTimeout(resolve, 3000));
+      try {
+        const { status, body } = await getJSON(`/api/chat/${encodeURIComponent(messageId)}`);
+        if (status === 404) return;
+        if (status === 200 && !PROVISIONAL.has(body.status)) return addAgent(body, await compensations(body));
+      } catch (_) { /* the gateway may be restarting: try again */ }
+    }
   }
 
   function post(text, email) {
@@ -323,7 +351,7 @@ export function mountChat(root, { api, operatorLinks = true, autofocus = true })
         return;
       }
       if (response.status === 200) {
-        addAgent(body);
+        answered(body);
         setProgress("");
       } else if (response.status === 202) {
         await follow(body.message_id, addPending(body.message_id));
@@ -367,7 +395,8 @@ export function mountChat(root, { api, operatorLinks = true, autofocus = true })
       else {
         const id = row.message_id.replace(/:agent$/, "");
         const { body: result } = await getJSON(`/api/chat/${encodeURIComponent(id)}`);
-        if (result && result.response) addAgent(result, await compensations(result));
+        // A saga that asked a question and then answered again has one result (its last) for two rows.
+        if (result && result.response === row.content) answered(result, await compensations(result));
         else addAgent({ message_id: id, response: row.content, status: "resolved" });
       }
     }

@@ -123,7 +123,7 @@ async function show(item) {
   if (saga.status === 200) {
     $("timeline").replaceChildren(...saga.body.events.map((e) => el("li", { "data-testid": "timeline-event",
       text: `${e.actor || ""} — ${e.kind.replace(/_/g, " ")}${e.data && e.data.reason ? ` (${e.data.reason})` : ""}` })));
-    const plan = saga.body.result && saga.body.result.action_plan;
+    const plan = item.proposed_action || (saga.body.result && saga.body.result.action_plan);
     const proposed = plan && plan.action && plan.action !== "none";
     $("proposed").hidden = !proposed;
     $("proposed").textContent = proposed

@@ -20,6 +20,8 @@ export const EVENT_LABELS = {
   redelivered: "resumed (redelivered)", escalated: "escalated to a person",
   poison_message: "poison message (unreadable, set aside)", dead_lettered: "dead-lettered (delivery given up)",
   saga_completed: "saga completed", saga_failed: "saga failed",
+  wait_started: "waiting for a person (a yes, or a colleague's decision)", signal_received: "signal received",
+  timer_fired: "timer fired (nobody answered in time)", signal_buffered: "signal kept until the saga waits for it",
 };
 
 function label(kind) {

@@ -172,8 +172,15 @@ async def test_decision_router_routes() -> None:
                             FakeContext())
     assert r.reason == "low_confidence"
     r = await router.handle(make_message("x", sentiment=calm, intent=refund, context=ctx_with(ORDER)), FakeContext())
+    # An approved action: the customer is asked (the answer comes first), then the coordinator waits for the yes.
+    assert r.remaining_route == ["response_generator", "guardrail_validator", "response_aggregator",
+                                 "execution_coordinator", "response_aggregator"]
+    assert r.enrichment["action_plan"].approved and r.enrichment["action_plan"].requires == "confirmation"
+    router.confirm_actions = False  # SUPPORTMESH_CONFIRM_ACTIONS=false: straight to the action
+    r = await router.handle(make_message("x", sentiment=calm, intent=refund, context=ctx_with(ORDER)), FakeContext())
     assert r.remaining_route == ["response_generator", "guardrail_validator", "execution_coordinator",
                                  "response_aggregator"]
+    assert r.enrichment["action_plan"].requires is None
     r = await router.handle(make_message("x", sentiment=calm, intent=Intent(name="order_status", confidence=0.9)),
                             FakeContext())
     assert r.remaining_route is None and r.enrichment["action_plan"].action == "none"

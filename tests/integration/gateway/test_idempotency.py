@@ -10,7 +10,7 @@ import uuid
 import httpx
 import pytest
 
-from tests.support.chat_client import follow
+from tests.support.chat_client import follow, reply
 from tests.support.identity import AUTH, auth
 
 ASYNC = {"Prefer": "respond-async"}
@@ -100,8 +100,14 @@ def test_a_refund_sent_twice_with_one_key_refunds_once(mesh) -> None:
     ids = {r.json()["message_id"] for r in first}
     assert len(ids) == 1, [r.text for r in first]
     (message_id,) = ids
-    answer = follow(mesh.gateway_url, message_id)
+    asked = follow(mesh.gateway_url, message_id)
+    assert asked.status_code == 200 and asked.json()["status"] == "needs_confirmation", asked.text
+    # A retry while the saga waits for the yes is the same message, not the answer to its question.
+    retried = httpx.post(f"{gateways[-1]}/api/chat", json=chat, headers=headers, timeout=60)
+    assert retried.json()["message_id"] == message_id and retried.json()["status"] == "needs_confirmation"
+    answer = reply(mesh.gateway_url, "yes", session=session)
     assert answer.status_code == 200 and answer.json()["status"] == "resolved", answer.text
+    assert answer.json()["message_id"] == message_id
     # The client retries once more after the answer (its connection dropped): the stored answer, no new saga.
     late = httpx.post(f"{gateways[-1]}/api/chat", json=chat, headers=headers, timeout=60)  # the other gateway
     assert late.status_code == 200 and late.json()["message_id"] == message_id
