@@ -157,17 +157,35 @@ def test_a_denial_tells_the_customer_why(fresh: Mesh) -> None:
     assert effects(fresh, "67890", asked["message_id"]) == []
 
 
-# ---- timeouts and kills: a mesh of their own, with short deadlines --------------------------------------------
+# ---- timeouts and kills: meshes of their own (kills, and deadlines short or long) ----------------------------
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory) -> Any:
-    m = Mesh(tmp_path_factory.mktemp("waits"), env={
+    """Deadlines of 6 s: the timers are what these tests are about."""
+    m = Mesh(tmp_path_factory.mktemp("waits-quick"), env={
         "SUPPORTMESH_CHAT_DEADLINE_S": "3", "SUPPORTMESH_CONFIRMATION_TIMEOUT_S": "6",
-        "SUPPORTMESH_APPROVAL_TIMEOUT_S": "30"}).start()
+        "SUPPORTMESH_APPROVAL_TIMEOUT_S": "6"}).start()
     try:
         yield m
     finally:
         m.stop()
+
+
+@pytest.fixture(scope="module")
+def patient_mesh(tmp_path_factory) -> Any:
+    m = Mesh(tmp_path_factory.mktemp("waits-patient"), env={"SUPPORTMESH_CHAT_DEADLINE_S": "3"}).start()
+    try:
+        yield m
+    finally:
+        m.stop()
+
+
+@pytest.fixture
+def patient(patient_mesh: Mesh) -> Mesh:
+    """The default deadlines (minutes, hours): a wait outlives any kill and restart however slow the machine;
+    the seed orders as new (an earlier test's refund would change what the policy allows)."""
+    httpx.post(f"{patient_mesh.mocks_url}/_admin/reset", timeout=10).raise_for_status()
+    return patient_mesh
 
 
 def test_an_unanswered_confirmation_lapses_on_time_with_no_action(quick: Mesh) -> None:
@@ -199,33 +217,71 @@ def _ready_again(mesh: Mesh, name: str, old_pid: int) -> None:
     wait_for(lambda: httpx.get(f"{mesh.gateway_url}/readyz", timeout=5).status_code == 200, 90, "gateway ready")
 
 
-def test_a_yes_after_the_waiting_coordinator_was_killed_acts_once(quick: Mesh) -> None:
+def _decide_when_back(mesh: Mesh, message_id: str, verb: str, body: dict | None = None) -> httpx.Response:
+    """An agent's decision, sent again while the gateway still answers 5xx (reconnecting after a restart)."""
+    def decide() -> httpx.Response | None:
+        r = httpx.post(f"{mesh.gateway_url}/api/console/sagas/{message_id}/{verb}", json=body,
+                       headers=agent(mesh), timeout=10)
+        return None if r.status_code >= 500 else r
+    return wait_for(decide, 60, f"an answer to the {verb}")
+
+
+def test_a_yes_after_the_waiting_coordinator_was_killed_acts_once(patient: Mesh) -> None:
     session = uuid.uuid4().hex
-    asked = ask(quick, "Please refund $10 for order 44444", session=session)
-    wait_for(lambda: "wait_started" in kinds(quick, asked["message_id"]), what="the wait")
-    _ready_again(quick, "execution_coordinator-1", _kill(quick, "execution_coordinator-1"))
-    done = reply(quick.gateway_url, "yes", session=session).json()
+    asked = ask(patient, "Please refund $10 for order 44444", session=session)
+    wait_for(lambda: "wait_started" in kinds(patient, asked["message_id"]), what="the wait")
+    _ready_again(patient, "execution_coordinator-1", _kill(patient, "execution_coordinator-1"))
+    done = reply(patient.gateway_url, "yes", session=session).json()
     assert done["message_id"] == asked["message_id"] and done["status"] == "resolved", done
-    assert len(effects(quick, "44444", asked["message_id"])) == 1
+    assert len(effects(patient, "44444", asked["message_id"])) == 1
 
 
-def test_waits_outlive_a_nats_server_kill(quick: Mesh) -> None:
-    """Two sagas wait when nats-server is killed -9: one is approved after the restart (the decision resumes it),
-    the other is left alone and its durable timer still fires (the schedule survived in the store)."""
-    approved = ask(quick, "Please refund order 67890", email=JANE)
-    unanswered = ask(quick, "Please refund $10 for order 44444")
-    for saga, email in ((approved, JANE), (unanswered, JOHN)):
-        wait_for(lambda s=saga, e=email: "wait_started" in kinds(quick, s["message_id"], e), what="the waits")
-    _ready_again(quick, "nats-server", _kill(quick, "nats-server"))
-    def approve() -> httpx.Response | None:
-        r = httpx.post(f"{quick.gateway_url}/api/console/sagas/{approved['message_id']}/approve",
-                       headers=agent(quick), timeout=10)
-        return None if r.status_code >= 500 else r  # the gateway may still be reconnecting
-
-    r = wait_for(approve, 30, "an answer to the approval")
+def test_an_approval_outlives_a_nats_server_kill(patient: Mesh) -> None:
+    approved = ask(patient, "Please refund order 67890", email=JANE)
+    wait_for(lambda: "wait_started" in kinds(patient, approved["message_id"], JANE), what="the wait")
+    _ready_again(patient, "nats-server", _kill(patient, "nats-server"))
+    r = _decide_when_back(patient, approved["message_id"], "approve")
     assert r.status_code == 200, r.text
-    done = follow_final(quick.gateway_url, approved["message_id"], email=JANE).json()
-    assert done["status"] == "resolved" and len(effects(quick, "67890", approved["message_id"])) == 1
+    done = follow_final(patient.gateway_url, approved["message_id"], email=JANE).json()
+    assert done["status"] == "resolved" and len(effects(patient, "67890", approved["message_id"])) == 1
+
+
+def test_a_durable_timer_outlives_a_nats_server_kill(quick: Mesh) -> None:
+    """Killed while the saga waits: the schedule survived in the store, and the timer still ends the wait."""
+    unanswered = ask(quick, "Please refund $10 for order 44444")
+    wait_for(lambda: "wait_started" in kinds(quick, unanswered["message_id"]), what="the wait")
+    _ready_again(quick, "nats-server", _kill(quick, "nats-server"))
     lapsed = follow_final(quick.gateway_url, unanswered["message_id"]).json()
     assert lapsed["status"] not in PROVISIONAL and "didn't hear back" in lapsed["response"], lapsed
+    assert "timer_fired" in kinds(quick, unanswered["message_id"])
     assert effects(quick, "44444", unanswered["message_id"]) == []
+
+
+def test_a_no_after_the_waiting_coordinator_was_killed_does_nothing(patient: Mesh) -> None:
+    session = uuid.uuid4().hex
+    asked = ask(patient, "Please refund $10 for order 44444", session=session)
+    wait_for(lambda: "wait_started" in kinds(patient, asked["message_id"]), what="the wait")
+    _ready_again(patient, "execution_coordinator-1", _kill(patient, "execution_coordinator-1"))
+    done = reply(patient.gateway_url, "no", session=session).json()
+    assert done["message_id"] == asked["message_id"] and "not carried out" in done["response"], done
+    assert effects(patient, "44444", asked["message_id"]) == []
+
+
+def test_a_denial_after_a_nats_server_kill_tells_the_customer(patient: Mesh) -> None:
+    asked = ask(patient, "Please refund order 67890", email=JANE)
+    wait_for(lambda: "wait_started" in kinds(patient, asked["message_id"], JANE), what="the wait")
+    _ready_again(patient, "nats-server", _kill(patient, "nats-server"))
+    assert _decide_when_back(patient, asked["message_id"], "deny", {"note": "Out of policy."}).status_code == 200
+    done = follow_final(patient.gateway_url, asked["message_id"], email=JANE).json()
+    assert done["status"] == "resolved" and "Out of policy." in done["response"], done
+    assert effects(patient, "67890", asked["message_id"]) == []
+
+
+def test_an_approval_timeout_outlives_a_coordinator_kill(quick: Mesh) -> None:
+    asked = ask(quick, "Please refund order 67890", email=JANE)
+    wait_for(lambda: "wait_started" in kinds(quick, asked["message_id"], JANE), what="the wait")
+    _ready_again(quick, "execution_coordinator-1", _kill(quick, "execution_coordinator-1"))
+    done = follow_final(quick.gateway_url, asked["message_id"], email=JANE).json()
+    assert done["status"] == "escalated", done  # the timer fired in the new process: a ticket, no action
+    assert "timer_fired" in kinds(quick, asked["message_id"], JANE)
+    assert effects(quick, "67890", asked["message_id"]) == []
