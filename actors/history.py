@@ -73,8 +73,10 @@ class HistoryStore:
         await (await self.db.execute("SELECT 1")).fetchone()
 
     async def record_exchange(self, *, message_id: str, session_id: str, customer_text: str, agent_text: str,
-                              route_trace: list[str], payload: dict[str, Any], customer_at: str | None = None) -> int:
-        """Write the customer's row and the agent's row once; returns how many rows were new."""
+                              route_trace: list[str], payload: dict[str, Any], customer_at: str | None = None,
+                              agent_row: str | None = None) -> int:
+        """Write the customer's row and the agent's row (`agent_row`, default `<message_id>:agent`) once; returns
+        how many rows were new."""
         now = datetime.now(UTC).isoformat(timespec="microseconds")
         trace = orjson.dumps(route_trace).decode()
         body = orjson.dumps(payload).decode()
@@ -82,19 +84,8 @@ class HistoryStore:
             "INSERT OR IGNORE INTO messages (message_id, session_id, timestamp, sender, content, route_trace, payload)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
             [(message_id, session_id, customer_at or now, "customer", customer_text, trace, None),
-             (agent_row_id(message_id), session_id, now, "agent", agent_text, trace, body)],
+             (agent_row or agent_row_id(message_id), session_id, now, "agent", agent_text, trace, body)],
         )
-        await self.db.commit()
-        return cur.rowcount
-
-    async def record_agent_message(self, *, row_id: str, session_id: str, text: str, route_trace: list[str],
-                                   payload: dict[str, Any]) -> int:
-        """Write one agent row once (an answer nobody's message asked for: a decision's outcome, a timeout)."""
-        cur = await self.db.execute(
-            "INSERT OR IGNORE INTO messages (message_id, session_id, timestamp, sender, content, route_trace, payload)"
-            " VALUES (?, ?, ?, 'agent', ?, ?, ?)",
-            (row_id, session_id, datetime.now(UTC).isoformat(timespec="microseconds"), text,
-             orjson.dumps(route_trace).decode(), orjson.dumps(payload).decode()))
         await self.db.commit()
         return cur.rowcount
 

@@ -89,7 +89,7 @@ class ResponseAggregator(Actor):
         result = build_result(message, ctx.trace_id)
         # The three records are independent: written at once, and all stored before the customer is answered.
         await asyncio.gather(
-            self._record_history(message, result.response),
+            self._record_history(message, result.response, ctx),
             self._set_session_state(message.session_id, message.message_id, result.status)
             if not moved_on(message) else asyncio.sleep(0),
             ctx.save_result(result, provisional=provisional(message)),
@@ -101,30 +101,42 @@ class ResponseAggregator(Actor):
             await ctx.publish_reply(message.metadata.reply_subject, result.to_bytes())
         return {}
 
-    async def _record_history(self, message: Message, agent_text: str) -> None:
-        """The rows of this answer. A first answer: the customer's message and the reply. After a person's
-        decision: the customer's reply that decided and this answer (the customer's own message, by its id), or
-        this answer alone (a colleague decided, or nobody did); nothing when the customer moved on to another
+    async def _record_history(self, message: Message, agent_text: str, ctx: StepContext) -> None:
+        """The rows of this answer: the customer's message (`<id>`) and the answer (`<id>:agent`). An answer given
+        before a wait for a person is `<id>:asked`, and the final one after it is `<id>:agent`, with the customer's
+        reply that decided between them (its own message id); nothing when the customer moved on to another
         question (that message is answered, and recorded, by a saga of its own)."""
-        taken = message.route.steps[: message.route.current_step + 1]
-        payload = message.payload.model_dump(mode="json")
-        decision = message.payload.decision
-        if decision is None:
-            await self.history.record_exchange(
-                message_id=message.message_id, session_id=message.session_id,
-                customer_text=message.payload.customer_message, agent_text=agent_text, route_trace=taken,
-                payload=payload,
-                customer_at=datetime.fromtimestamp(message.metadata.created_at, UTC).isoformat(timespec="microseconds"))
-        elif decision.outcome == "other":
+        if moved_on(message):
             return
-        elif decision.reply_message_id and decision.reply_text:
-            await self.history.record_exchange(
-                message_id=decision.reply_message_id, session_id=message.session_id,
-                customer_text=decision.reply_text, agent_text=agent_text, route_trace=taken, payload=payload)
-        else:
-            await self.history.record_agent_message(
-                row_id=f"{message.message_id}:{decision.kind}", session_id=message.session_id, text=agent_text,
-                route_trace=taken, payload=payload)
+        taken = message.route.steps[: message.route.current_step + 1]
+        asked = provisional(message)
+        reply = None if asked else await customer_reply(message, ctx)
+        if reply is not None:
+            await self.history.record_message(message_id=reply[0], session_id=message.session_id, sender="customer",
+                                              content=reply[1], route_trace=taken)
+        await self.history.record_exchange(
+            message_id=message.message_id, session_id=message.session_id,
+            customer_text=message.payload.customer_message, agent_text=agent_text, route_trace=taken,
+            payload=message.payload.model_dump(mode="json"),
+            customer_at=datetime.fromtimestamp(message.metadata.created_at, UTC).isoformat(timespec="microseconds"),
+            agent_row=f"{message.message_id}:asked" if asked else None)
 
+
+async def customer_reply(message: Message, ctx: StepContext) -> tuple[str, str] | None:
+    """The customer's answer to this saga's question (its message id and text): from the decision the
+    coordinator recorded, else from the saga log's signal (a coordinator that failed after the yes)."""
+    decision = message.payload.decision
+    if decision is not None:
+        return (decision.reply_message_id, decision.reply_text) if decision.reply_message_id and \
+            decision.reply_text else None
+    plan = message.payload.action_plan
+    if plan is None or plan.requires != "confirmation":
+        return None
+    for event in reversed(await ctx.history()):
+        payload = event.data.get("payload") or {}
+        if event.kind == "signal_received" and event.data.get("signal") == "confirmation" \
+                and isinstance(payload.get("message_id"), str) and isinstance(payload.get("text"), str):
+            return payload["message_id"][:64], payload["text"][:4000]
+    return None
 
 ACTOR = ResponseAggregator

@@ -213,7 +213,7 @@ def check_invariants(endpoints: dict[str, Any], outcomes: list[Outcome], *, sinc
 
     db = sqlite3.connect(endpoints["sqlite_path"])
     # The customer's row and the agent's answer (`<id>`, `<id>:agent`); a saga that waited for a person also has
-    # the decision's answer (`<id>:approval`), and the customer's yes is a message of its own with its two rows.
+    # the decision's answer (`<id>:confirmation`, `<id>:approval`), and the customer's yes is a row of its own.
     rows = Counter(r[0].removesuffix(":agent") for r in db.execute("SELECT message_id FROM messages"))
     db.close()
     bad_rows = {m: rows.get(m, 0) for m in ids if rows.get(m, 0) != 2}

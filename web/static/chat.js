@@ -393,7 +393,7 @@ export function mountChat(root, { api, operatorLinks = true, autofocus = true })
       if (row.sender === "customer") addCustomer(row.content);
       else if (row.agent) addHuman(row.content, row.agent);
       else {
-        const id = row.message_id.replace(/:agent$/, "");
+        const id = row.message_id.split(":")[0];  // `<id>:agent`, or `<id>:confirmation` after a decision
         const { body: result } = await getJSON(`/api/chat/${encodeURIComponent(id)}`);
         // A saga that asked a question and then answered again has one result (its last) for two rows.
         if (result && result.response === row.content) answered(result, await compensations(result));

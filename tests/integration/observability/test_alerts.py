@@ -150,9 +150,10 @@ async def test_every_alert_metric_is_exported_by_a_real_process(gateway, harness
         actor_names = exported(page)
         streams = {line.split('stream="')[1].split('"')[0] for line in page.splitlines()
                    if line.startswith("supportmesh_jetstream_max_bytes{")}
-        if wanted <= names | actor_names and len(streams) == 6:
+        if wanted <= names | actor_names and len(streams) == 7:
             break
         await asyncio.sleep(0.2)
     assert wanted - names - actor_names == set()
-    assert streams == {"SUPPORT", "SUPPORT_DEADLETTERS", "KV_saga_log", "KV_saga_state", "KV_saga_running",
+    assert streams == {"SUPPORT", "SUPPORT_TIMERS", "SUPPORT_DEADLETTERS", "KV_saga_log", "KV_saga_state",
+                       "KV_saga_running",
                        "KV_chat_results"}

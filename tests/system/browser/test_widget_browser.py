@@ -194,6 +194,11 @@ def test_a_compensated_refund_reads_as_reversed_in_the_widget_and_the_timeline(p
     with page.expect_response(lambda r: r.url.endswith("/api/chat") and r.request.method == "POST") as posted:
         send(page, "I want a refund for order 12345")
     message_id = posted.value.json()["message_id"]
+    asked = page.get_by_test_id("agent-message").nth(answered)
+    asked.wait_for(timeout=60_000)
+    assert asked.get_by_test_id("status-badge").inner_text().lower() == "needs_confirmation"
+    send(page, "yes")  # the refund happens (and is lost, then undone) only after the customer's yes
+    answered += 1
     reply = page.get_by_test_id("agent-message").nth(answered)
     reply.wait_for(timeout=60_000)
 
