@@ -272,7 +272,10 @@ def traced_mesh(tmp_path_factory):
             "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "SUPPORTMESH_SCRAPE_INTERVAL": "1s",
             # Short retry backoff and recovery delay: the faulty load below finishes in seconds.
             "SUPPORTMESH_BACKOFF_BASE_S": "0.1", "SUPPORTMESH_BACKOFF_MAX_S": "0.4",
-            "SUPPORTMESH_REDELIVERY_DELAY_S": "0.2"}).start()
+            "SUPPORTMESH_REDELIVERY_DELAY_S": "0.2",
+            # One chat, one trace, through the whole route: no wait for the customer's yes here (the trace of a
+            # wait, a span link from the resumed step to the waiting one, is tests/unit/saga/test_waits.py's).
+            "SUPPORTMESH_CONFIRM_ACTIONS": "false"}).start()
         try:
             wait_for_first_scrapes(mesh.endpoints["prometheus_url"])
             yield mesh, receiver
