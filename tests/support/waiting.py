@@ -7,7 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 
-def wait_for(condition: Callable[[], Any], timeout_s: float, what: str, poll_s: float = 0.2) -> Any:
+def wait_for(condition: Callable[[], Any], timeout_s: float = 60.0, what: str = "a condition",
+             poll_s: float = 0.2) -> Any:
     """Until `condition()` returns something truthy (returned), or fail saying `what` never happened."""
     deadline = time.monotonic() + timeout_s
     while True:

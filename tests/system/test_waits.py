@@ -20,6 +20,7 @@ from gateway.auth import mint_agent_token
 from tests.support.chat_client import PROVISIONAL, chat, follow_final, reply
 from tests.support.identity import auth
 from tests.support.mesh import Mesh
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -51,14 +52,9 @@ def kinds(mesh: Mesh, message_id: str, email: str = JOHN) -> list[str]:
     return [e["kind"] for e in r.json()["events"]]
 
 
-def wait_for(condition, timeout_s: float = 60.0, what: str = "") -> Any:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"not within {timeout_s}s: {what}"
-        time.sleep(0.2)
+def waiting(mesh: Mesh, saga: dict[str, Any], email: str = JOHN) -> None:
+    """Until the saga's wait is recorded (its question was answered one step before it)."""
+    wait_for(lambda: "wait_started" in kinds(mesh, saga["message_id"], email), what="the wait")
 
 
 def approval_item(mesh: Mesh, message_id: str) -> dict | None:
@@ -79,7 +75,7 @@ def test_a_refund_waits_for_the_customers_yes_then_happens_once(fresh: Mesh) -> 
     assert asked["status"] == "needs_confirmation", asked
     assert asked["pending_action"] == {"action": "refund", "order_id": "44444", "amount": 10.0}
     assert "$10.00" in asked["response"] and "yes" in asked["response"]
-    wait_for(lambda: "wait_started" in kinds(fresh, asked["message_id"]), what="the wait")
+    waiting(fresh, asked)
     assert effects(fresh, "44444", asked["message_id"]) == []  # nothing before the yes
 
     done = reply(fresh.gateway_url, "Yes please", session=session).json()
@@ -229,7 +225,7 @@ def _decide_when_back(mesh: Mesh, message_id: str, verb: str, body: dict | None 
 def test_a_yes_after_the_waiting_coordinator_was_killed_acts_once(patient: Mesh) -> None:
     session = uuid.uuid4().hex
     asked = ask(patient, "Please refund $10 for order 44444", session=session)
-    wait_for(lambda: "wait_started" in kinds(patient, asked["message_id"]), what="the wait")
+    waiting(patient, asked)
     _ready_again(patient, "execution_coordinator-1", _kill(patient, "execution_coordinator-1"))
     done = reply(patient.gateway_url, "yes", session=session).json()
     assert done["message_id"] == asked["message_id"] and done["status"] == "resolved", done
@@ -238,7 +234,7 @@ def test_a_yes_after_the_waiting_coordinator_was_killed_acts_once(patient: Mesh)
 
 def test_an_approval_outlives_a_nats_server_kill(patient: Mesh) -> None:
     approved = ask(patient, "Please refund order 67890", email=JANE)
-    wait_for(lambda: "wait_started" in kinds(patient, approved["message_id"], JANE), what="the wait")
+    waiting(patient, approved, JANE)
     _ready_again(patient, "nats-server", _kill(patient, "nats-server"))
     r = _decide_when_back(patient, approved["message_id"], "approve")
     assert r.status_code == 200, r.text
@@ -249,7 +245,7 @@ def test_an_approval_outlives_a_nats_server_kill(patient: Mesh) -> None:
 def test_a_durable_timer_outlives_a_nats_server_kill(quick: Mesh) -> None:
     """Killed while the saga waits: the schedule survived in the store, and the timer still ends the wait."""
     unanswered = ask(quick, "Please refund $10 for order 44444")
-    wait_for(lambda: "wait_started" in kinds(quick, unanswered["message_id"]), what="the wait")
+    waiting(quick, unanswered)
     _ready_again(quick, "nats-server", _kill(quick, "nats-server"))
     lapsed = follow_final(quick.gateway_url, unanswered["message_id"]).json()
     assert lapsed["status"] not in PROVISIONAL and "didn't hear back" in lapsed["response"], lapsed
@@ -260,7 +256,7 @@ def test_a_durable_timer_outlives_a_nats_server_kill(quick: Mesh) -> None:
 def test_a_no_after_the_waiting_coordinator_was_killed_does_nothing(patient: Mesh) -> None:
     session = uuid.uuid4().hex
     asked = ask(patient, "Please refund $10 for order 44444", session=session)
-    wait_for(lambda: "wait_started" in kinds(patient, asked["message_id"]), what="the wait")
+    waiting(patient, asked)
     _ready_again(patient, "execution_coordinator-1", _kill(patient, "execution_coordinator-1"))
     done = reply(patient.gateway_url, "no", session=session).json()
     assert done["message_id"] == asked["message_id"] and "not carried out" in done["response"], done
@@ -269,7 +265,7 @@ def test_a_no_after_the_waiting_coordinator_was_killed_does_nothing(patient: Mes
 
 def test_a_denial_after_a_nats_server_kill_tells_the_customer(patient: Mesh) -> None:
     asked = ask(patient, "Please refund order 67890", email=JANE)
-    wait_for(lambda: "wait_started" in kinds(patient, asked["message_id"], JANE), what="the wait")
+    waiting(patient, asked, JANE)
     _ready_again(patient, "nats-server", _kill(patient, "nats-server"))
     assert _decide_when_back(patient, asked["message_id"], "deny", {"note": "Out of policy."}).status_code == 200
     done = follow_final(patient.gateway_url, asked["message_id"], email=JANE).json()
@@ -279,7 +275,7 @@ def test_a_denial_after_a_nats_server_kill_tells_the_customer(patient: Mesh) -> 
 
 def test_an_approval_timeout_outlives_a_coordinator_kill(quick: Mesh) -> None:
     asked = ask(quick, "Please refund order 67890", email=JANE)
-    wait_for(lambda: "wait_started" in kinds(quick, asked["message_id"], JANE), what="the wait")
+    waiting(quick, asked, JANE)
     _ready_again(quick, "execution_coordinator-1", _kill(quick, "execution_coordinator-1"))
     done = follow_final(quick.gateway_url, asked["message_id"], email=JANE).json()
     assert done["status"] == "escalated", done  # the timer fired in the new process: a ticket, no action
