@@ -56,7 +56,8 @@ async def session_events(nc: Any, session_id: str, request: Request) -> AsyncIte
         yield {"event": "open", "data": orjson.dumps({"session_id": session_id}).decode()}
         while True:
             try:
-                raw = await asyncio.wait_for(queue.get(), timeout=DISCONNECT_POLL_S)
+                async with asyncio.timeout(DISCONNECT_POLL_S):
+                    raw = await queue.get()
             except TimeoutError:
                 if await request.is_disconnected():
                     return

@@ -126,8 +126,9 @@ class RetryingJetStream(JetStreamContext):
         """A message read (every KV get): retried like a write, so a read sent to a node that died with it is
         asked again of another instead of waiting out the API timeout."""
         async def once(wait: float) -> Any:
-            return await asyncio.wait_for(super(RetryingJetStream, self).get_msg(
-                stream_name, seq=seq, subject=subject, direct=direct, next=next), wait)
+            async with asyncio.timeout(wait):  # not wait_for: on 3.11 it can swallow the caller's cancellation
+                return await super(RetryingJetStream, self).get_msg(
+                    stream_name, seq=seq, subject=subject, direct=direct, next=next)
 
         return await self._retry(f"read of {stream_name}", once)
 

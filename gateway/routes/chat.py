@@ -183,7 +183,10 @@ async def _wait_for_result(gw: Gateway, message_id: str, waiter: asyncio.Future[
     """The reply on this instance's subject within the deadline; past it, the KV copy if there is one.
     The caller forgets the waiter (in every case, cancellation included)."""
     try:
-        result = await asyncio.wait_for(waiter, timeout=deadline_s)
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation that lands as the
+        # reply arrives, and the request of a client that went away would run on to its deadline.
+        async with asyncio.timeout(deadline_s):
+            result = await waiter
     except TimeoutError:
         # The reply may have been published while this gateway was reconnecting (or to another instance).
         try:

@@ -30,7 +30,8 @@ def health_router(gw: Gateway) -> APIRouter:
 
         async def check(name: str, probe: Any) -> None:
             try:
-                await asyncio.wait_for(probe(), timeout=2)
+                async with asyncio.timeout(2):
+                    await probe()
                 checks[name] = "ok"
             except Exception as exc:
                 checks[name] = f"error: {type(exc).__name__}"

@@ -67,8 +67,8 @@ async def failure_ticket(core: Core, message: Message[Any], history: list[SagaEv
         # Bounded: the answer must not wait on a hung API (a few of its timeouts, under the ack wait of the
         # failing step's delivery, which is not acked yet, with the default settings).
         try:
-            ticket_id = await asyncio.wait_for(core.actor.on_saga_failed(message, history, ctx),
-                                               timeout=3 * core.settings.api_timeout_s)
+            async with asyncio.timeout(3 * core.settings.api_timeout_s):
+                ticket_id = await core.actor.on_saga_failed(message, history, ctx)
         except Exception as exc:
             ticket_id = None
             out["ticket_error"] = f"{type(exc).__name__}: {exc}"[:300]
