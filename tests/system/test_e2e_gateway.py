@@ -19,6 +19,7 @@ import redis
 from tests.support.chat_client import chat, follow
 from tests.support.identity import AUTH
 from tests.support.sse_client import read_events
+from tests.support.waiting import cancel_until_done
 
 from supportmesh.credentials import redis_url
 
@@ -426,18 +427,11 @@ async def test_reply_waiters_are_forgotten_on_deadline_and_on_cancel(gateway) ->
     while gw.replies.waiting == 0 and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
     assert gw.replies.waiting == 1
-    request.cancel()  # the client went away
-    # The cancellation can land inside nats-py's own requests (recording the start, publishing), which await
-    # asyncio.wait_for: on Python 3.11 that swallows a cancellation arriving just as its reply does (CI run 20).
-    # An impatient client cancels again; the request must then end, and what matters is that its waiter is
-    # gone (a leaked waiter is what this test catches). Under load the in-process ASGI stack can also turn the
-    # cancellation into an early response instead of raising it: either way the request is over.
-    deadline = time.monotonic() + 30
-    while not request.done() and time.monotonic() < deadline:
-        await asyncio.wait([request], timeout=0.5)
-        if not request.done():
-            request.cancel()
-    assert request.done(), "the cancelled request kept running"
+    # The client goes away (again if a cancellation is swallowed: see cancel_until_done). The request must end,
+    # and what matters is that its waiter is gone (a leaked waiter is what this test catches). Under load the
+    # in-process ASGI stack can turn the cancellation into an early response instead of raising it: either
+    # way the request is over.
+    await cancel_until_done([request])
     with contextlib.suppress(asyncio.CancelledError):
         request.result()
     assert gw.replies.waiting == 0

@@ -14,6 +14,7 @@ from saga.recovery import Recovery
 
 from tests.support.harness import Harness
 from tests.support.toy_actors import Catcher, Done, Upper
+from tests.support.waiting import cancel_until_done
 
 pytestmark = pytest.mark.asyncio
 
@@ -73,8 +74,7 @@ async def test_a_holder_that_dies_is_replaced_within_the_lease_time(tmp_path) ->
         (first, first_sweeps), (second, second_sweeps) = await two_recoveries(h)
         assert first.leader and not second.leader
         # Dies without a word: its loops stop and the lease is neither renewed nor given up.
-        for task in first._tasks:
-            task.cancel()
+        await cancel_until_done(first._tasks)
         died = time.monotonic()
         swept = len(first_sweeps)
 
