@@ -1,4 +1,5 @@
-"""The runtime of one actor: connect, bind its durable consumer, fetch deliveries and run each as a step
+"""The runtime of one actor: connect, bind its durable consumer, pull deliveries (`saga.runtime.pull`: pull
+requests kept open for the free slots, not a request per message) and run each as a step
 (`saga.runtime.step`), export its backlog, and stop gracefully."""
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ import logging
 import time
 from typing import Any
 
-import nats
 from nats.aio.msg import Msg
 
 from saga import transport, waits
@@ -20,6 +20,7 @@ from saga.log import SagaLog
 from saga.retry import RetryPolicy
 from saga.runtime import failures
 from saga.runtime.core import Core
+from saga.runtime.pull import CreditPull
 from saga.runtime.step import run_step
 
 log = logging.getLogger("saga.runtime")
@@ -50,12 +51,12 @@ class Runtime:
         self.settings = settings
         self.subject = app.subject_for(self.name)
         self.concurrency = concurrency or settings.actor_concurrency
+        # How long one pull request waits on the server: when idle, one request per this interval.
         self.fetch_timeout_s = fetch_timeout_s
         # How long `stop` waits for steps in flight (the wiring sizes it like the pod's grace period).
         self.drain_timeout_s = drain_timeout_s if drain_timeout_s is not None else 2 * ack_wait
-        self._sub: Any = None
+        self._pull: CreditPull | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._slots = asyncio.Semaphore(self.concurrency)
         self._stopping = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._backlog_task: asyncio.Task[None] | None = None
@@ -99,7 +100,7 @@ class Runtime:
                                                         replicas=settings.nats_replicas)
         await self.actor.start(settings)
         await self._bind()
-        self._loop_task = asyncio.create_task(self._fetch_loop(), name=f"{self.name}-fetch")
+        self._loop_task = asyncio.create_task(self._pull_loop(), name=f"{self.name}-pull")
         self._backlog_task = asyncio.create_task(self._backlog_loop(), name=f"{self.name}-backlog")
         core.hooks.on_started(self.name)
         self.ready = True
@@ -117,27 +118,38 @@ class Runtime:
             resume_subject=waits.resume_subject(self.core.app.subject_prefix, self.name),
         )
         await transport.ensure_consumer(self.js, self.settings, config)
-        self._sub = await self.js.pull_subscribe_bind(self.name, stream=self.settings.stream_name)
+        if self._pull is None:
+            self._pull = CreditPull(self.nc, self.js._prefix, self.settings.stream_name, self.name,
+                                    deliver=self._deliver, expires_s=self.fetch_timeout_s)
+            await self._pull.start()
+        else:
+            self._pull.forget()
 
     async def stop(self, drain_timeout_s: float | None = None) -> None:
-        """Graceful stop: no new fetches, finish in-flight steps (waiting up to `drain_timeout_s`, by default
-        the longest step this actor can take), close the actor and the connection."""
+        """Graceful stop: no new pull requests, finish in-flight steps (waiting up to `drain_timeout_s`, by
+        default the longest step this actor can take) while the open requests expire, close the actor and
+        the connection."""
         self.ready = False
         self._stopping.set()
+        if self._pull is not None:
+            self._pull.wake.set()
         if self._backlog_task:
             self._backlog_task.cancel()
         if self._loop_task:
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(self._loop_task, timeout=self.fetch_timeout_s + 2)
+                async with asyncio.timeout(self.fetch_timeout_s + 2):
+                    await self._loop_task
+        drain = self.drain_timeout_s if drain_timeout_s is None else drain_timeout_s
+        deadline = time.monotonic() + drain
+        await self._expire_requests(drain)
         if self._tasks:
-            await asyncio.wait(self._tasks, timeout=self.drain_timeout_s if drain_timeout_s is None
-                               else drain_timeout_s)
+            await asyncio.wait(self._tasks, timeout=max(0.0, deadline - time.monotonic()))
         with contextlib.suppress(Exception):
             await self.actor.stop()
         # In-flight steps are done, so flush and close; nats-py's drain() waits out its full timeout on
-        # pull subscriptions.
-        with contextlib.suppress(Exception):
-            await self._sub.unsubscribe()
+        # subscriptions.
+        if self._pull is not None:
+            await self._pull.close()
         with contextlib.suppress(Exception):
             await self.nc.flush(timeout=2)
         with contextlib.suppress(Exception):
@@ -154,37 +166,52 @@ class Runtime:
         """Ask `run_until_stopped` to stop (signal-handler safe)."""
         self._stopping.set()
 
-    # ---- fetching ---------------------------------------------------------------------------------
+    # ---- pulling ----------------------------------------------------------------------------------
 
-    async def _fetch_loop(self) -> None:
+    async def _pull_loop(self) -> None:
+        """Keep pull requests open for the free slots; bind again when the server says the consumer is gone."""
+        pull = self._pull
+        assert pull is not None
         while not self._stopping.is_set():
-            await self._slots.acquire()
-            free = 1
-            # Take every free slot at once so a burst is fetched in one request.
-            while free < self.concurrency and not self._slots.locked():
-                await self._slots.acquire()
-                free += 1
+            if pull.rebind.is_set():
+                await asyncio.sleep(0.5)
+                try:
+                    await self._bind()
+                    pull.rebind.clear()
+                except Exception as exc:  # JetStream not back yet: try again
+                    log.warning("binding the consumer failed: %s", exc, extra={"actor": self.name})
+                continue
+            pull.wake.clear()
             try:
-                msgs = await self._sub.fetch(free, timeout=self.fetch_timeout_s)
-            except (asyncio.TimeoutError, nats.errors.TimeoutError):
-                msgs = []
-            except Exception as exc:  # connection loss, consumer deleted, server restarting
-                msgs = []
-                if not self._stopping.is_set():
-                    log.warning("fetch failed: %s; rebinding", exc, extra={"actor": self.name})
-                    await asyncio.sleep(0.5)
-                    with contextlib.suppress(Exception):
-                        await self._bind()
-            for _ in range(free - len(msgs)):
-                self._slots.release()
-            for m in msgs:
-                task = asyncio.create_task(self._process(m))
-                self._tasks.add(task)
-                task.add_done_callback(self._done)
+                await pull.top_up(self.concurrency - len(self._tasks))
+            except Exception as exc:  # disconnected: nats-py queues or refuses; try again shortly
+                log.warning("pull request failed: %s", exc, extra={"actor": self.name})
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(pull.next_deadline()):
+                    await pull.wake.wait()
+
+    def _deliver(self, msg: Msg) -> None:
+        # Also while stopping: the message was asked for before, and the stop drains it like any other.
+        task = asyncio.create_task(self._process(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        self._slots.release()
+        if self._pull is not None:
+            self._pull.wake.set()
+
+    async def _expire_requests(self, timeout_s: float) -> None:
+        """Wait (up to `timeout_s`) until the open pull requests have expired, so nothing is on its way when
+        the subscription goes (messages they bring are run, and drained with the rest)."""
+        pull = self._pull
+        deadline = time.monotonic() + timeout_s
+        while pull is not None and pull.open_requests and time.monotonic() < deadline:
+            pull.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(pull.next_deadline(), max(0.0, deadline - time.monotonic()))):
+                    await pull.wake.wait()
+            pull.drop_expired()
 
     # ---- one delivery -----------------------------------------------------------------------------
 

@@ -226,6 +226,30 @@ async def test_a_stopping_actor_waits_for_its_step_in_flight_as_long_as_that_ste
         await h.close()
 
 
+async def test_an_actor_keeps_a_pull_request_open_instead_of_asking_per_message(harness: Harness) -> None:
+    """One pull request serves many messages: when idle one per expiry (1 s), not one (or two) per message."""
+    await harness.run_actor(Upper)
+    await harness.run_actor(Done)
+    requests: list[float] = []
+
+    async def seen(_msg: Any) -> None:
+        requests.append(time.monotonic())
+
+    # A plain subscriber gets a copy of every pull request the actor sends to its consumer.
+    sub = await harness.nc.subscribe(f"$JS.API.CONSUMER.MSG.NEXT.{harness.settings.stream_name}.upper", cb=seen)
+    await harness.nc.flush()
+    started, count = time.monotonic(), 30
+    for n in range(count):
+        message = await harness.submit(["upper", "done"], f"one at a time {n}")
+        assert (await harness.wait_terminal(message.message_id)).status == "completed"
+    elapsed = time.monotonic() - started
+    await sub.unsubscribe()
+
+    # Each open request lasts 1 s; one more may be on its way when the count starts or ends.
+    assert len(requests) <= elapsed / 1.0 + 3, (len(requests), elapsed)
+    assert len(requests) < count / 2
+
+
 async def test_deleted_consumer_heals(harness: Harness) -> None:
     await harness.run_actor(Upper)
     await harness.run_actor(Done)
