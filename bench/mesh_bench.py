@@ -107,7 +107,8 @@ async def chats(base: str, count: int, concurrency: int,
 
 
 def per_actor(base: str, ids: list[str], headers: dict[str, str]) -> dict[str, Any]:
-    """Median step time per actor and median hop time (one step's completion to the next step's start)."""
+    """Median step time per actor and median hop time (one step's completion to the next step's start: its
+    completion less its recorded duration)."""
     steps: dict[str, list[float]] = {}
     hops: list[float] = []
     with httpx.Client(base_url=base, timeout=30, headers=headers) as client:
@@ -117,8 +118,9 @@ def per_actor(base: str, ids: list[str], headers: dict[str, str]) -> dict[str, A
             for e in events:
                 if e["kind"] == "step_completed" and e.get("duration_ms") is not None:
                     steps.setdefault(e["actor"], []).append(e["duration_ms"])
-                if e["kind"] == "step_started" and e["attempt"] == 1 and e["step_index"] - 1 in done:
-                    hops.append((e["ts"] - done[e["step_index"] - 1]["ts"]) * 1000)
+                if (e["kind"] == "step_completed" and e["attempt"] == 1 and e.get("duration_ms") is not None
+                        and e["step_index"] - 1 in done):
+                    hops.append((e["ts"] - e["duration_ms"] / 1000 - done[e["step_index"] - 1]["ts"]) * 1000)
     return {"step_ms_p50": {a: round(statistics.median(v), 3) for a, v in steps.items()},
             "hop_ms_p50": round(statistics.median(hops), 3) if hops else None}
 

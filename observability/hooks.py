@@ -70,11 +70,15 @@ class ObservabilityHooks:
             "exception.stacktrace": "".join(traceback.format_tb(exc.__traceback__)) + error_text(exc)})
         span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
 
+    def on_step_start(self, actor: str) -> None:
+        metrics.STEPS_IN_FLIGHT.labels(actor).inc()
+
     def on_step_end(self, actor: str, seconds: float) -> None:
         metrics.observe(metrics.ACTOR_PROCESSING_SECONDS.labels(actor), seconds)
 
     def on_step_outcome(self, actor: str, outcome: str) -> None:
         metrics.ACTOR_MESSAGES.labels(actor, outcome).inc()
+        metrics.STEPS_IN_FLIGHT.labels(actor).dec()
 
     def on_retry(self, actor: str) -> None:
         metrics.RETRIES.labels(actor).inc()

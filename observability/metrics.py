@@ -23,6 +23,7 @@ ACTOR_MESSAGES = Counter(
     "Steps handled by an actor, by outcome (completed, memoized, retried, failed, poison, misrouted).",
     ["actor", "outcome"],
 )
+STEPS_IN_FLIGHT = Gauge("supportmesh_steps_in_flight", "Deliveries an actor process is running now.", ["actor"])
 RETRIES = Counter("supportmesh_retries_total", "Step retries scheduled (nak with backoff).", ["actor"])
 REDELIVERIES = Counter(
     "supportmesh_redeliveries_total",
@@ -140,6 +141,7 @@ def init_actor_series(actor: str) -> None:
         REDELIVERIES.labels(actor, source)
     DEAD_LETTERS.labels(actor)
     ACTOR_PROCESSING_SECONDS.labels(actor)
+    STEPS_IN_FLIGHT.labels(actor)
     CONSUMER_PENDING.labels(actor)
     CONSUMER_ACK_PENDING.labels(actor)
 

@@ -41,6 +41,10 @@ class StepHooks(Protocol):
         """A handler raised: note it on the step's span."""
         ...
 
+    def on_step_start(self, actor: str) -> None:
+        """A delivery begins (its `on_step_outcome` follows when it ends, whatever happens)."""
+        ...
+
     def on_step_end(self, actor: str, seconds: float) -> None:
         """A step took `seconds` from receipt to ack (called inside its span)."""
         ...
@@ -104,6 +108,6 @@ class NoHooks:
     def _ignore(self, *args: Any, **kwargs: Any) -> None:
         return None
 
-    on_step_error = on_step_end = on_step_outcome = on_retry = on_redelivery = _ignore
+    on_step_error = on_step_start = on_step_end = on_step_outcome = on_retry = on_redelivery = _ignore
     on_dead_letter = on_saga_event = on_backlog = on_storage = on_started = _ignore
     on_wait_started = on_wait_ended = _ignore

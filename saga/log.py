@@ -47,7 +47,7 @@ RUNNING_BUCKET = "saga_running"
 
 EventKind = Literal[
     "saga_started",
-    "step_started",
+    "step_started",  # no longer written (the hop is the record of a dispatch); read in logs of older versions
     "step_completed",
     "step_failed",
     "retry_scheduled",

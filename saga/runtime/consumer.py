@@ -217,6 +217,7 @@ class Runtime:
 
     async def _process(self, msg: Msg) -> None:
         outcome = "error"
+        self.core.hooks.on_step_start(self.name)
         try:
             outcome = await self._delivery(msg, time.perf_counter())
         except Exception:

@@ -49,10 +49,8 @@ async def run_step(core: Core, msg: Msg, message: Message[Any], attempt: int) ->
             return "dropped"
         message = recorded
     t0 = time.perf_counter()
-    # `step_started` is informational: sent without waiting for its ack. Writes from one connection reach
-    # JetStream in order, so it is stored before this step's `step_completed`.
-    await core.record_nowait(message, "step_started", attempt=attempt)
-
+    # No `step_started` record: the hop in the work stream is the record that the step was dispatched, and
+    # JetStream's delivery count is its attempt. A delivery after the first records `redelivered` below.
     memo, waited = None, False
     # A redelivery, a resume, or a resumption by recovery (a hop id of its own): has the step run already?
     if attempt > 1 or wake_seq or headers.get("Nats-Msg-Id", "") != transport.msg_id(message):
@@ -92,7 +90,7 @@ async def run_step(core: Core, msg: Msg, message: Message[Any], attempt: int) ->
 async def recorded_result(core: Core, message: Message[Any], attempt: int) -> tuple[dict[str, Any] | None, bool]:
     """On a redelivery (crash, ack timeout, scheduled retry) or a resume: the step's recorded result when it
     already finished (it is reused instead of running the handler again), and whether the step ever waited;
-    notes a redelivery and its source."""
+    records a redelivery and its source (the start of every attempt after the first)."""
     step = message.route.current_step
     retried, done, waited = await asyncio.gather(
         core.saga.get_event(message.message_id, step, "retry_scheduled", attempt=attempt - 1),

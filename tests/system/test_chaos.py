@@ -231,8 +231,12 @@ KILL_LINE = re.compile(r"@(?P<wall>\d+\.\d+)\] (?P<victim>[a-z_]+)-\d+: SIGKILL"
 
 def resumptions(mesh: Mesh, output: str, message_ids: dict[str, str]) -> list[dict]:
     """For each kill printed by `supportmesh chaos`, the sagas whose step was running on the killed process
-    (one process per actor here: a step of that actor started and not finished at the kill) and the time from
-    the kill to the saga's next event (the saga moving again)."""
+    and the time from the kill to the saga's next event (the saga moving again).
+
+    One process per actor here. A step ran on the killed process when, after the kill, JetStream delivered it
+    to that actor again (`redelivered`, source `jetstream`: the delivery the dead process held was never
+    acked) and it had not completed before the kill. A saga not finished at the kill with no event after it
+    never moved again."""
     with httpx.Client(timeout=10) as client:
         events = {mid: client.get(f"{mesh.gateway_url}/api/sagas/{mid}", headers=mesh.auth(email)).json()["events"]
                   for mid, email in message_ids.items()}  # {message id: the customer who sent it}
@@ -242,14 +246,16 @@ def resumptions(mesh: Mesh, output: str, message_ids: dict[str, str]) -> list[di
         interrupted: dict[str, float | None] = {}
         for mid, evs in events.items():
             before = [e for e in evs if e["ts"] < wall]
-            if not before or before[-1]["actor"] != actor or before[-1]["kind"] not in ("step_started", "redelivered"):
+            after = [e for e in evs if e["ts"] >= wall]
+            if not before or any(e["kind"] in FINISHED for e in before):
                 continue
-            step = before[-1]["step_index"]
-            if any(e["kind"] in FINISHED or (e["kind"] == "step_completed" and e["step_index"] == step)
-                   for e in before):
-                continue  # a late redelivery of a step already done (memoized), not work in flight
-            after = [e["ts"] for e in evs if e["ts"] >= wall]
-            interrupted[mid] = round(min(after) - wall, 3) if after else None
+            if not after:
+                interrupted[mid] = None
+                continue
+            done = {e["step_index"] for e in before if e["kind"] == "step_completed"}
+            if any(e["actor"] == actor and e["kind"] == "redelivered" and e["data"].get("source") == "jetstream"
+                   and e["step_index"] not in done for e in after):
+                interrupted[mid] = round(min(e["ts"] for e in after) - wall, 3)
         kills.append({"actor": actor, "at": wall, "interrupted": interrupted})
     return kills
 

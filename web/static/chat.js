@@ -230,6 +230,17 @@ export function mountChat(root, { api, operatorLinks = true, autofocus = true })
     pending.scrollIntoView({ block: "end" });
   }
 
+  // A step is working from the moment it is dispatched. The saga log has no record of a step starting (the hop
+  // in the work stream is that record), so the next step is read from the route: the one the saga started with,
+  // as a router last rewrote it.
+  function showDispatched(pending, e) {
+    if (e.kind === "saga_started" && Array.isArray(e.data?.route)) pending.route = e.data.route;
+    if (e.kind === "route_changed" && Array.isArray(e.data?.to)) pending.route = e.data.to;
+    const next = e.kind === "saga_started" ? 0 : e.kind === "step_completed" ? e.step_index + 1 : -1;
+    const actor = next >= 0 ? pending.route?.[next] : undefined;
+    if (actor) showStep(pending, { kind: "step_started", actor, step_index: next });
+  }
+
   function giveUp(pending, messageId, seconds) {
     pending.classList.add("timed-out");
     pending.querySelector("p").textContent =
@@ -281,6 +292,7 @@ export function mountChat(root, { api, operatorLinks = true, autofocus = true })
           const e = JSON.parse(data);
           seen.push(e);
           showStep(pending, e);
+          showDispatched(pending, e);
         },
         result: (data) => finish(JSON.parse(data)),
       }, events.signal).then(poll, poll);  // a stream that ends or breaks without the result: poll
