@@ -2,7 +2,10 @@
 chat client against it, and py-spy recording the actors meanwhile.
 
     .venv/bin/pip install py-spy
-    .venv/bin/python bench/flamegraphs.py bench/results/flamegraphs
+    .venv/bin/python bench/flamegraphs.py bench/results/flamegraphs [process ...]
+
+The processes are named as in the mesh's endpoints.json (`gateway-1`, `context_retriever-1`, ...); by default
+the sentiment analyzer and the context retriever.
 """
 
 from __future__ import annotations
@@ -27,8 +30,8 @@ RECORD_S = 30
 INFLIGHT = 16
 
 
-def main(out: Path) -> None:
-    """Start a mesh, warm it up, record `ACTORS` for `RECORD_S` seconds under load, stop the mesh."""
+def main(out: Path, processes: tuple[str, ...] = ACTORS) -> None:
+    """Start a mesh, warm it up, record `processes` for `RECORD_S` seconds under load, stop the mesh."""
     out.mkdir(parents=True, exist_ok=True)
     mesh = Mesh(Path(tempfile.mkdtemp(prefix="supportmesh-flame-")), env={"SUPPORTMESH_AUTH_SECRET": ""}).start()
     try:
@@ -39,7 +42,7 @@ def main(out: Path) -> None:
         spies = [subprocess.Popen([str(ROOT / ".venv/bin/py-spy"), "record", "--pid", str(pids[name]),
                                    "--duration", str(RECORD_S), "--rate", "100", "--nonblocking",
                                    "--format", "flamegraph", "-o", str(out / f"{name.removesuffix('-1')}.svg")])
-                 for name in ACTORS]
+                 for name in processes]
         started, sent = time.time(), 0
         while time.time() - started < RECORD_S + 2:
             latencies, _, _ = asyncio.run(mesh_bench.chats(ep["gateway_url"], 10 * INFLIGHT, INFLIGHT, headers))
@@ -52,4 +55,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "bench/results/flamegraphs"))
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else "bench/results/flamegraphs"), tuple(sys.argv[2:]) or ACTORS)
