@@ -389,6 +389,7 @@ async def stream_messages(harness) -> int:
 async def test_publish_failing_after_the_start_is_recorded_answers_202(gateway, harness) -> None:
     gw, client = gateway
     await harness.js.delete_stream(harness.settings.stream_name)  # JetStream refuses the first step
+    gw.js.retry_s = 2.0  # how long a write is retried through an election: not the 20 s of a deployment
 
     r = await client.post("/api/chat", json={"session_id": "s-pub", **CHAT})
 
@@ -405,6 +406,7 @@ async def test_publish_failing_after_the_start_is_recorded_answers_202(gateway, 
 async def test_a_start_that_cannot_be_recorded_answers_503_and_publishes_nothing(gateway, harness) -> None:
     gw, client = gateway
     await harness.js.delete_key_value("saga_log")
+    gw.js.retry_s = 2.0  # how long a write is retried through an election: not the 20 s of a deployment
 
     r = await client.post("/api/chat", json={"session_id": "s-rec", **CHAT})
 
