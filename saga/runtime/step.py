@@ -148,12 +148,10 @@ def memo_of(result: StepResult) -> dict[str, Any]:
 
 async def forward(core: Core, message: Message[Any], next_message: Message[Any], memo: dict[str, Any],
                   attempt: int, *, record: bool, t0: float = 0.0) -> None:
-    """Note a route change, then record the result (`record`) and publish the next hop together. A crash
-    between the two is repaired by the redelivery: a missing record re-runs the step and its republish is
-    deduplicated (Nats-Msg-Id); a missing publish is redone from the record without running the handler."""
-    if memo.get("remaining_route") is not None:
-        await core.record_nowait(message, "route_changed", attempt=attempt, data={
-            "from": message.route.steps, "to": next_message.route.steps, "reason": memo.get("reason", "")})
+    """Record the result (`record`) and publish the next hop together. A crash between the two is repaired by
+    the redelivery: a missing record re-runs the step and its republish is deduplicated (Nats-Msg-Id); a
+    missing publish is redone from the record without running the handler. A router's new route is in the
+    record (`remaining_route`, `reason`): no write of its own (`route_changed` is the runtime's detours')."""
     if not record:
         await core.forward(next_message)
         return

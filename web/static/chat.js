@@ -232,10 +232,14 @@ export function mountChat(root, { api, operatorLinks = true, autofocus = true })
 
   // A step is working from the moment it is dispatched. The saga log has no record of a step starting (the hop
   // in the work stream is that record), so the next step is read from the route: the one the saga started with,
-  // as a router last rewrote it.
+  // as a router (its step's record) or a detour of the runtime (`route_changed`) last rewrote it.
   function showDispatched(pending, e) {
     if (e.kind === "saga_started" && Array.isArray(e.data?.route)) pending.route = e.data.route;
     if (e.kind === "route_changed" && Array.isArray(e.data?.to)) pending.route = e.data.to;
+    if (e.kind === "step_completed" && Array.isArray(e.data?.remaining_route) && pending.route) {
+      // A router's new route: the steps taken, then the ones it chose.
+      pending.route = [...pending.route.slice(0, e.step_index + 1), ...e.data.remaining_route];
+    }
     const next = e.kind === "saga_started" ? 0 : e.kind === "step_completed" ? e.step_index + 1 : -1;
     const actor = next >= 0 ? pending.route?.[next] : undefined;
     if (actor) showStep(pending, { kind: "step_started", actor, step_index: next });

@@ -44,6 +44,11 @@ function details(e) {
   if (e.kind === "step_failed" || e.kind === "saga_failed") return `${d.kind || d.reason || ""} ${d.error || ""}`;
   if (e.kind === "redelivered") return `source: ${d.source || ""}`;
   if (e.kind === "escalated") return `${d.reason || ""} ${d.ticket_id || ""}`;
+  if (e.kind === "step_completed" && Array.isArray(d.remaining_route)) {
+    // A router's step: its record carries the route it chose for the rest of the saga.
+    const added = d.enrichment ? `added: ${Object.keys(d.enrichment).join(", ") || "—"} · ` : "";
+    return `${added}route from here: ${d.remaining_route.join(" → ") || "(end)"} (${d.reason || ""})`;
+  }
   if (e.kind === "step_completed" && d.enrichment) return `added: ${Object.keys(d.enrichment).join(", ") || "—"}`;
   if (e.kind === "saga_completed") return d.status || "";
   return "";
