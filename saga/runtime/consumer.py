@@ -169,7 +169,7 @@ class Runtime:
     # ---- pulling ----------------------------------------------------------------------------------
 
     async def _pull_loop(self) -> None:
-        """Keep pull requests open for the free slots; bind again when the server says the consumer is gone."""
+        """Keep a pull request open for the free slots; bind again when the server says the consumer is gone."""
         pull = self._pull
         assert pull is not None
         while not self._stopping.is_set():
@@ -183,7 +183,7 @@ class Runtime:
                 continue
             pull.wake.clear()
             try:
-                await pull.top_up(self.concurrency - len(self._tasks))
+                await pull.ask(self.concurrency - len(self._tasks))
             except Exception as exc:  # disconnected: nats-py queues or refuses; try again shortly
                 log.warning("pull request failed: %s", exc, extra={"actor": self.name})
             with contextlib.suppress(TimeoutError):

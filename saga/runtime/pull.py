@@ -62,11 +62,6 @@ class CreditPull:
         self.rebind = asyncio.Event()
 
     @property
-    def outstanding(self) -> int:
-        """Credits of the open request: messages the server may still send without being asked again."""
-        return self._request.credits if self._request is not None else 0
-
-    @property
     def open_requests(self) -> int:
         """Requests still open on the server, as far as this client knows (0 or 1)."""
         return 0 if self._request is None else 1
@@ -89,7 +84,7 @@ class CreditPull:
         self._request = None
         self.wake.set()
 
-    async def top_up(self, free: int) -> None:
+    async def ask(self, free: int) -> None:
         """Ask for up to `free` messages when no request is open."""
         now = time.monotonic()
         self.drop_expired(now)
