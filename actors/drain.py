@@ -12,7 +12,7 @@ from config.settings import LOCAL_LLM_MODEL, Settings
 
 # After a step's last LLM call: its ack, its saga writes and the next hop.
 STEP_FINISH_S = 10.0
-# Around the drain: stopping the fetch loop before it, closing the actor and the connection after it.
+# Around the drain: stopping the pull loop before it, closing the actor and the connection after it.
 STOP_OVERHEAD_S = 5.0
 MIN_GRACE_S = 30
 

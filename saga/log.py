@@ -219,7 +219,7 @@ class SagaLog:
             headers={"Nats-Expected-Last-Subject-Sequence": "0"},
         )
         # Counted when sent: the server's verdict is not awaited (a duplicate of these informational
-        # events, a redelivery's step_started, is rare and harmless in a rate).
+        # events, a redelivery recorded twice, is rare and harmless in a rate).
         self._on_recorded(event.kind)
 
     async def get_event(

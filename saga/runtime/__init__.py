@@ -1,6 +1,7 @@
 """The durable actor runtime, by concern:
 
-- `consumer`: lifecycle, the fetch loop, one delivery (parse, span, step), the backlog gauges;
+- `consumer`: lifecycle, the pull loop (`pull`: one request open for the free slots), one delivery (parse, span,
+  step), the backlog gauges;
 - `step`: the step as a pipeline (reuse the recorded result → run the handler → record and forward);
 - `failures`: retry, the error handler, misrouted and poison messages;
 - `failing`: failing a saga for good (ticket, `saga_failed`, the answer);

@@ -86,7 +86,7 @@ class Runtime:
     # ---- lifecycle --------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Connect, declare the stream and this actor's consumer, start the actor and the fetch loop."""
+        """Connect, declare the stream and this actor's consumer, start the actor and the pull loop."""
         core, settings = self.core, self.settings
         core.nc = await transport.connect(settings, f"supportmesh-{self.name}", max_reconnect_attempts=-1,
                                           reconnect_time_wait=0.25, connect_timeout=5)

@@ -8,7 +8,7 @@ are used up or it has ended. When idle that is one request per `expires_s` (whic
 request lost with a restarted server can stall the actor); under a steady load, one per batch.
 
 JetStream delivers a message with its own subject, not the request's, so messages are counted against the
-one open request; a status comes on the request's own reply subject:
+one open request; a status (no payload, no reply subject) comes on the request's own reply subject:
 - a message uses one credit, and the request is over when none is left (the server says nothing then);
 - `408` (expired) or `404`/`409` (ended or refused) end the request;
 - `409 Consumer Deleted` or `503` (no responders: the consumer or JetStream is gone) ask for a rebind;
@@ -112,7 +112,9 @@ class CreditPull:
 
     async def _on_msg(self, msg: Msg) -> None:
         request = self._request
-        status = (msg.headers or {}).get("Status") if not msg.data else None
+        # A delivery carries its ack subject as reply; the server's statuses have none. (A `Status` header
+        # that a publisher put on a message does not make it a status: it is a delivery, run and recorded.)
+        status = (msg.headers or {}).get("Status", "") if not msg.reply else None
         if status is None:
             if request is not None:
                 request.credits -= 1
