@@ -1,5 +1,8 @@
 """Conversation history in SQLite (aiosqlite, WAL mode), with the specification's table exactly.
 
+The connection is in autocommit mode and every write is one statement, so each write is one atomic transaction
+and one trip to aiosqlite's thread (a statement and then a `commit` would be two).
+
 Rows older than the retention (`SUPPORTMESH_HISTORY_RETENTION_DAYS`) are deleted by `prune`, which the response
 aggregator runs periodically.
 
@@ -47,13 +50,12 @@ class HistoryStore:
     async def open(self) -> HistoryStore:
         """Open (and create) the database in WAL mode."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = await aiosqlite.connect(self.path, timeout=10)
+        self._db = await aiosqlite.connect(self.path, timeout=10, isolation_level=None)  # autocommit
         self._db.row_factory = aiosqlite.Row
         await self._db.execute("PRAGMA journal_mode=WAL")
         await self._db.execute("PRAGMA synchronous=NORMAL")
         await self._db.execute("PRAGMA busy_timeout=10000")
         await self._db.executescript(SCHEMA)
-        await self._db.commit()
         return self
 
     @property
@@ -70,7 +72,7 @@ class HistoryStore:
 
     async def ping(self) -> None:
         """Raise unless the database answers."""
-        await (await self.db.execute("SELECT 1")).fetchone()
+        await self.db.execute_fetchall("SELECT 1")
 
     async def record_exchange(self, *, message_id: str, session_id: str, customer_text: str, agent_text: str,
                               route_trace: list[str], payload: dict[str, Any], customer_at: str | None = None,
@@ -80,13 +82,13 @@ class HistoryStore:
         now = datetime.now(UTC).isoformat(timespec="microseconds")
         trace = orjson.dumps(route_trace).decode()
         body = orjson.dumps(payload).decode()
-        cur = await self.db.executemany(
+        # One statement for both rows: both or neither, in one transaction.
+        cur = await self.db.execute(
             "INSERT OR IGNORE INTO messages (message_id, session_id, timestamp, sender, content, route_trace, payload)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(message_id, session_id, customer_at or now, "customer", customer_text, trace, None),
-             (agent_row or agent_row_id(message_id), session_id, now, "agent", agent_text, trace, body)],
+            " VALUES (?, ?, ?, ?, ?, ?, ?), (?, ?, ?, ?, ?, ?, ?)",
+            (message_id, session_id, customer_at or now, "customer", customer_text, trace, None,
+             agent_row or agent_row_id(message_id), session_id, now, "agent", agent_text, trace, body),
         )
-        await self.db.commit()
         return cur.rowcount
 
     async def record_message(self, *, message_id: str, session_id: str, sender: str, content: str,
@@ -99,21 +101,19 @@ class HistoryStore:
             (message_id, session_id, datetime.now(UTC).isoformat(timespec="microseconds"), sender, content,
              orjson.dumps(route_trace).decode()),
         )
-        await self.db.commit()
 
     async def has_session(self, session_id: str) -> bool:
         """Whether any message of the session is recorded."""
-        cur = await self.db.execute("SELECT 1 FROM messages WHERE session_id = ? LIMIT 1", (session_id,))
-        return await cur.fetchone() is not None
+        rows = await self.db.execute_fetchall("SELECT 1 FROM messages WHERE session_id = ? LIMIT 1", (session_id,))
+        return bool(rows)
 
     async def history(self, session_id: str, limit: int = 200) -> list[dict[str, Any]]:
         """The latest `limit` rows of a session, oldest first (a customer row before its agent row)."""
-        cur = await self.db.execute(
+        rows = [dict(r) for r in await self.db.execute_fetchall(
             "SELECT message_id, session_id, timestamp, sender, content, route_trace FROM messages"
             " WHERE session_id = ? ORDER BY timestamp DESC, sender ASC LIMIT ?",
             (session_id, limit),
-        )
-        rows = [dict(r) for r in await cur.fetchall()]
+        )]
         rows.reverse()
         return rows
 
@@ -129,7 +129,6 @@ class HistoryStore:
                 "DELETE FROM messages WHERE rowid IN (SELECT rowid FROM messages WHERE timestamp < ? LIMIT ?)",
                 (cutoff, batch),
             )
-            await self.db.commit()
             deleted += cur.rowcount
             if cur.rowcount < batch:
                 return deleted

@@ -27,6 +27,8 @@ async def test_history_schema_wal_and_idempotent_rows(tmp_path) -> None:
                   route_trace=["a", "b"], payload={"x": 1}, customer_at="2026-01-01T00:00:00")
     assert await store.record_exchange(**kwargs) == 2
     assert await store.record_exchange(**kwargs) == 0  # the step ran twice: still two rows
+    assert not store.db.in_transaction  # each write is committed by itself (autocommit), none left open
+    assert sqlite3.connect(path).execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 2  # seen by others
     rows = await store.history("s1")
     assert [(r["message_id"], r["sender"]) for r in rows] == [("m1", "customer"), ("m1:agent", "agent")]
     await store.close()
