@@ -108,29 +108,39 @@ async def call_handler(core: Core, msg: Msg, message: Message[Any], attempt: int
                        wakeup: Wakeup | None = None) -> StepResult:
     """Run the actor's handler with a heartbeat; a processor's dict becomes a StepResult."""
     ctx = StepContext(core, message, msg, attempt, wakeup)
-    beat = asyncio.create_task(heartbeat(core, msg, message, ctx))
+    interval = heartbeat_interval(core)
+    beats: list[asyncio.Task[None]] = []
+    # Most handlers end well within one interval: a timer, not a task per step, starts the heartbeat.
+    timer = asyncio.get_running_loop().call_later(
+        interval, lambda: beats.append(asyncio.create_task(heartbeat(core, msg, message, ctx, interval))))
     try:
         raw = await core.actor.handle(message, ctx)
     finally:
-        beat.cancel()
+        timer.cancel()
+        for beat in beats:
+            beat.cancel()
     result = raw if isinstance(raw, StepResult) else StepResult(enrichment=dict(raw or {}))
     if result.remaining_route is not None and core.actor.kind != "router":
         raise PermanentError(f"{core.name} is a processor and may not rewrite the route")
     return result
 
 
-async def heartbeat(core: Core, msg: Msg, message: Message[Any], ctx: StepContext) -> None:
-    """Keep the delivery alive while the handler runs; while it compensates, keep the saga's state fresh
-    too (undo calls may be retried for minutes without a new event, and the sweeper must not take a live
-    compensation for a stalled saga)."""
-    interval = max(0.2, min(core.ack_wait_s, core.settings.stall_after_s) / 3)
+def heartbeat_interval(core: Core) -> float:
+    """How often a running handler's delivery is kept alive: three beats per ack wait (or stall limit)."""
+    return max(0.2, min(core.ack_wait_s, core.settings.stall_after_s) / 3)
+
+
+async def heartbeat(core: Core, msg: Msg, message: Message[Any], ctx: StepContext, interval: float) -> None:
+    """Keep the delivery alive while the handler runs (a beat now, then every `interval`); while it
+    compensates, keep the saga's state fresh too (undo calls may be retried for minutes without a new event,
+    and the sweeper must not take a live compensation for a stalled saga)."""
     while True:
-        await asyncio.sleep(interval)
         with contextlib.suppress(Exception):
             await msg.in_progress()
         if ctx.compensating and core.durable:
             with contextlib.suppress(Exception):
                 await core.mark_compensating(message)
+        await asyncio.sleep(interval)
 
 
 def memo_of(result: StepResult) -> dict[str, Any]:

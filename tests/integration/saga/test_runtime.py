@@ -201,6 +201,20 @@ async def test_two_replicas_share_the_work_and_process_each_message_once(harness
     assert sorted(m for (_, m, _, _) in harness.executions("slow")) == ids
 
 
+async def test_a_step_longer_than_the_ack_wait_is_kept_alive_and_runs_once(harness: Harness) -> None:
+    """The heartbeat: a handler that runs for 2.5 ack waits is not redelivered meanwhile (JetStream would hand
+    the message to another delivery after one ack wait without it)."""
+    slow = await harness.run_actor(Slow)
+    await harness.run_actor(Done)
+    message = await harness.submit(["slow", "done"], f"sleep:{harness.settings.ack_wait_s * 2.5}")
+
+    assert (await harness.wait_terminal(message.message_id)).status == "completed"
+    assert slow.actor.handled == [message.message_id]  # type: ignore[attr-defined]
+    assert [(kind, actor) for kind, actor, _ in kinds(await harness.events(message.message_id))] == [
+        ("saga_started", "gateway"), ("step_completed", "slow"), ("step_completed", "done"),
+        ("saga_completed", "done")]  # no `redelivered`
+
+
 class SlowGenerator(Slow):
     """A slow step of an actor that calls an LLM (its step may last its LLM calls' timeouts and retries)."""
 
