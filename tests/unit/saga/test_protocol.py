@@ -144,6 +144,10 @@ def test_enrichments_are_strict_and_never_change_the_customer_input() -> None:
         message.enriched({"sentiment": {"label": "NEGATIVE", "score": "-0.5", "confidence": 1.0, "urgency": "high"}})
     with pytest.raises(ValueError):
         message.enriched({"customer_message": "something else"})
+    with pytest.raises(ValidationError):  # not a payload field
+        message.enriched({"api_data": {"k": 1}, "nope": 1})
+    # Only the changed field is validated, but a refused enrichment leaves the message as it was.
+    assert message.payload.api_data == {} and message.payload.sentiment is None
 
 
 def test_replay_follows_a_failed_sagas_detour_to_its_answer() -> None:
