@@ -294,12 +294,14 @@ class SagaLog:
         """Move the saga's state forward with compare-and-set; returns the new revision, or None when the
         change was refused (the saga is already terminal, or already further along).
 
-        `expected_revision` is a hint (the revision the previous step saw): when right it saves a read.
+        `expected_revision` is a hint (the revision the previous step saw): when right it saves a read. 0 says
+        the saga is new (the gateway's start): the state is created without a read, and only then indexed.
         `allow_reopen` lets recovery move a saga out of `escalated`/`failed` (never out of `completed`).
         `wait` (signal, wait number, deadline) goes with the status `waiting` (running → waiting → running).
         """
         current: SagaState | None = None
         revision = expected_revision
+        assume_new = expected_revision == 0
         for _ in range(16):
             if revision is None:
                 current = await self.state(message_id)
@@ -324,6 +326,11 @@ class SagaLog:
                 write = (self._state.update(message_id, body, last=revision) if revision
                          else self._state.create(message_id, body))
                 # The running index moves with the state, written at the same time (no extra round trip).
+                if assume_new:  # unread: a saga that exists already (a repeated start) must not be indexed
+                    new_revision = await write
+                    if (index := self._index(message_id, status, current, created=True)) is not None:
+                        await index
+                    return new_revision
                 index = self._index(message_id, status, current, created=not revision)
                 if index is None:
                     return await write
@@ -333,6 +340,7 @@ class SagaLog:
                 # Someone else moved it (or the hint was stale): read again and re-check the guard.
                 revision = None
                 current = None
+                assume_new = False
         raise RuntimeError(f"saga_state for {message_id} kept changing under compare-and-set")
 
     def _index(self, message_id: str, status: str, current: SagaState | None, *, created: bool) -> Any:

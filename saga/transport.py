@@ -268,6 +268,7 @@ async def record_start(saga: SagaLog, message: Message) -> bool:
             session_id=message.session_id,
             trace_id=message.metadata.trace_id,
             owner=message.owner,
+            expected_revision=0,  # a new saga: no read first (a repeated start finds the state and stops)
         ),
     )
     return bool(created)

@@ -9,13 +9,13 @@ from typing import Any
 
 import orjson
 import pytest
-from nats.js.errors import NoKeysError
+from nats.js.errors import KeyNotFoundError, NoKeysError
 
 from actors.base import FailureContext
 from actors.domain import Message, subject_for
 from actors.drain import step_drain_s
 from actors.results import ChatResult
-from saga.log import SagaEvent
+from saga.log import RUNNING_BUCKET, SagaEvent
 
 from tests.support.harness import Harness, kinds
 from tests.support.toy_actors import BrokenAggregator, Catcher, Count, Done, Flaky, Slow, Upper
@@ -66,6 +66,23 @@ async def test_state_never_moves_back_from_a_terminal_status(harness: Harness) -
     assert await saga.set_state("m2", status="running", step_index=1, actor="b") is None
     state = await saga.state("m2")
     assert state is not None and state.status == "completed" and state.step_index == 3
+
+
+async def test_a_repeated_start_of_a_finished_saga_changes_nothing(harness: Harness) -> None:
+    """The gateway creates a new saga's state without reading it first (`expected_revision=0`); a repeated
+    start of the same message (an Idempotency-Key retry) finds the saga finished and leaves it so, and does
+    not put it back in the running index the sweeper reads."""
+    saga = harness.saga
+    assert await saga.set_state("m3", status="running", step_index=0, actor="a", expected_revision=0)
+    assert await saga.set_state("m3", status="completed", step_index=2, actor="c")
+
+    assert await saga.set_state("m3", status="running", step_index=0, actor="a", expected_revision=0) is None
+
+    state = await saga.state("m3")
+    assert state is not None and state.status == "completed"
+    running = await harness.js.key_value(RUNNING_BUCKET)
+    with pytest.raises(KeyNotFoundError):
+        await running.get("m3")
 
 
 async def test_retryable_failure_retries_with_backoff_then_completes(harness: Harness) -> None:
