@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(settings)
     instrument_fastapi(app)
     uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False,
-                loop="uvloop", http="auto", timeout_graceful_shutdown=10)
+                loop="uvloop", http="httptools", timeout_graceful_shutdown=10)
     return 0
 
 

@@ -21,7 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_tracing("supportmesh-mocks")
     app = create_app()
     instrument_fastapi(app)
-    uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False, loop="uvloop")
+    uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False, loop="uvloop",
+                http="httptools")
     return 0
 
 
