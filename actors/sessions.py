@@ -67,11 +67,6 @@ class SessionStore:
         """The session's state, or None."""
         return await self._get(state_key(session_id))
 
-    async def status(self, session_id: str) -> str | None:
-        """The session's status (`handover` while a person has it), or None for a session with no state."""
-        state = await self.get_state(session_id)
-        return str(state.get("status")) if state else None
-
     async def set_state(self, session_id: str, *, last_message_id: str, status: str) -> None:
         """Record the session's latest message and status (and refresh the TTL); while a hand-over is open the
         status stays `handover`."""
@@ -81,14 +76,18 @@ class SessionStore:
         await self._set_state(keys=[state_key(session_id), handover_key(session_id)],
                               args=[orjson.dumps(value), orjson.dumps(held), self.ttl_s])
 
-    async def get_owner(self, session_id: str, *, refresh_s: float | None = None) -> str | None:
-        """Who the session belongs to, or None; `refresh_s` also extends the binding's lifetime."""
-        if refresh_s is None:
-            raw = await self.redis.get(owner_key(session_id))
-        else:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                raw, _ = await pipe.get(owner_key(session_id)).expire(owner_key(session_id), int(refresh_s)).execute()
+    async def get_owner(self, session_id: str) -> str | None:
+        """Who the session belongs to, or None."""
+        raw = await self.redis.get(owner_key(session_id))
         return raw.decode() if raw else None
+
+    async def owner_and_state(self, session_id: str, *, refresh_s: float) -> tuple[str | None, dict[str, Any] | None]:
+        """Who the session belongs to (the binding's lifetime extended by `refresh_s`) and its state, in one
+        round trip: what a chat message needs to know of its session before anything else."""
+        key = owner_key(session_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            owner, _, state = await pipe.get(key).expire(key, int(refresh_s)).get(state_key(session_id)).execute()
+        return (owner.decode() if owner else None), (orjson.loads(state) if state else None)
 
     async def claim(self, session_id: str, owner: str, ttl_s: float) -> str:
         """Bind the session to `owner` unless it is bound already; returns the session's owner (the first one to

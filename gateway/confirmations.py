@@ -30,13 +30,10 @@ log = logging.getLogger("supportmesh.gateway")
 NEEDS_CONFIRMATION = "needs_confirmation"
 
 
-async def pending_confirmation(gw: Gateway, session_id: str, who: Caller) -> str | None:
-    """The message id of the caller's saga that waits for their yes in this session, if any."""
-    try:
-        state = await gw.sessions.get_state(session_id)
-    except Exception:  # session state is a cache: without it, the message is a new question
-        log.warning("could not read the session state", exc_info=True)
-        return None
+async def pending_confirmation(gw: Gateway, session_id: str, who: Caller,
+                               state: dict[str, Any] | None) -> str | None:
+    """The message id of the caller's saga that waits for their yes in this session (`state`: the session's
+    state, as just read), if any."""
     if not state or state.get("status") != NEEDS_CONFIRMATION or not state.get("last_message_id"):
         return None
     message_id = str(state["last_message_id"])

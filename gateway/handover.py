@@ -34,11 +34,11 @@ async def refresh_open_count(gw: Gateway) -> int:
     return count
 
 
-async def with_agent(gw: Gateway, session_id: str, text: str) -> dict[str, Any] | None:
-    """When a person has the session: the customer's message goes to the queue and the history (no saga), and
-    the answer says a colleague has the conversation (`ChatResponse`, status `with_agent`). None when the
-    session is with the bot (then a saga answers)."""
-    if await gw.sessions.status(session_id) != HANDOVER_STATUS:
+async def with_agent(gw: Gateway, session_id: str, text: str, session: dict[str, Any] | None) -> dict[str, Any] | None:
+    """When a person has the session (`session`: its state, as just read): the customer's message goes to the
+    queue and the history (no saga), and the answer says a colleague has the conversation (`ChatResponse`,
+    status `with_agent`). None when the session is with the bot (then a saga answers)."""
+    if not session or session.get("status") != HANDOVER_STATUS:
         return None
     # Noted only while the hand-over is open: if it was closed a moment ago, the bot answers.
     if not await gw.sessions.handovers.note_customer_message(session_id, text):

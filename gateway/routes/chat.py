@@ -65,14 +65,14 @@ def chat_router(gw: Gateway, chat_route: tuple[str, ...]) -> APIRouter:
         who = caller(request, settings)
         if who.verified and body.customer_email and body.customer_email != who.email:
             raise HTTPException(403, "customer_email does not match the signed-in customer")
-        await claim_session(gw, body.session_id, who)
+        session = await claim_session(gw, body.session_id, who)  # and the session's state, in one round trip
         # A person has this conversation: the message goes to the support team's queue, no saga starts.
-        if (to_agent := await _with_agent(gw, body.session_id, body.message)) is not None:
+        if (to_agent := await _with_agent(gw, body.session_id, body.message, session)) is not None:
             return to_agent
         # A retry (the same Idempotency-Key) is the same message again, never the answer to its own question.
         retry = idempotency_key is not None and await gw.saga.state(
             message_id_for(who.owner, body.session_id, idempotency_key)) is not None
-        if who.verified and not retry and (waiting := await pending_confirmation(gw, body.session_id, who)):
+        if who.verified and not retry and (waiting := await pending_confirmation(gw, body.session_id, who, session)):
             # The reply to "shall I go ahead?": the waiting saga's signal, answered with its final answer.
             what, result = await answer_confirmation(gw, waiting, body.message, settings.chat_deadline_s)
             if what == "answered":
@@ -201,11 +201,12 @@ async def _wait_for_result(gw: Gateway, message_id: str, waiter: asyncio.Future[
 
 
 
-async def _with_agent(gw: Gateway, session_id: str, text: str) -> dict[str, Any] | None:
-    """The `with_agent` answer when a person has the session; None when the bot answers (also when the session
-    store cannot tell: the customer is answered rather than refused)."""
+async def _with_agent(gw: Gateway, session_id: str, text: str,
+                      session: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The `with_agent` answer when a person has the session (`session`: its state); None when the bot answers
+    (also when the session store cannot tell: the customer is answered rather than refused)."""
     try:
-        return await handover.with_agent(gw, session_id, text)
+        return await handover.with_agent(gw, session_id, text, session)
     except Exception:
         log.warning("could not read the session's hand-over; the bot answers", exc_info=True)
         return None

@@ -57,11 +57,12 @@ def chat_response(result: ChatResult) -> dict[str, Any]:
     ).model_dump()
 
 
-async def claim_session(gw: Gateway, session_id: str, who: Caller) -> None:
+async def claim_session(gw: Gateway, session_id: str, who: Caller) -> dict[str, Any] | None:
     """Make sure the session is the caller's: an unknown id is bound to the caller (a client may propose one);
-    an id bound to someone else, or one with history but no owner, is refused (403)."""
+    an id bound to someone else, or one with history but no owner, is refused (403). Returns the session's
+    state (None for a session without one), read in the same round trip as its owner."""
     try:
-        owner = await gw.sessions.get_owner(session_id, refresh_s=gw.settings.saga_ttl_s)
+        owner, state = await gw.sessions.owner_and_state(session_id, refresh_s=gw.settings.saga_ttl_s)
         if owner is None:
             if await gw.history.has_session(session_id):
                 owner = "unknown"  # recorded before owners were (or its binding expired): nobody may take it over
@@ -72,4 +73,5 @@ async def claim_session(gw: Gateway, session_id: str, who: Caller) -> None:
         raise HTTPException(503, f"cannot check the session's owner right now: {type(exc).__name__}") from None
     if owner != who.owner:
         raise HTTPException(403, "this session belongs to someone else: start a new one (POST /api/sessions)")
+    return state
 
