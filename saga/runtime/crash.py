@@ -4,6 +4,7 @@ saga log recovers. Points: before_handler, after_handler, after_step_completed."
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 
@@ -12,9 +13,16 @@ log = logging.getLogger("saga.runtime")
 CRASH_POINT_ENV = "SUPPORTMESH_CRASH_POINT"
 
 
+@functools.cache
+def _wanted() -> str | None:
+    # Read once: crash points are set in a process's environment when it is started, and three of them are
+    # passed at every step.
+    return os.environ.get(CRASH_POINT_ENV)
+
+
 def crash_point(actor: str, point: str, attempt: int) -> None:
-    """Exit the process (status 137) when the environment asks for a crash at this point."""
-    wanted = os.environ.get(CRASH_POINT_ENV)
+    """Exit the process (status 137) when the environment it was started with asks for a crash here."""
+    wanted = _wanted()
     if wanted and (wanted == f"{actor}:{point}:always" or (wanted == f"{actor}:{point}" and attempt == 1)):
         log.error("crash point %s reached: exiting", wanted, extra={"actor": actor})
         os._exit(137)
