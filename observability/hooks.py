@@ -34,11 +34,11 @@ class ObservabilityHooks:
     def step_span(self, actor: str, subject: str, message: Any, hop_id: str, attempt: int,
                   headers: dict[str, str], links: list[dict[str, str]] | None = None) -> Iterator[Any]:
         attrs = messaging_attributes("process", subject, message.message_id, hop_id, actor)
+        attrs["supportmesh.step_index"] = message.step_index
+        attrs["supportmesh.attempt"] = attempt
         with tracer().start_as_current_span(messaging_span_name("process", subject), context=extract_context(headers),
                                             kind=SpanKind.CONSUMER, attributes=attrs,
                                             links=_links(links)) as span:
-            span.set_attribute("supportmesh.step_index", message.step_index)
-            span.set_attribute("supportmesh.attempt", attempt)
             yield span
 
     @contextlib.contextmanager
@@ -71,14 +71,14 @@ class ObservabilityHooks:
         span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
 
     def on_step_start(self, actor: str) -> None:
-        metrics.STEPS_IN_FLIGHT.labels(actor).inc()
+        metrics.child(metrics.STEPS_IN_FLIGHT, actor).inc()
 
     def on_step_end(self, actor: str, seconds: float) -> None:
-        metrics.observe(metrics.ACTOR_PROCESSING_SECONDS.labels(actor), seconds)
+        metrics.observe(metrics.child(metrics.ACTOR_PROCESSING_SECONDS, actor), seconds)
 
     def on_step_outcome(self, actor: str, outcome: str) -> None:
-        metrics.ACTOR_MESSAGES.labels(actor, outcome).inc()
-        metrics.STEPS_IN_FLIGHT.labels(actor).dec()
+        metrics.child(metrics.ACTOR_MESSAGES, actor, outcome).inc()
+        metrics.child(metrics.STEPS_IN_FLIGHT, actor).dec()
 
     def on_retry(self, actor: str) -> None:
         metrics.RETRIES.labels(actor).inc()
