@@ -295,18 +295,22 @@ class SagaLog:
         change was refused (the saga is already terminal, or already further along).
 
         `expected_revision` is a hint (the revision the previous step saw): when right it saves a read. 0 says
-        the saga is new (the gateway's start): the state is created without a read, and only then indexed.
+        the saga is new (the gateway's start): the state is created, and indexed, without a read.
         `allow_reopen` lets recovery move a saga out of `escalated`/`failed` (never out of `completed`).
         `wait` (signal, wait number, deadline) goes with the status `waiting` (running → waiting → running).
         """
         current: SagaState | None = None
         revision = expected_revision
-        assume_new = expected_revision == 0
+        indexed_in_vain = False  # a create that found the saga there already had its index entry put with it
         for _ in range(16):
             if revision is None:
                 current = await self.state(message_id)
                 revision = current.revision if current else 0
             if current is not None and not _may_move(current, status, step_index, allow_reopen):
+                if indexed_in_vain and current.status in TERMINAL:
+                    # A repeated start of a finished saga: take back the entry (the sweeper would drop it too).
+                    with contextlib.suppress(Exception):
+                        await self._running.delete(message_id)
                 return None
             now = time.time()
             new = SagaState(
@@ -326,21 +330,22 @@ class SagaLog:
                 write = (self._state.update(message_id, body, last=revision) if revision
                          else self._state.create(message_id, body))
                 # The running index moves with the state, written at the same time (no extra round trip).
-                if assume_new:  # unread: a saga that exists already (a repeated start) must not be indexed
-                    new_revision = await write
-                    if (index := self._index(message_id, status, current, created=True)) is not None:
-                        await index
-                    return new_revision
                 index = self._index(message_id, status, current, created=not revision)
                 if index is None:
                     return await write
-                new_revision, _ = await asyncio.gather(write, index)
+                # Both finish before either's failure is looked at: an index write still in flight could
+                # otherwise land after the clean-up above.
+                new_revision, indexed = await asyncio.gather(write, index, return_exceptions=True)
+                if isinstance(new_revision, KeyWrongLastSequenceError):
+                    indexed_in_vain = indexed_in_vain or (not revision and status not in TERMINAL)
+                for outcome in (new_revision, indexed):
+                    if isinstance(outcome, BaseException):
+                        raise outcome
                 return new_revision
             except KeyWrongLastSequenceError:
                 # Someone else moved it (or the hint was stale): read again and re-check the guard.
                 revision = None
                 current = None
-                assume_new = False
         raise RuntimeError(f"saga_state for {message_id} kept changing under compare-and-set")
 
     def _index(self, message_id: str, status: str, current: SagaState | None, *, created: bool) -> Any:
