@@ -307,9 +307,8 @@ class SagaLog:
                 current = await self.state(message_id)
                 revision = current.revision if current else 0
             if current is not None and not _may_move(current, status, step_index, allow_reopen):
-                if indexed_in_vain and current.status in TERMINAL:
-                    # A repeated start of a finished saga: take back the entry (the sweeper would drop it too).
-                    with contextlib.suppress(Exception):
+                if indexed_in_vain and current.status in TERMINAL:  # a repeated start of a finished saga
+                    with contextlib.suppress(Exception):  # take back its entry (the sweeper would drop it too)
                         await self._running.delete(message_id)
                 return None
             now = time.time()
@@ -333,19 +332,16 @@ class SagaLog:
                 index = self._index(message_id, status, current, created=not revision)
                 if index is None:
                     return await write
-                # Both finish before either's failure is looked at: an index write still in flight could
-                # otherwise land after the clean-up above.
+                # Both end before a failure is looked at: an index write in flight could land after the clean-up.
                 new_revision, indexed = await asyncio.gather(write, index, return_exceptions=True)
                 if isinstance(new_revision, KeyWrongLastSequenceError):
-                    indexed_in_vain = indexed_in_vain or (not revision and status not in TERMINAL)
-                for outcome in (new_revision, indexed):
-                    if isinstance(outcome, BaseException):
-                        raise outcome
+                    indexed_in_vain |= not revision and status not in TERMINAL
+                if failed := next((o for o in (new_revision, indexed) if isinstance(o, BaseException)), None):
+                    raise failed
                 return new_revision
             except KeyWrongLastSequenceError:
                 # Someone else moved it (or the hint was stale): read again and re-check the guard.
-                revision = None
-                current = None
+                revision, current = None, None
         raise RuntimeError(f"saga_state for {message_id} kept changing under compare-and-set")
 
     def _index(self, message_id: str, status: str, current: SagaState | None, *, created: bool) -> Any:
