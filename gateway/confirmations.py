@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from typing import Any
 
@@ -24,8 +23,6 @@ from gateway.approvals import CONFIRMATION, signal
 from gateway.auth import Caller
 from gateway.state import Gateway
 from saga.protocol import new_message_id
-
-log = logging.getLogger("supportmesh.gateway")
 
 NEEDS_CONFIRMATION = "needs_confirmation"
 

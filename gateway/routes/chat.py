@@ -204,11 +204,11 @@ async def _wait_for_result(gw: Gateway, message_id: str, waiter: asyncio.Future[
 async def _with_agent(gw: Gateway, session_id: str, text: str,
                       session: dict[str, Any] | None) -> dict[str, Any] | None:
     """The `with_agent` answer when a person has the session (`session`: its state); None when the bot answers
-    (also when the session store cannot tell: the customer is answered rather than refused)."""
+    (also when the message cannot be put in the hand-over: the customer is answered rather than refused)."""
     try:
         return await handover.with_agent(gw, session_id, text, session)
     except Exception:
-        log.warning("could not read the session's hand-over; the bot answers", exc_info=True)
+        log.warning("could not hand the message to the session's hand-over; the bot answers", exc_info=True)
         return None
 
 

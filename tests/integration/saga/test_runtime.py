@@ -70,8 +70,8 @@ async def test_state_never_moves_back_from_a_terminal_status(harness: Harness) -
 
 async def test_a_repeated_start_of_a_finished_saga_changes_nothing(harness: Harness) -> None:
     """The gateway creates a new saga's state without reading it first (`expected_revision=0`); a repeated
-    start of the same message (an Idempotency-Key retry) finds the saga finished and leaves it so, and does
-    not put it back in the running index the sweeper reads."""
+    start of the same message (an Idempotency-Key retry) finds the saga finished and leaves it so, and takes
+    back the running-index entry it wrote alongside its create (the index is what the sweeper reads)."""
     saga = harness.saga
     assert await saga.set_state("m3", status="running", step_index=0, actor="a", expected_revision=0)
     assert await saga.set_state("m3", status="completed", step_index=2, actor="c")
