@@ -29,13 +29,20 @@ class DirectGetError(Exception):
     """The server answered a direct get with a status we do not expect (neither data, end of batch, nor 404)."""
 
 
+# Headers that make a KV message a marker rather than a value: a client's delete or purge (KV-Operation), or a
+# marker the server placed (Nats-Marker-Reason, nats-server 2.11+).
+_KV_REMOVED = frozenset({"DEL", "PURGE"})
+
+
 @dataclass(frozen=True, slots=True)
 class StoredMessage:
-    """One message read from a stream: its subject, stream sequence and body."""
+    """One message read from a stream: its subject, stream sequence and body, and whether it is a KV delete or
+    purge marker."""
 
     subject: str
     seq: int
     data: bytes
+    removed: bool = False
 
 
 async def read_subjects(nc: Any, stream: str, subject_filter: str, *, batch: int = DEFAULT_BATCH,
@@ -60,7 +67,8 @@ async def read_subjects(nc: Any, stream: str, subject_filter: str, *, batch: int
                 status = headers.get("Status")
                 if status is None:
                     seq = int(headers["Nats-Sequence"])
-                    out.append(StoredMessage(headers.get("Nats-Subject", ""), seq, msg.data))
+                    removed = headers.get("KV-Operation") in _KV_REMOVED or "Nats-Marker-Reason" in headers
+                    out.append(StoredMessage(headers.get("Nats-Subject", ""), seq, msg.data, removed))
                     next_seq = seq + 1
                     pending = int(headers.get("Nats-Num-Pending", "0"))
                     received += 1
@@ -74,6 +82,20 @@ async def read_subjects(nc: Any, stream: str, subject_filter: str, *, batch: int
                 return out
     finally:
         await sub.unsubscribe()
+
+
+async def live_entries(nc: Any, bucket: str, *, timeout_s: float = 5.0) -> dict[str, StoredMessage]:
+    """Every key of a KV bucket that has a value (not deleted or purged), with its latest message.
+
+    nats-py's `kv.keys()` can come back empty although the bucket has keys: its watcher puts its end-of-replay
+    marker before the replayed entries when they arrived before it looked (nats-io/nats.py#842; 2 listings in
+    200 here). A sweep pass would then see no running saga. Reading the stream with direct gets has no such
+    race, and a key rewritten during the read moves to the end of the stream, where the read still finds it."""
+    prefix = f"$KV.{bucket}."
+    latest: dict[str, StoredMessage] = {}
+    for message in await read_subjects(nc, f"KV_{bucket}", f"{prefix}>", timeout_s=timeout_s):
+        latest[message.subject[len(prefix):]] = message
+    return {key: message for key, message in latest.items() if not message.removed}
 
 
 async def ensure_direct(js: Any, stream: str, *, max_bytes: int | None = None, replicas: int | None = None) -> bool:

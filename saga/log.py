@@ -31,14 +31,10 @@ from typing import Any, Literal
 
 import orjson
 from nats.js import JetStreamContext
-from nats.js.errors import (
-    KeyNotFoundError,
-    KeyWrongLastSequenceError,
-    NoKeysError,
-)
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from pydantic import BaseModel, ConfigDict, Field
 
-from saga.direct import ensure_bucket, read_subjects
+from saga.direct import ensure_bucket, live_entries, read_subjects
 from saga.jetstream import ambiguous_writes
 
 LOG_BUCKET = "saga_log"
@@ -356,7 +352,7 @@ class SagaLog:
         """The states of the sagas in the running index (what the sweeper looks at). An index entry whose saga
         has ended (its process died between the two writes) is dropped here."""
         out: list[SagaState] = []
-        for key in await _keys(self._running):
+        for key in await live_entries(self._nc, RUNNING_BUCKET, timeout_s=self._read_timeout_s):
             state = await self.state(key)
             if state is None:
                 continue
@@ -369,21 +365,9 @@ class SagaLog:
 
     async def states(self) -> list[SagaState]:
         """Every saga state (for tests and tools; fine for a demo-sized bucket)."""
-        out: list[SagaState] = []
-        for key in await _keys(self._state):
-            state = await self.state(key)
-            if state is not None:
-                out.append(state)
-        return out
-
-
-async def _keys(kv: Any) -> list[str]:
-    """The keys of a bucket (none when it is empty). A listing that fails (a timeout under load) raises: read
-    as "no keys", it made a test see no sagas at all and would make a sweep pass see no running saga."""
-    try:
-        return list(await kv.keys())
-    except NoKeysError:
-        return []
+        entries = await live_entries(self._nc, STATE_BUCKET, timeout_s=self._read_timeout_s)
+        return [SagaState.model_validate({**orjson.loads(m.data), "revision": m.seq})
+                for m in entries.values() if m.data]
 
 
 def _ignore(kind: str) -> None:

@@ -140,9 +140,9 @@ async def sagas_since(endpoints: dict[str, Any], since: float) -> dict[str, list
 
 async def sagas_listed_or_expected(endpoints: dict[str, Any], since: float,
                                    expected: set[str]) -> tuple[dict[str, list[Any]], list[str]]:
-    """`sagas_since`, plus the `expected` sagas read by key; and which of those the key listing missed (a listing,
-    an ordered consumer, once came back short on a cluster that had just lost a node; the product reads by key
-    everywhere but in the sweeper)."""
+    """`sagas_since`, plus the `expected` sagas read by key; and which of those the listing missed (the listing
+    was once nats-py's `kv.keys()`, which came back short, on a cluster that had just lost a node and, now and
+    then, anywhere (nats-io/nats.py#842); it is a direct-get read of the bucket now, and this check stays)."""
     nc = await nats.connect(**nats_options(endpoints))
     try:
         log = await SagaLog.open(nc.jetstream(timeout=10))

@@ -14,8 +14,8 @@ import pytest
 from nats.js.api import KeyValueConfig, StorageType
 from prometheus_client import REGISTRY
 
-from saga.direct import read_subjects
-from saga.log import LOG_BUCKET, SagaEvent, SagaLog
+from saga.direct import live_entries, read_subjects
+from saga.log import LOG_BUCKET, STATE_BUCKET, SagaEvent, SagaLog
 
 from tests.support.identity import AUTH
 
@@ -40,6 +40,26 @@ async def test_history_reads_every_event_in_order_across_pages_without_a_consume
     assert {e.message_id for e in history} == {"saga-a"}
     assert await harness.saga.history("no-such-saga") == []
     assert (await harness.js.stream_info(f"KV_{LOG_BUCKET}")).state.consumer_count == consumers_before == 0
+
+
+async def test_listings_of_running_and_all_sagas_never_come_back_short(harness) -> None:
+    """nats-py's `kv.keys()` came back empty about once in a hundred listings of a full bucket (its end marker
+    raced the replay), so a sweep pass could see no running saga. Every listing here must be whole."""
+    ids = [f"list-{i}" for i in range(40)]
+    for mid in ids:
+        await harness.saga.set_state(mid, status="running", step_index=0, actor="gateway", expected_revision=0)
+    for mid in ids[:10]:  # ended: their running-index entries are deleted (delete markers stay in the stream)
+        await harness.saga.set_state(mid, status="completed", step_index=1, actor="response_aggregator")
+    await harness.saga._state.delete(ids[10])  # a state deleted outright is listed nowhere
+
+    listings = [set(await live_entries(harness.nc, STATE_BUCKET)) for _ in range(300)]
+    running = {s.message_id for s in await harness.saga.running()}
+    every = {s.message_id: s for s in await harness.saga.states()}
+
+    assert [len(keys) for keys in listings if keys != set(ids) - {ids[10]}] == []
+    assert running == set(ids[11:])
+    assert set(every) == set(ids) - {ids[10]}
+    assert {every[mid].status for mid in ids[:10]} == {"completed"} and every[ids[11]].revision > 0
 
 
 async def test_a_bucket_created_without_direct_gets_gets_them(harness) -> None:
