@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # LiteLLM reaches for the internet at import unless told otherwise; every process sets these early.
@@ -181,6 +181,15 @@ class Settings(BaseSettings):
     @classmethod
     def _origins(cls, value: str) -> str:
         return ",".join(parse_origins(value))  # ValueError on anything but exact origins: refused at start
+
+    @model_validator(mode="after")
+    def _waits_end_before_the_log_forgets_them(self) -> Settings:
+        # A wait outliving the saga log's retention would never resume: its record and its state expire first.
+        for name in ("confirmation_timeout_s", "approval_timeout_s"):
+            if getattr(self, name) >= self.saga_ttl_s:
+                raise ValueError(f"{name} ({getattr(self, name):g} s) must be shorter than saga_ttl_s "
+                                 f"({self.saga_ttl_s:g} s), or the saga log forgets the wait before it ends")
+        return self
 
     @property
     def redis_dsn(self) -> str:

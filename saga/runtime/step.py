@@ -72,7 +72,7 @@ async def run_step(core: Core, msg: Msg, message: Message[Any], attempt: int) ->
     try:
         result = await call_handler(core, msg, message, attempt, wakeup)
         if result.wait is not None:
-            wait = waiting.check_waiting_result(result)
+            wait = waiting.check_waiting_result(result, core.settings.saga_ttl_s)
             return await waiting.suspend(core, msg, message, wait, wake_seq + 1)
         memo = memo_of(result)
         # Validates the enrichment and the route change: a bad result fails this step, not the next actor.

@@ -18,12 +18,17 @@ from saga.runtime.core import Core
 log = logging.getLogger("saga.runtime")
 
 
-def check_waiting_result(result: StepResult) -> Wait:
+def check_waiting_result(result: StepResult, retention_s: float) -> Wait:
     """The wait of a result that suspends the saga; a PermanentError when it also tries to complete the step
-    (enrichment, route change or outcome: those belong to the run that ends the wait)."""
+    (enrichment, route change or outcome: those belong to the run that ends the wait), or when it would outlast
+    `retention_s` (the saga log's TTL: its wait record, its timer and its state would be gone at its end, and the
+    saga would never resume)."""
     assert result.wait is not None
     if result.enrichment or result.remaining_route is not None or result.outcome is not None:
         raise PermanentError("a step that waits may not also return an enrichment, a route change or an outcome")
+    if result.wait.timeout_s >= retention_s:
+        raise PermanentError(f"a wait of {result.wait.timeout_s:g} s would outlast the saga log, which keeps records "
+                             f"for {retention_s:g} s (saga_ttl_s)")
     return result.wait
 
 

@@ -48,7 +48,7 @@ class Harness:
     async def start(self) -> Harness:
         self.server.start()
         defaults: dict[str, Any] = {"ack_wait_s": 2.0, "backoff_base_s": 0.2, "backoff_max_s": 1.0,
-                                    "max_attempts": 3, "saga_ttl_s": 3600,
+                                    "max_attempts": 3, "saga_ttl_s": 86400,
                                     "sqlite_path": str(self.tmp / "history.db")}
         self.settings = Settings(nats_url=self.server.url, **{**defaults, **self.overrides})
         os.environ["SUPPORTMESH_TOY_LOG"] = str(self.toy_log)

@@ -34,11 +34,28 @@ def test_a_timeout_must_be_a_finite_positive_number(timeout: object) -> None:
 
 
 def test_a_waiting_result_may_not_complete_the_step() -> None:
-    assert check_waiting_result(StepResult(wait=Wait("approval", 5))) == Wait("approval", 5)
+    assert check_waiting_result(StepResult(wait=Wait("approval", 5)), 3600) == Wait("approval", 5)
     with pytest.raises(PermanentError):
-        check_waiting_result(StepResult(enrichment={"x": 1}, wait=Wait("approval", 5)))
+        check_waiting_result(StepResult(enrichment={"x": 1}, wait=Wait("approval", 5)), 3600)
     with pytest.raises(PermanentError):
-        check_waiting_result(StepResult(remaining_route=[], wait=Wait("approval", 5)))
+        check_waiting_result(StepResult(remaining_route=[], wait=Wait("approval", 5)), 3600)
+
+
+def test_a_wait_may_not_outlast_the_saga_log() -> None:
+    """Its record, its state and its timer would expire before it ends: the saga would never resume."""
+    assert check_waiting_result(StepResult(wait=Wait("approval", 3599)), 3600).timeout_s == 3599
+    with pytest.raises(PermanentError, match="outlast the saga log"):
+        check_waiting_result(StepResult(wait=Wait("approval", 3600)), 3600)
+
+
+@pytest.mark.parametrize("setting", ["confirmation_timeout_s", "approval_timeout_s"])
+def test_settings_refuse_a_wait_timeout_the_saga_log_would_not_outlive(setting: str) -> None:
+    from config.settings import Settings
+
+    short = {"confirmation_timeout_s": 60, "approval_timeout_s": 60}
+    assert getattr(Settings(saga_ttl_s=7200, **{**short, setting: 7199}), setting) == 7199
+    with pytest.raises(ValueError, match=f"{setting}.*shorter than saga_ttl_s"):
+        Settings(saga_ttl_s=7200, **{**short, setting: 7200})
 
 
 def test_signal_and_timer_share_one_key_per_wait() -> None:
