@@ -99,17 +99,19 @@ async def live_entries(nc: Any, bucket: str, *, timeout_s: float = 5.0) -> dict[
 
 
 async def ensure_direct(js: Any, stream: str, *, max_bytes: int | None = None, replicas: int | None = None) -> bool:
-    """Turn on `allow_direct` for a stream created without it (KV buckets created by older versions), and bring
-    its `max_bytes` to `max_bytes` and its replicas to `replicas` when given (a bucket created before it had a
-    limit, or with another one; a bucket created before the mesh ran on a cluster); returns True when the
-    stream was changed."""
+    """Turn on `allow_direct` and per-message TTLs (`allow_msg_ttl`: markers that expire) for a stream created
+    without them (KV buckets created by older versions), and bring its `max_bytes` to `max_bytes` and its replicas
+    to `replicas` when given (a bucket created before it had a limit, or with another one; a bucket created before
+    the mesh ran on a cluster); returns True when the stream was changed."""
     info = await js.stream_info(stream)
     config = info.config
-    changed = (not config.allow_direct or (max_bytes is not None and (config.max_bytes or -1) != max_bytes)
+    changed = (not config.allow_direct or not config.allow_msg_ttl
+               or (max_bytes is not None and (config.max_bytes or -1) != max_bytes)
                or (replicas is not None and (config.num_replicas or 1) != replicas))
     if not changed:
         return False
     config.allow_direct = True
+    config.allow_msg_ttl = True
     if max_bytes is not None:
         config.max_bytes = max_bytes
     if replicas is not None:

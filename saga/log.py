@@ -13,8 +13,9 @@ JetStream KV.
   replicas never overwrite each other, and never moved backwards (a late, redelivered step cannot turn a
   finished saga back into a running one). The current step and the last event time are read from the log.
 - Bucket `saga_running`: the index of sagas not finished yet, one empty key per message: written with the
-  state when a saga starts (or is reopened by recovery) and deleted when it reaches a terminal state, so the
-  sweeper reads the running sagas only, not every `saga_state` key.
+  state when a saga starts (or is reopened by recovery) and purged when it reaches a terminal state, so the
+  sweeper reads the running sagas only, not every `saga_state` key. The purge's marker expires after
+  `marker_ttl_s` (a delete's would stay for the bucket's TTL, and every sweep would read them all).
 - Waits (`saga.waits`): `wait_started` is counted per wait at its step; `signal_received` and `timer_fired`
   share one key per wait (`<message_id>.<step:04d>.wake.<n>`), so the create that writes one decides the
   wait. A waiting saga's state is `waiting`, with the signal, the wait's number and its deadline.
@@ -165,13 +166,15 @@ class SagaLog:
         self._log = log_kv
         self._state = state_kv
         self._running = running_kv
+        self.marker_ttl_s = 5.0
 
     @classmethod
     async def open(cls, js: JetStreamContext, *, ttl_s: float = 7 * 24 * 3600, read_timeout_s: float = 5.0,
                    log_max_bytes: int = -1, state_max_bytes: int = -1, replicas: int | None = None,
                    on_recorded: Callable[[str], None] | None = None) -> SagaLog:
         """Open the buckets, creating them (file storage, retention TTL, size limit; -1 = none) when missing.
-        `replicas`: brought to this many (None: a new bucket gets one, an existing one is left as it is)."""
+        `replicas`: brought to this many (None: a new bucket gets one, an existing one is left as it is).
+        `marker_ttl_s` (an attribute, 5 s) is how long an ended saga's purge marker stays in the running index."""
         log_kv, state_kv, running_kv = await asyncio.gather(
             ensure_bucket(js, LOG_BUCKET, ttl_s, log_max_bytes, replicas),
             ensure_bucket(js, STATE_BUCKET, ttl_s, state_max_bytes, replicas),
@@ -305,7 +308,7 @@ class SagaLog:
             if current is not None and not _may_move(current, status, step_index, allow_reopen):
                 if indexed_in_vain and current.status in TERMINAL:  # a repeated start of a finished saga
                     with contextlib.suppress(Exception):  # take back its entry (the sweeper would drop it too)
-                        await self._running.delete(message_id)
+                        await self._unindex(message_id)
                 return None
             now = time.time()
             new = SagaState(
@@ -343,10 +346,14 @@ class SagaLog:
     def _index(self, message_id: str, status: str, current: SagaState | None, *, created: bool) -> Any:
         """The write to the running index that goes with a state change (None when it needs none)."""
         if status in TERMINAL:
-            return self._running.delete(message_id)
+            return self._unindex(message_id)
         if created or (current is not None and current.status in TERMINAL):
             return self._running.put(message_id, b"")
         return None
+
+    def _unindex(self, message_id: str) -> Any:
+        """Take a saga out of the running index: a purge whose marker expires (`marker_ttl_s`)."""
+        return self._running.purge(message_id, msg_ttl=self.marker_ttl_s)
 
     async def running(self) -> list[SagaState]:
         """The states of the sagas in the running index (what the sweeper looks at). An index entry whose saga
@@ -358,7 +365,7 @@ class SagaLog:
                 continue
             if state.status in TERMINAL:
                 with contextlib.suppress(Exception):
-                    await self._running.delete(key)
+                    await self._unindex(key)
                 continue
             out.append(state)
         return out

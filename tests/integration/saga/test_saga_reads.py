@@ -11,11 +11,11 @@ import uuid
 
 import httpx
 import pytest
-from nats.js.api import KeyValueConfig, StorageType
+from nats.js.api import KeyValueConfig, StorageType, StreamConfig
 from prometheus_client import REGISTRY
 
 from saga.direct import live_entries, read_subjects
-from saga.log import LOG_BUCKET, STATE_BUCKET, SagaEvent, SagaLog
+from saga.log import LOG_BUCKET, RUNNING_BUCKET, STATE_BUCKET, SagaEvent, SagaLog
 
 from tests.support.identity import AUTH
 
@@ -60,6 +60,50 @@ async def test_listings_of_running_and_all_sagas_never_come_back_short(harness) 
     assert running == set(ids[11:])
     assert set(every) == set(ids) - {ids[10]}
     assert {every[mid].status for mid in ids[:10]} == {"completed"} and every[ids[11]].revision > 0
+
+
+async def test_ended_sagas_leave_nothing_in_the_running_index_for_the_sweeper_to_read(harness) -> None:
+    """An ended saga's index entry is purged with a marker that expires: a sweep reads the running sagas and
+    the last moments' markers, not one marker per saga of the bucket's whole TTL (a week by default)."""
+    harness.saga.marker_ttl_s = 1.0
+    ids = [f"ended-{i}" for i in range(30)]
+    for mid in ids:
+        await harness.saga.set_state(mid, status="running", step_index=0, actor="gateway", expected_revision=0)
+        await harness.saga.set_state(mid, status="escalated" if mid == ids[0] else "completed", step_index=1,
+                                     actor="response_aggregator")
+    await harness.saga.set_state("still-running", status="running", step_index=0, actor="gateway",
+                                 expected_revision=0)
+
+    async def stored() -> int:
+        return (await harness.js.stream_info(f"KV_{RUNNING_BUCKET}")).state.messages
+
+    deadline = time.monotonic() + 30
+    while await stored() > 1 and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    assert await stored() == 1  # the running saga's entry; the 30 markers are gone
+    assert [s.message_id for s in await harness.saga.running()] == ["still-running"]
+    # An escalated saga reopened by recovery is indexed again, and taken out again when it ends.
+    await harness.saga.set_state(ids[0], status="running", step_index=1, actor="recovery", allow_reopen=True)
+    assert {s.message_id for s in await harness.saga.running()} == {"still-running", ids[0]}
+    await harness.saga.set_state(ids[0], status="completed", step_index=2, actor="response_aggregator")
+    assert [s.message_id for s in await harness.saga.running()] == ["still-running"]
+
+
+async def test_a_running_index_created_without_message_ttls_gets_them(harness) -> None:
+    """A bucket made by an older version may refuse per-message TTLs; opening the log turns them on, or every
+    purge of an ended saga would fail and leave its entry for the sweeper to drop on every pass."""
+    await harness.js.delete_key_value(RUNNING_BUCKET)
+    await harness.js.add_stream(StreamConfig(
+        name=f"KV_{RUNNING_BUCKET}", subjects=[f"$KV.{RUNNING_BUCKET}.>"], max_msgs_per_subject=1,
+        allow_rollup_hdrs=True, deny_delete=True, allow_direct=True, storage=StorageType.FILE))
+    assert not (await harness.js.stream_info(f"KV_{RUNNING_BUCKET}")).config.allow_msg_ttl
+
+    log = await SagaLog.open(harness.js)
+    await log.set_state("old-index", status="running", step_index=0, actor="gateway", expected_revision=0)
+    await log.set_state("old-index", status="completed", step_index=1, actor="response_aggregator")
+
+    assert (await harness.js.stream_info(f"KV_{RUNNING_BUCKET}")).config.allow_msg_ttl
+    assert await log.running() == []
 
 
 async def test_a_bucket_created_without_direct_gets_gets_them(harness) -> None:
