@@ -21,8 +21,8 @@ log = logging.getLogger("saga.runtime")
 def check_waiting_result(result: StepResult, retention_s: float) -> Wait:
     """The wait of a result that suspends the saga; a PermanentError when it also tries to complete the step
     (enrichment, route change or outcome: those belong to the run that ends the wait), or when it would outlast
-    `retention_s` (the saga log's TTL: its wait record, its timer and its state would be gone at its end, and the
-    saga would never resume)."""
+    `retention_s` (the saga log's TTL: its wait record, its state and its running-index entry would be gone at
+    its end, and no timer or sweep would resume it)."""
     assert result.wait is not None
     if result.enrichment or result.remaining_route is not None or result.outcome is not None:
         raise PermanentError("a step that waits may not also return an enrichment, a route change or an outcome")

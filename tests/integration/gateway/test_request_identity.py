@@ -32,7 +32,7 @@ async def test_a_chat_message_verifies_its_token_once(gateway, verifications) ->
     assert len(verifications) == 1
 
 
-async def test_a_refused_token_stays_refused_and_each_request_has_its_own_caller(gateway, verifications) -> None:
+async def test_a_refused_token_stays_refused_and_each_request_has_its_own_caller(gateway) -> None:
     _, client = gateway
     # The rate limiter reads a refused token as "no customer"; the route must still refuse it.
     forged = await client.post("/api/chat", json={"session_id": "s-verify-bad", "message": "hi"},

@@ -42,7 +42,7 @@ def test_a_waiting_result_may_not_complete_the_step() -> None:
 
 
 def test_a_wait_may_not_outlast_the_saga_log() -> None:
-    """Its record, its state and its timer would expire before it ends: the saga would never resume."""
+    """Its record, its state and its running-index entry would expire before it ends: it would never resume."""
     assert check_waiting_result(StepResult(wait=Wait("approval", 3599)), 3600).timeout_s == 3599
     with pytest.raises(PermanentError, match="outlast the saga log"):
         check_waiting_result(StepResult(wait=Wait("approval", 3600)), 3600)
