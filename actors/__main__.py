@@ -18,6 +18,7 @@ import sys
 from actors import registry
 from actors.base import Actor
 from config.settings import Settings, get_settings
+from observability.gctune import tune_gc
 
 log = logging.getLogger("supportmesh.actor")
 
@@ -52,7 +53,7 @@ async def run_actor(spec: str, settings: Settings, *, concurrency: int | None = 
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, runtime.request_stop)
     _start_observability(actor.name, settings, lambda: runtime.ready)
-    await runtime.run_until_stopped()
+    await runtime.run_until_stopped(on_started=tune_gc)
 
 
 def _start_observability(name: str, settings: Settings, ready) -> None:  # type: ignore[no-untyped-def]

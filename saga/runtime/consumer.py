@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from nats.aio.msg import Msg
@@ -156,9 +157,12 @@ class Runtime:
             await self.nc.close()
         log.info("actor stopped", extra={"actor": self.name})
 
-    async def run_until_stopped(self) -> None:
-        """Start, then wait until `request_stop()` (e.g. on SIGTERM), then stop gracefully."""
+    async def run_until_stopped(self, on_started: Callable[[], None] | None = None) -> None:
+        """Start, call `on_started` (when given), then wait until `request_stop()` (e.g. on SIGTERM), then stop
+        gracefully."""
         await self.start()
+        if on_started is not None:
+            on_started()
         await self._stopping.wait()
         await self.stop()
 

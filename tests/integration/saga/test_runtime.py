@@ -258,6 +258,23 @@ async def test_a_stopping_actor_waits_for_its_step_in_flight_as_long_as_that_ste
         await h.close()
 
 
+async def test_run_until_stopped_calls_on_started_once_started_and_before_the_work(harness: Harness) -> None:
+    """The hook of a process's end of startup (`supportmesh actor` freezes the startup heap there): called once,
+    after the runtime is ready, and the actor then works and stops as usual."""
+    from actors.runtime import ActorRuntime
+
+    rt = ActorRuntime(Done(), harness.settings, recovery=False)
+    seen: list[bool] = []
+    running = asyncio.create_task(rt.run_until_stopped(on_started=lambda: seen.append(rt.ready)))
+    message = await harness.submit(["done"], "hello")
+
+    assert (await harness.wait_terminal(message.message_id)).status == "completed"
+    assert seen == [True]
+    rt.request_stop()
+    await asyncio.wait_for(running, timeout=30)
+    assert not rt.ready
+
+
 @pytest.mark.parametrize("route,hops", [
     (["upper", "count", "done"], ["upper", "count", "done"]),
     # A router that rewrites the rest of the route (here: drops `done`) records it in its step_completed.
