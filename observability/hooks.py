@@ -7,9 +7,10 @@ from __future__ import annotations
 import contextlib
 import traceback
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from typing import Any
 
-from opentelemetry.trace import Link, SpanKind, Status, StatusCode, get_current_span
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode, get_current_span, use_span
 
 from observability import metrics
 from observability.logs import error_text
@@ -30,23 +31,21 @@ class ObservabilityHooks:
     def __init__(self, actors: tuple[str, ...] = ()) -> None:
         self.actors = actors
 
-    @contextlib.contextmanager
     def step_span(self, actor: str, subject: str, message: Any, hop_id: str, attempt: int,
-                  headers: dict[str, str], links: list[dict[str, str]] | None = None) -> Iterator[Any]:
+                  headers: dict[str, str], links: list[dict[str, str]] | None = None) -> AbstractContextManager[Any]:
         attrs = messaging_attributes("process", subject, message.message_id, hop_id, actor)
         attrs["supportmesh.step_index"] = message.step_index
         attrs["supportmesh.attempt"] = attempt
-        with tracer().start_as_current_span(messaging_span_name("process", subject), context=extract_context(headers),
-                                            kind=SpanKind.CONSUMER, attributes=attrs,
-                                            links=_links(links)) as span:
-            yield span
+        span = tracer().start_span(messaging_span_name("process", subject), context=extract_context(headers),
+                                   kind=SpanKind.CONSUMER, attributes=attrs, links=_links(links))
+        # `use_span` is what `start_as_current_span` wraps: the span made current, ended on exit, an exception
+        # recorded on it (one layer of generator-based context manager less, on two spans of every step).
+        return use_span(span, end_on_exit=True)
 
-    @contextlib.contextmanager
-    def publish_span(self, subject: str, message_id: str, hop_id: str) -> Iterator[Any]:
+    def publish_span(self, subject: str, message_id: str, hop_id: str) -> AbstractContextManager[Any]:
         attrs = messaging_attributes("publish", subject, message_id, hop_id)
-        with tracer().start_as_current_span(messaging_span_name("publish", subject), kind=SpanKind.PRODUCER,
-                                            attributes=attrs) as span:
-            yield span
+        return use_span(tracer().start_span(messaging_span_name("publish", subject), kind=SpanKind.PRODUCER,
+                                            attributes=attrs), end_on_exit=True)
 
     @contextlib.contextmanager
     def recovery_span(self, name: str, carrier: dict[str, str] | None, message: Any = None) -> Iterator[Any]:
