@@ -34,6 +34,7 @@ from gateway.routes.widget import DEFAULT_WEB_DIR, config_router, mount_static, 
 from gateway.state import Gateway
 from gateway.unavailable import UNAVAILABLE, handle_unavailable
 from observability import metrics
+from observability.tracing import RouteInServerSpan, fastapi_telemetry
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -63,12 +64,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url="/redoc" if docs else None,
         openapi_url="/openapi.json" if docs else None,
         dependencies=[Depends(rate_limit)],
+        telemetry=fastapi_telemetry(),  # type: ignore[arg-type]
     )
     app.state.gateway = gw
     app.state.rate_limiter = RateLimiter(settings)
     web_dir = Path(settings.web_dir) if settings.web_dir else DEFAULT_WEB_DIR
 
     add_middleware(app, settings)
+    app.add_middleware(RouteInServerSpan)
     for unavailable in UNAVAILABLE:
         app.add_exception_handler(unavailable, handle_unavailable)
     app.add_exception_handler(RateLimited, handle_rate_limited)

@@ -19,13 +19,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from gateway.app import create_app
     from observability.logs import setup_logging
-    from observability.tracing import instrument_fastapi, setup_tracing
+    from observability.tracing import setup_tracing
     from observability.gctune import tune_gc
 
     setup_logging("gateway", settings.log_level)
     setup_tracing("supportmesh-gateway")
     app = create_app(settings)
-    instrument_fastapi(app)
     tune_gc()  # every module is imported: what exists now lives as long as the process
     uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False,
                 loop="uvloop", http="httptools", timeout_graceful_shutdown=10)

@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from mocks.faults import Faults
 from mocks.store import Conflict, NotFound, Store, public
 from observability.metrics import MOCK_API_LATENCY_SECONDS
+from observability.tracing import RouteInServerSpan, fastapi_telemetry
 
 
 class RefundBody(BaseModel):
@@ -48,11 +49,13 @@ class TicketBody(BaseModel):
 def create_app(faults: Faults | None = None) -> FastAPI:
     """The mock APIs app (state in memory, per app)."""
     store = Store()
-    app = FastAPI(title="supportmesh mock commerce APIs", version="0.1.0")
+    app = FastAPI(title="supportmesh mock commerce APIs", version="0.1.0",
+                  telemetry=fastapi_telemetry())  # type: ignore[arg-type]
     app.state.store = store
     app.state.faults = faults or Faults.from_env()
 
     app.add_middleware(FaultsAndMetrics)
+    app.add_middleware(RouteInServerSpan)
 
     @app.exception_handler(NotFound)
     async def not_found(_: Request, exc: NotFound) -> JSONResponse:
@@ -163,7 +166,11 @@ class FaultsAndMetrics:
             return
         started = time.perf_counter()
         fastapi_app = scope["app"]
-        route, method = _route_template(fastapi_app, scope), scope["method"]
+        matched = _matched_route(fastapi_app, scope)
+        # Known before the router runs: an injected fault's server span carries the template too.
+        if matched is not None:
+            scope["route"] = matched
+        route, method = str(getattr(matched, "path", "unmatched")), scope["method"]
         try:
             verdict = "pass"
             if not scope["path"].startswith(self.UNFAULTED):
@@ -185,10 +192,11 @@ async def _discard(message: Message) -> None:
     """An ASGI `send` that drops the response (see `fail_after_effect_rate`)."""
 
 
-def _route_template(app: FastAPI, scope: Scope) -> str:
-    """The route template of a request (bounded metric labels, fault keys), e.g. /orders/{order_id}."""
+def _matched_route(app: FastAPI, scope: Scope) -> Any:
+    """The route a request matches (its template labels metrics and keys faults, e.g. /orders/{order_id}), or
+    None."""
     for route in app.router.routes:
         match, _ = route.matches(scope)
         if match.name == "FULL":
-            return str(getattr(route, "path", "unmatched"))
-    return "unmatched"
+            return route
+    return None

@@ -15,13 +15,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from mocks.app import create_app
     from observability.logs import setup_logging
-    from observability.tracing import instrument_fastapi, setup_tracing
+    from observability.tracing import setup_tracing
     from observability.gctune import tune_gc
 
     setup_logging("mocks")
     setup_tracing("supportmesh-mocks")
     app = create_app()
-    instrument_fastapi(app)
     tune_gc()  # every module is imported: what exists now lives as long as the process
     uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False, loop="uvloop",
                 http="httptools")
