@@ -18,9 +18,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from gateway.app import create_app
+    from observability.gctune import tune_gc
     from observability.logs import setup_logging
     from observability.tracing import setup_tracing
-    from observability.gctune import tune_gc
 
     setup_logging("gateway", settings.log_level)
     setup_tracing("supportmesh-gateway")

@@ -14,9 +14,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8100)
     args = parser.parse_args(argv)
     from mocks.app import create_app
+    from observability.gctune import tune_gc
     from observability.logs import setup_logging
     from observability.tracing import setup_tracing
-    from observability.gctune import tune_gc
 
     setup_logging("mocks")
     setup_tracing("supportmesh-mocks")
