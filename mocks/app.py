@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from mocks.faults import Faults
 from mocks.store import Conflict, NotFound, Store, public
 from observability.metrics import MOCK_API_LATENCY_SECONDS
-from observability.tracing import RouteInServerSpan, fastapi_telemetry
+from observability.tracing import RouteInServerSpan, fastapi_telemetry, name_server_span
 
 
 class RefundBody(BaseModel):
@@ -181,6 +181,8 @@ class FaultsAndMetrics:
             if verdict != "pass":
                 where = "after the effect" if verdict == "fail_after_effect" else "before the effect"
                 injected = JSONResponse({"detail": f"injected fault on {method} {route} ({where})"}, status_code=503)
+                if verdict == "fail_before" and matched is not None:  # answered before routing: FastAPI named none
+                    name_server_span(method, route)
                 await injected(scope, receive, send)
                 return
             await self.app(scope, receive, send)

@@ -56,4 +56,6 @@ async def test_an_injected_fault_and_an_unknown_path_keep_no_path_either(exporte
     assert (failed.status_code, unknown.status_code) == (503, 404)
     spans = exporter.get_finished_spans()
     assert [s.attributes.get("url.path") for s in spans] == ["/customers/{email}", "/{unmatched}"]
+    # Answered before routing, the fault's span is still named by its route, as every routed request's is.
+    assert (spans[0].name, spans[0].attributes.get("http.route")) == ("GET /customers/{email}", "/customers/{email}")
     assert not any("user@example.com" in str(v) for s in spans for v in s.attributes.values())
