@@ -168,7 +168,6 @@ class RouteInServerSpan:
             raise
 
 
-
 def name_server_span(method: str, template: str) -> None:
     """Name the current server span by its route, as FastAPI does once it chooses the route: for a request
     answered before routing (an injected fault of the mock APIs), which would otherwise be named by its method."""
@@ -176,6 +175,7 @@ def name_server_span(method: str, template: str) -> None:
     if span.is_recording():
         span.update_name(f"{method} {template}")
         span.set_attribute("http.route", template)
+
 
 _litellm_instrumented = False
 
