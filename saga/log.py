@@ -7,15 +7,7 @@ JetStream KV.
   attempt (or the action's sequence number) as `<n>`; a resumption decided by recovery is keyed
   `redelivered.<source>.<n>`, one counter per source. A saga's history is read in write order with the
   subject filter `<message_id>.>`.
-- Bucket `saga_state`: one key per message with its status, written on status transitions (started,
-  compensating, completed / escalated / failed, resumed by recovery; a compensating step also refreshes it
-  while undo calls are retried, so the sweeper can tell it is alive) with compare-and-set on the KV revision so
-  replicas never overwrite each other, and never moved backwards (a late, redelivered step cannot turn a
-  finished saga back into a running one). The current step and the last event time are read from the log.
-- Bucket `saga_running`: the index of sagas not finished yet, one empty key per message: written with the
-  state when a saga starts (or is reopened by recovery) and purged when it reaches a terminal state, so the
-  sweeper reads the running sagas only, not every `saga_state` key. The purge's marker expires after
-  `marker_ttl_s` (a delete's would stay for the bucket's TTL, and every sweep would read them all).
+- Buckets `saga_state` and `saga_running`: where each saga is, and the sagas not finished yet (`saga.state`).
 - Waits (`saga.waits`): `wait_started` is counted per wait at its step; `signal_received` and `timer_fired`
   share one key per wait (`<message_id>.<step:04d>.wake.<n>`), so the create that writes one decides the
   wait. A waiting saga's state is `waiting`, with the signal, the wait's number and its deadline.
@@ -24,7 +16,6 @@ JetStream KV.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import time
 from collections.abc import AsyncIterator, Callable
@@ -35,12 +26,14 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from pydantic import BaseModel, ConfigDict, Field
 
-from saga.direct import ensure_bucket, live_entries, read_subjects
+from saga.direct import ensure_bucket, read_subjects
 from saga.jetstream import ambiguous_writes
+from saga.state import RUNNING_BUCKET, STATE_BUCKET, TERMINAL, SagaState, SagaStates, SagaStatus
+
+__all__ = ["EVENT_KINDS", "LOG_BUCKET", "RUNNING_BUCKET", "STATE_BUCKET", "TERMINAL", "SagaEvent", "SagaLog",
+           "SagaState", "SagaStatus", "ensure_bucket", "event_key"]
 
 LOG_BUCKET = "saga_log"
-STATE_BUCKET = "saga_state"
-RUNNING_BUCKET = "saga_running"
 
 EventKind = Literal[
     "saga_started",
@@ -70,9 +63,6 @@ ONCE_PER_STEP: frozenset[str] = frozenset(
     {"saga_started", "step_completed", "route_changed", "escalated", "saga_completed", "saga_failed"}
 )
 
-# `waiting`: a step suspended the saga until a signal or its timer (`saga.waits`); not terminal.
-SagaStatus = Literal["running", "waiting", "completed", "compensating", "escalated", "failed"]
-TERMINAL: frozenset[str] = frozenset({"completed", "escalated", "failed"})
 
 
 class SagaEvent(BaseModel):
@@ -131,42 +121,17 @@ def event_key(message_id: str, step_index: int, kind: str, attempt: int = 1, seq
     return f"{base}.{attempt}"
 
 
-class SagaState(BaseModel):
-    """Where a saga is: one record per message in `saga_state`."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    message_id: str
-    session_id: str | None = None
-    status: SagaStatus = "running"
-    step_index: int = 0
-    actor: str = ""
-    updated_at: float = Field(default_factory=time.time)
-    started_at: float | None = None
-    trace_id: str | None = None
-    # Who may read the saga (the application's owner string): set at the start, kept after.
-    owner: str | None = None
-    # While `waiting`: the awaited signal, the wait's number at its step and its deadline (epoch seconds).
-    signal: str | None = None
-    wait_seq: int | None = None
-    deadline: float | None = None
-    revision: int | None = None
-
-
-class SagaLog:
-    """Access to the `saga_log` and `saga_state` buckets."""
+class SagaLog(SagaStates):
+    """Access to the `saga_log` bucket, and (`SagaStates`) to the `saga_state` and `saga_running` buckets."""
 
     def __init__(self, js: JetStreamContext, log_kv: Any, state_kv: Any, running_kv: Any, *,
                  read_timeout_s: float = 5.0, on_recorded: Callable[[str], None] | None = None) -> None:
+        # js._nc: core publishes for record_nowait, direct gets for history and the listings.
+        super().__init__(js._nc, state_kv, running_kv, read_timeout_s=read_timeout_s)
         self._js = js
         # Told the kind of every event written (the process wiring counts them, see observability.metrics).
         self._on_recorded = on_recorded or _ignore
-        self._nc = js._nc  # core publishes for record_nowait, direct gets for history
-        self._read_timeout_s = read_timeout_s
         self._log = log_kv
-        self._state = state_kv
-        self._running = running_kv
-        self.marker_ttl_s = 5.0
 
     @classmethod
     async def open(cls, js: JetStreamContext, *, ttl_s: float = 7 * 24 * 3600, read_timeout_s: float = 5.0,
@@ -264,128 +229,5 @@ class SagaLog:
         finally:
             await watcher.stop()
 
-    # ---- state ----------------------------------------------------------------------------------
-
-    async def state(self, message_id: str) -> SagaState | None:
-        """The saga's current state, or None when unknown."""
-        try:
-            entry = await self._state.get(message_id)
-        except KeyNotFoundError:
-            return None
-        if not entry.value:
-            return None
-        return SagaState.model_validate({**orjson.loads(entry.value), "revision": entry.revision})
-
-    async def set_state(
-        self,
-        message_id: str,
-        *,
-        status: SagaStatus,
-        step_index: int,
-        actor: str,
-        session_id: str | None = None,
-        trace_id: str | None = None,
-        expected_revision: int | None = None,
-        allow_reopen: bool = False,
-        owner: str | None = None,
-        wait: tuple[str, int, float] | None = None,
-    ) -> int | None:
-        """Move the saga's state forward with compare-and-set; returns the new revision, or None when the
-        change was refused (the saga is already terminal, or already further along).
-
-        `expected_revision` is a hint (the revision the previous step saw): when right it saves a read. 0 says
-        the saga is new (the gateway's start): the state is created, and indexed, without a read.
-        `allow_reopen` lets recovery move a saga out of `escalated`/`failed` (never out of `completed`).
-        `wait` (signal, wait number, deadline) goes with the status `waiting` (running → waiting → running).
-        """
-        current: SagaState | None = None
-        revision = expected_revision
-        indexed_in_vain = False  # a create that found the saga there already had its index entry put with it
-        for _ in range(16):
-            if revision is None:
-                current = await self.state(message_id)
-                revision = current.revision if current else 0
-            if current is not None and not _may_move(current, status, step_index, allow_reopen):
-                if indexed_in_vain and current.status in TERMINAL:  # a repeated start of a finished saga
-                    with contextlib.suppress(Exception):  # take back its entry (the sweeper would drop it too)
-                        await self._unindex(message_id)
-                return None
-            now = time.time()
-            new = SagaState(
-                message_id=message_id,
-                session_id=session_id or (current.session_id if current else None),
-                status=status,
-                step_index=step_index,
-                actor=actor,
-                updated_at=now,
-                started_at=(current.started_at if current and current.started_at else now),
-                trace_id=trace_id or (current.trace_id if current else None),
-                owner=owner or (current.owner if current else None),
-                **(dict(zip(("signal", "wait_seq", "deadline"), wait, strict=True)) if wait else {}),
-            )
-            body = orjson.dumps(new.model_dump(mode="json", exclude={"revision"}, exclude_none=True))
-            try:
-                write = (self._state.update(message_id, body, last=revision) if revision
-                         else self._state.create(message_id, body))
-                # The running index moves with the state, written at the same time (no extra round trip).
-                index = self._index(message_id, status, current, created=not revision)
-                if index is None:
-                    return await write
-                # Both end before a failure is looked at: an index write in flight could land after the clean-up.
-                new_revision, indexed = await asyncio.gather(write, index, return_exceptions=True)
-                if isinstance(new_revision, KeyWrongLastSequenceError):
-                    indexed_in_vain |= not revision and status not in TERMINAL
-                if failed := next((o for o in (new_revision, indexed) if isinstance(o, BaseException)), None):
-                    raise failed
-                return new_revision
-            except KeyWrongLastSequenceError:
-                # Someone else moved it (or the hint was stale): read again and re-check the guard.
-                revision, current = None, None
-        raise RuntimeError(f"saga_state for {message_id} kept changing under compare-and-set")
-
-    def _index(self, message_id: str, status: str, current: SagaState | None, *, created: bool) -> Any:
-        """The write to the running index that goes with a state change (None when it needs none)."""
-        if status in TERMINAL:
-            return self._unindex(message_id)
-        if created or (current is not None and current.status in TERMINAL):
-            return self._running.put(message_id, b"")
-        return None
-
-    def _unindex(self, message_id: str) -> Any:
-        """Take a saga out of the running index: a purge whose marker expires (`marker_ttl_s`)."""
-        return self._running.purge(message_id, msg_ttl=self.marker_ttl_s)
-
-    async def running(self) -> list[SagaState]:
-        """The states of the sagas in the running index (what the sweeper looks at). An index entry whose saga
-        has ended (its process died between the two writes) is dropped here."""
-        out: list[SagaState] = []
-        for key in await live_entries(self._nc, RUNNING_BUCKET, timeout_s=self._read_timeout_s):
-            state = await self.state(key)
-            if state is None:
-                continue
-            if state.status in TERMINAL:
-                with contextlib.suppress(Exception):
-                    await self._unindex(key)
-                continue
-            out.append(state)
-        return out
-
-    async def states(self) -> list[SagaState]:
-        """Every saga state (for tests and tools; fine for a demo-sized bucket)."""
-        entries = await live_entries(self._nc, STATE_BUCKET, timeout_s=self._read_timeout_s)
-        return [SagaState.model_validate({**orjson.loads(m.data), "revision": m.seq})
-                for m in entries.values() if m.data]
-
-
 def _ignore(kind: str) -> None:
     """The default `on_recorded`: events are not counted."""
-
-
-def _may_move(current: SagaState, status: str, step_index: int, allow_reopen: bool) -> bool:
-    if current.status == "completed":
-        return False
-    if current.status in TERMINAL and not allow_reopen:
-        return False
-    if status == "running" and current.status == "running" and step_index < current.step_index:
-        return False
-    return True

@@ -184,6 +184,11 @@ class Message(Strict, Generic[P]):
         """Index of the current step in the route."""
         return self.route.current_step
 
+    @property
+    def owner(self) -> str | None:
+        """Who may read the saga, kept in its state (applications override this; None: not recorded)."""
+        return None
+
     def to_bytes(self) -> bytes:
         """Serialize for the wire (orjson: several times cheaper than the standard json per hop)."""
         return orjson.dumps(self.model_dump(mode="json", exclude_defaults=False))

@@ -244,7 +244,8 @@ async def publish(
 
 
 async def record_start(saga: SagaLog, message: Message) -> bool:
-    """Record `saga_started` and mark the saga running, concurrently (two independent KV writes). False when
+    """Record `saga_started` and put the saga in the running index with its starting state, concurrently (two
+    independent KV writes; the saga has no `saga_state` key until its status changes). False when
     `saga_started` was already recorded (another attempt of the same message started it first)."""
     created, _ = await asyncio.gather(
         saga.record(
@@ -260,17 +261,18 @@ async def record_start(saga: SagaLog, message: Message) -> bool:
                       "message": message.model_dump(mode="json"), **_trace_context()},
             )
         ),
-        saga.set_state(
+        saga.start(
             message.message_id,
-            status="running",
             step_index=message.route.current_step,
             actor=message.route.current,
             session_id=message.session_id,
             trace_id=message.metadata.trace_id,
             owner=message.owner,
-            expected_revision=0,  # a new saga: no read first (a repeated start finds the state and stops)
+            started_at=message.metadata.created_at,
         ),
     )
+    if not created:  # a repeated start: a finished saga must not stay in the index the start put it back in
+        await saga.unindex_if_ended(message.message_id)
     return bool(created)
 
 

@@ -96,16 +96,18 @@ def permissions(user: str, stream: str = "SUPPORT") -> dict[str, Any] | None:
         subscribe += [REPLY_SUBJECTS, SESSION_SUBJECTS]
         return {"publish": {"allow": publish}, "subscribe": {"allow": subscribe}}
     publish += [f"{SUBJECT_PREFIX}.*", RESUMES, f"{TIMER_TOKEN}.{SUBJECT_PREFIX}.>", *_consume(stream, user)]
+    # Who reads a saga's state reads the running index too: a saga that never changed status has its state there.
     if user in WAITING_ACTORS:
-        publish += [*_write_bucket(STATE_BUCKET), *_read_bucket(STATE_BUCKET)]
+        publish += [*_write_bucket(STATE_BUCKET), *_read_bucket(STATE_BUCKET), *_read_bucket(RUNNING_BUCKET)]
     if user in ANSWERING_ACTORS:
         publish += [REPLY_SUBJECTS, *_write_bucket(STATE_BUCKET), *_read_bucket(STATE_BUCKET),
-                    *_write_bucket(RUNNING_BUCKET), *_write_bucket(RESULTS_BUCKET), *_read_bucket(RESULTS_BUCKET)]
+                    *_write_bucket(RUNNING_BUCKET), *_read_bucket(RUNNING_BUCKET), *_write_bucket(RESULTS_BUCKET),
+                    *_read_bucket(RESULTS_BUCKET)]
     if user == ERROR_HANDLER:
         deadletters = f"{stream}_DEADLETTERS"
-        # Recovery: the dead letters, the running index it sweeps, and its lease.
+        # Recovery: the dead letters and its lease (the running index it sweeps it reads as an answering actor).
         publish += [*_declare([deadletters, _bucket_stream(LEASE_BUCKET)]), *_consume(deadletters, "deadletters"),
-                    *_read_bucket(RUNNING_BUCKET), *_write_bucket(LEASE_BUCKET), *_read_bucket(LEASE_BUCKET),
+                    *_write_bucket(LEASE_BUCKET), *_read_bucket(LEASE_BUCKET),
                     f"{API}.STREAM.MSG.GET.{stream}", f"{API}.DIRECT.GET.{stream}", f"{API}.STREAM.MSG.DELETE.{stream}"]
     return {"publish": {"allow": publish}, "subscribe": {"allow": subscribe}}
 

@@ -106,8 +106,12 @@ class Core:
         await self.saga.record(SagaEvent(
             message_id=message.message_id, kind="saga_completed", actor=self.name, step_index=last,
             trace_id=message.metadata.trace_id or self.hooks.trace_id(), data={"status": status}))
+        # A saga that never changed status has no `saga_state` key yet: it is created without a read, from what
+        # the message carries (a saga that did change refuses the create and is read, see SagaLog.set_state).
         await self.saga.set_state(message.message_id, status=status, step_index=last, actor=self.name,
-                                  allow_reopen=True)
+                                  allow_reopen=True, expected_revision=0, session_id=message.session_id,
+                                  trace_id=message.metadata.trace_id, owner=message.owner,
+                                  started_at=message.metadata.created_at)
 
     def extra(self, message: Message[Any], attempt: int) -> dict[str, Any]:
         """Log fields of a line about one step."""

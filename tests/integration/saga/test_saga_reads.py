@@ -50,7 +50,8 @@ async def test_listings_of_running_and_all_sagas_never_come_back_short(harness) 
         await harness.saga.set_state(mid, status="running", step_index=0, actor="gateway", expected_revision=0)
     for mid in ids[:10]:  # ended: their running-index entries are deleted (delete markers stay in the stream)
         await harness.saga.set_state(mid, status="completed", step_index=1, actor="response_aggregator")
-    await harness.saga._state.delete(ids[10])  # a state deleted outright is listed nowhere
+    # A saga deleted outright is listed nowhere (its index entry holds a state too: both go).
+    await asyncio.gather(harness.saga._state.delete(ids[10]), harness.saga._running.delete(ids[10]))
 
     listings = [set(await live_entries(harness.nc, STATE_BUCKET)) for _ in range(300)]
     running = {s.message_id for s in await harness.saga.running()}
@@ -104,6 +105,43 @@ async def test_a_running_index_created_without_message_ttls_gets_them(harness) -
 
     assert (await harness.js.stream_info(f"KV_{RUNNING_BUCKET}")).config.allow_msg_ttl
     assert await log.running() == []
+
+
+async def test_a_saga_that_never_changed_status_has_its_state_in_the_running_index_only(harness) -> None:
+    """The start writes the running index's entry (its value is the state) and no `saga_state` key; every
+    reader finds the state there, the sweeper too; the end creates the state without a read and takes the
+    saga out of the index. A saga that changed status meanwhile refuses that create and is moved as usual."""
+    from saga.transport import record_start
+
+    quiet = await harness.submit(["a", "b"], publish=False)  # started, then nothing: as the sweeper finds it
+    moved = await harness.submit(["a", "b"], publish=False)
+    state_kv = await harness.js.key_value(STATE_BUCKET)
+    assert set(await live_entries(harness.nc, STATE_BUCKET)) == set()
+
+    first = await harness.saga.state(quiet.message_id)
+    assert first is not None and (first.status, first.revision, first.owner, first.session_id) == (
+        "running", 0, quiet.owner, "s1")
+    assert first.started_at == quiet.metadata.created_at and first.trace_id == quiet.metadata.trace_id
+    assert {s.message_id for s in await harness.saga.running()} == {quiet.message_id, moved.message_id}
+    assert {s.message_id for s in await harness.saga.states()} == {quiet.message_id, moved.message_id}
+
+    # A transition of a saga read from the index creates its state (and leaves the index entry alone).
+    await harness.saga.set_state(moved.message_id, status="compensating", step_index=1, actor="b")
+    for message in (quiet, moved):  # the end, as the runtime's completion writes it: no read first
+        assert await harness.saga.set_state(
+            message.message_id, status="completed", step_index=1, actor="b", allow_reopen=True,
+            expected_revision=0, session_id=message.session_id, trace_id=message.metadata.trace_id,
+            owner=message.owner, started_at=message.metadata.created_at)
+    for message in (quiet, moved):
+        ended = await harness.saga.state(message.message_id)
+        assert ended is not None and ended.status == "completed" and ended.revision
+        assert ended.owner == message.owner and ended.started_at == message.metadata.created_at
+        assert (await state_kv.get(message.message_id)).revision == ended.revision
+    assert await harness.saga.running() == []
+    # The repeated start of a finished saga (an Idempotency-Key retry) changes nothing and leaves no entry.
+    assert await record_start(harness.saga, quiet) is False
+    assert (await harness.saga.state(quiet.message_id)).status == "completed"
+    assert await live_entries(harness.nc, RUNNING_BUCKET) == {}
 
 
 async def test_a_bucket_created_without_direct_gets_gets_them(harness) -> None:
