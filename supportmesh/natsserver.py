@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -34,6 +35,16 @@ class NatsServerError(RuntimeError):
 # so one of them crash-looped on "address in use" while the other answered its readiness checks.
 _HANDED_OUT: set[tuple[str, int]] = set()
 _HANDED_OUT_LOCK = threading.Lock()
+# What JetStream's `sync_interval` takes: `always` (fsync every write) or a Go duration such as "2m" or "1m30s".
+# Possessive digits: a long run of digits without a unit fails at once instead of being split every way.
+_SYNC_INTERVAL = re.compile(r"always|(?:\d++(?:\.\d++)?(?:ns|us|µs|ms|s|m|h))+")
+
+
+def check_sync_interval(value: str) -> str:
+    """`value` if nats-server's `sync_interval` takes it; ValueError (with the reason) otherwise."""
+    if not _SYNC_INTERVAL.fullmatch(value):
+        raise ValueError(f"sync interval must be 'always' or a duration such as 2m or 1m30s, not {value!r}")
+    return value
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -135,7 +146,8 @@ class NatsServer:
             f"max_payload: {self.max_payload}\n"
             "jetstream {\n"
             f'  store_dir: "{store}"\n'
-            f"  sync_interval: {self.sync_interval}\n"
+            # Quoted: unquoted, nats-server reads "2m" as a size (2 million) and refuses the file.
+            f'  sync_interval: "{check_sync_interval(self.sync_interval)}"\n'
             + (f"  max_file_store: {self.max_file_store}\n" if self.max_file_store else "")
             + (f'  domain: "{self.domain}"\n' if self.domain else "")
             + "}\n"

@@ -34,7 +34,7 @@ from gateway.auth import load_or_create_secret
 from supportmesh import natsauth, redisauth
 from config.private_files import write_private
 from supportmesh.credentials import MeshCredentials, redis_password_hash
-from supportmesh.natsserver import NatsServer, cluster_nodes, free_port, wait_healthy
+from supportmesh.natsserver import NatsServer, check_sync_interval, cluster_nodes, free_port, wait_healthy
 from supportmesh.redisserver import RedisServer
 from supportmesh.supervisor import Child, Supervisor
 
@@ -331,6 +331,14 @@ class LocalMesh:
             self.write_endpoints(ready=False)
 
 
+def _sync_interval(value: str) -> str:
+    """argparse's check of `--sync-interval` (its reason, not argparse's "invalid value")."""
+    try:
+        return check_sync_interval(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `supportmesh up`."""
     parser = argparse.ArgumentParser(prog="supportmesh up", description=__doc__,
@@ -345,7 +353,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nats-cluster", type=int, default=1, metavar="N",
                         help="run N nats-servers as one JetStream cluster (3: streams and buckets with 3 replicas)")
     parser.add_argument("--redis-port", type=int, default=6379, help="ignored when SUPPORTMESH_REDIS_URL is set")
-    parser.add_argument("--sync-interval", default="always", help="nats-server JetStream sync_interval")
+    parser.add_argument("--sync-interval", default="always", type=_sync_interval,
+                        help="nats-server JetStream sync_interval: always (fsync every write, the default) or a "
+                        "duration such as 2m (faster, but a crash of the machine may lose the last writes)")
     parser.add_argument("--observability", action="store_true", help="also start Prometheus")
     parser.add_argument("--prometheus-port", type=int, default=9090)
     args = parser.parse_args(argv)
