@@ -200,7 +200,6 @@ async def _wait_for_result(gw: Gateway, message_id: str, waiter: asyncio.Future[
     return result
 
 
-
 async def _with_agent(gw: Gateway, session_id: str, text: str,
                       session: dict[str, Any] | None) -> dict[str, Any] | None:
     """The `with_agent` answer when a person has the session (`session`: its state); None when the bot answers
