@@ -70,18 +70,18 @@ class SagaStates:
 
     async def state(self, message_id: str) -> SagaState | None:
         """The saga's current state, or None when unknown. A saga that has not changed status since it started
-        has it in the running index only (revision 0: no `saga_state` key yet). That key is read again when
-        the index has nothing: a saga that ended meanwhile wrote its state before leaving the index."""
+        has it in the running index only (revision 0: no `saga_state` key yet). When the index holds the purge
+        marker of an entry instead, the saga ended between the two reads, and it wrote its state before leaving
+        the index: that key is read again. With no marker (it lives `marker_ttl_s`, far longer than the time
+        between two reads) the saga is unknown: two reads, not three."""
         stored = await self._stored_state(message_id)
         if stored is not None:
             return stored
         try:
             entry = await self._running.get(message_id)
-        except KeyNotFoundError:
-            entry = None
-        if entry is not None and entry.value:
-            return _state_of(entry.value, revision=0)
-        return await self._stored_state(message_id)
+        except KeyNotFoundError as gone:
+            return await self._stored_state(message_id) if gone.op is not None else None
+        return _state_of(entry.value, revision=0) if entry.value else None
 
     async def _stored_state(self, message_id: str) -> SagaState | None:
         """The saga's `saga_state` record (None: none yet, or unknown)."""

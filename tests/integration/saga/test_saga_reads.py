@@ -144,6 +144,45 @@ async def test_a_saga_that_never_changed_status_has_its_state_in_the_running_ind
     assert await live_entries(harness.nc, RUNNING_BUCKET) == {}
 
 
+async def test_a_reader_that_misses_a_state_written_between_its_reads_still_finds_it(harness) -> None:
+    """The race `state()` is built for: its first read finds no `saga_state` key, then the saga ends (state
+    written, index entry purged) before it reads the index. The purge marker sends it back to the state, which
+    is there. An id nobody started costs two reads, not three (no marker to go back for)."""
+    message = await harness.submit(["a", "b"], publish=False)
+    saga = harness.saga
+    real_read = saga._stored_state
+    ended = False
+
+    async def first_read_before_the_end(message_id: str):
+        nonlocal ended
+        if not ended:
+            ended = True
+            stored = await real_read(message_id)
+            await saga.set_state(message_id, status="completed", step_index=1, actor="b", expected_revision=0,
+                                 owner=message.owner, started_at=message.metadata.created_at)
+            return stored
+        return await real_read(message_id)
+
+    saga._stored_state = first_read_before_the_end
+    try:
+        found = await saga.state(message.message_id)
+    finally:
+        del saga._stored_state
+    assert found is not None and found.status == "completed" and found.revision
+
+    reads: list[str] = []
+
+    async def seen(msg) -> None:
+        reads.append(msg.subject)
+
+    sub = await harness.nc.subscribe("$JS.API.DIRECT.GET.>", cb=seen)
+    await harness.nc.flush()
+    assert await saga.state("nobody-started-this") is None
+    await harness.nc.flush()
+    await sub.unsubscribe()
+    assert len(reads) == 2, reads
+
+
 async def test_a_bucket_created_without_direct_gets_gets_them(harness) -> None:
     await harness.js.delete_key_value(LOG_BUCKET)
     await harness.js.create_key_value(KeyValueConfig(bucket=LOG_BUCKET, history=1, storage=StorageType.FILE))
