@@ -2,6 +2,9 @@
 
 The runtime and the gateway only use the OpenTelemetry *API* here; `setup_tracing` installs the SDK
 (and the OTLP exporter when `OTEL_EXPORTER_OTLP_ENDPOINT` is set). Without it every call is a no-op.
+
+A process that exports no spans records none: its spans are non-recording (`exporting_sampler`), which still
+carry the trace id from span to span, process to process and into every response, saga event and log line.
 """
 
 from __future__ import annotations
@@ -9,11 +12,15 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.sampling import Sampler
 
 TRACER_NAME = "supportmesh"
 
@@ -52,10 +59,30 @@ def current_trace_id() -> str | None:
 _provider_installed = False
 
 
+def exports_spans(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether this process is told where to send its spans (an OTLP endpoint)."""
+    return bool(environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+
+
+def exporting_sampler(environ: Mapping[str, str] = os.environ) -> Sampler | None:
+    """The sampler of a process: None (the SDK's choice, `OTEL_TRACES_SAMPLER` or parent-based always-on) when
+    it exports spans or a sampler is configured; otherwise one that records nothing, whatever the parent says
+    (a client's `traceparent` marked sampled must not make a process record spans nobody reads). A span that no
+    exporter will ever read costs about twice the CPU of a non-recording one (a step's two spans: 47 against
+    20 us), and a non-recording span still has the trace id and a span id of its own: the trace id still reaches
+    the response, every saga event and log line, and the next process (in `traceparent`, marked not sampled)."""
+    if exports_spans(environ) or environ.get("OTEL_TRACES_SAMPLER"):
+        return None
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+    return ALWAYS_OFF
+
+
 def setup_tracing(service_name: str, **_: Any) -> None:
     """Install the OpenTelemetry SDK for this process: `service.name`, W3C propagation, and an OTLP/HTTP
     exporter when `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`) is set. Without an endpoint spans
-    are still created, so trace ids exist for responses, saga events and logs. Idempotent."""
+    are non-recording (`exporting_sampler`): trace ids still exist for responses, saga events and logs.
+    Idempotent."""
     global _provider_installed
     if _provider_installed:
         return
@@ -70,8 +97,8 @@ def setup_tracing(service_name: str, **_: Any) -> None:
         "service.namespace": "supportmesh",
         "service.instance.id": uuid.uuid4().hex[:12],
     })
-    provider = TracerProvider(resource=resource)
-    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+    provider = TracerProvider(resource=resource, sampler=exporting_sampler())
+    if exports_spans():
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(), schedule_delay_millis=500))
