@@ -84,9 +84,10 @@ async def send(client: httpx.AsyncClient, method: str, url: str, **kwargs: Any) 
     raise AssertionError("unreachable")
 
 
-async def chats(base: str, count: int, concurrency: int,
-                headers: dict[str, str]) -> tuple[list[float], float, list[str]]:
-    """`count` chats with `concurrency` in flight: latencies (s), wall time (s), message ids."""
+async def chats(base: str, count: int, concurrency: int, headers: dict[str, str],
+                clock: dict[str, tuple[float, float]] | None = None) -> tuple[list[float], float, list[str]]:
+    """`count` chats with `concurrency` in flight: latencies (s), wall time (s), message ids. `clock`, when
+    given, gets each chat's wall-clock send and answer times by message id (set against the saga log's)."""
     sem = asyncio.Semaphore(concurrency)
     latencies: list[float] = []
     ids: list[str] = []
@@ -95,36 +96,67 @@ async def chats(base: str, count: int, concurrency: int,
 
         async def one() -> None:
             async with sem:
-                started = time.perf_counter()
+                sent, started = time.time(), time.perf_counter()
                 r = await send(client, "POST", "/api/chat", json=body())
                 while r.status_code == 202:
                     await asyncio.sleep(0.05)
                     r = await send(client, "GET", f"/api/chat/{r.json()['message_id']}")
                 latencies.append(time.perf_counter() - started)
                 ids.append(r.json()["message_id"])
+                if clock is not None:
+                    clock[ids[-1]] = (sent, time.time())
 
         t0 = time.perf_counter()
         await asyncio.gather(*(one() for _ in range(count)))
         return latencies, time.perf_counter() - t0, ids
 
 
-def per_actor(base: str, ids: list[str], headers: dict[str, str]) -> dict[str, Any]:
+# Where a serial chat's time goes: the parts `per_actor` splits it into, in order.
+PARTS = {
+    "before_saga_started": "the client's send to `saga_started` (HTTP, token, rate limits, the session's checks)",
+    "to_first_step": "`saga_started` to the first step's start (the start's two writes, then the first hop's "
+                     "publish and delivery)",
+    "steps": "in the steps (sum over the route)",
+    "hops": "between the steps (a step's `step_completed` to the next one's start)",
+    "to_client": "the last `step_completed` to the client's answer (the reply, the HTTP response)",
+}
+
+
+def per_actor(base: str, ids: list[str], headers: dict[str, str],
+              clock: dict[str, tuple[float, float]] | None = None) -> dict[str, Any]:
     """Median step time per actor and median hop time (one step's completion to the next step's start: its
-    completion less its recorded duration)."""
+    completion less its recorded duration); with `clock` (send and answer times by message id, from the same
+    machine's clock), the median of each part of a chat (`PARTS`) over the chats with a clean run."""
     steps: dict[str, list[float]] = {}
     hops: list[float] = []
+    parts: dict[str, list[float]] = {name: [] for name in PARTS}
     with httpx.Client(base_url=base, timeout=30, headers=headers) as client:
         for mid in ids:
             events = client.get(f"/api/sagas/{mid}").json()["events"]
             done = {e["step_index"]: e for e in events if e["kind"] == "step_completed"}
+            chat_hops: list[float] = []
             for e in events:
                 if e["kind"] == "step_completed" and e.get("duration_ms") is not None:
                     steps.setdefault(e["actor"], []).append(e["duration_ms"])
                 if (e["kind"] == "step_completed" and e["attempt"] == 1 and e.get("duration_ms") is not None
                         and e["step_index"] - 1 in done):
-                    hops.append((e["ts"] - e["duration_ms"] / 1000 - done[e["step_index"] - 1]["ts"]) * 1000)
+                    chat_hops.append((e["ts"] - e["duration_ms"] / 1000 - done[e["step_index"] - 1]["ts"]) * 1000)
+            hops += chat_hops
+            started = next((e for e in events if e["kind"] == "saga_started"), None)
+            timed = [done[i] for i in sorted(done) if done[i].get("duration_ms") is not None]
+            if clock is None or mid not in clock or started is None or not timed or len(timed) != len(done) \
+                    or len(chat_hops) != len(done) - 1:
+                continue  # a retried or redelivered step: no clean split
+            sent, answered = clock[mid]
+            first = timed[0]["ts"] - timed[0]["duration_ms"] / 1000
+            for name, ms in (("before_saga_started", (started["ts"] - sent) * 1000),
+                             ("to_first_step", (first - started["ts"]) * 1000),
+                             ("steps", sum(e["duration_ms"] for e in timed)), ("hops", sum(chat_hops)),
+                             ("to_client", (answered - timed[-1]["ts"]) * 1000)):
+                parts[name].append(ms)
     return {"step_ms_p50": {a: round(statistics.median(v), 3) for a, v in steps.items()},
-            "hop_ms_p50": round(statistics.median(hops), 3) if hops else None}
+            "hop_ms_p50": round(statistics.median(hops), 3) if hops else None,
+            "serial_parts_ms_p50": {name: round(statistics.median(v), 3) for name, v in parts.items() if v}}
 
 
 def proc_usage(pids: dict[str, int]) -> dict[str, tuple[float, int]]:
@@ -337,6 +369,12 @@ def write_report(results: dict[str, Any], out_dir: Path) -> None:
     for c in results["concurrency"]:
         lines.append(f"| {c['concurrency']} | {c['chats_per_s']} | {c['p50_ms']} | {c['p99_ms']} | "
                      f"{c['cpu_ms_per_chat']} | {c['nats_cpu_ms_per_chat']} |")
+    parts = results["actors"].get("serial_parts_ms_p50") or {}
+    if parts:
+        lines += ["", "Where a serial chat's time goes (p50 of each part over the last 50 serial chats, from the "
+                  "client's clock and the saga log's timestamps on the same machine; the parts' p50s need not add "
+                  "up to the chat's):", "", "| part | p50 ms |", "|---|---|"]
+        lines += [f"| {PARTS[name]} | {ms} |" for name, ms in parts.items()]
     lines += ["", "| actor | step p50 ms |", "|---|---|"]
     lines += [f"| {a} | {v} |" for a, v in results["actors"]["step_ms_p50"].items()]
     lines += ["", "| process | CPU ms per chat (whole sweep) | peak RSS MiB |", "|---|---|---|"]
@@ -381,7 +419,8 @@ async def run(endpoints: dict[str, Any], serial_n: int, levels: list[int], per_l
 
     floors = [await floor_run()]
     await chats(base, 20, 1, headers)  # warm-up
-    serial, _, ids = await chats(base, serial_n, 1, headers)
+    clock: dict[str, tuple[float, float]] = {}
+    serial, _, ids = await chats(base, serial_n, 1, headers, clock)
     floors.append(await floor_run())
     pids = {name: p["pid"] for name, p in endpoints["processes"].items() if p.get("pid")}
     pids.update({name: endpoints[key] for name, key in (("nats-server", "nats_pid"), ("redis-server", "redis_pid"))
@@ -414,7 +453,7 @@ async def run(endpoints: dict[str, Any], serial_n: int, levels: list[int], per_l
         "ratios": ratios(s["p50_ms"], next((c for c in sweep if c["concurrency"] == INFLIGHT), None), raw),
         "serial": s,
         "concurrency": sweep,
-        "actors": per_actor(base, ids[-50:], headers),
+        "actors": per_actor(base, ids[-50:], headers, clock),
         "processes": processes,
         "raw_floor": raw,
         "in_process": summary(baseline),

@@ -28,7 +28,13 @@ def test_mesh_bench_smoke(mesh, tmp_path) -> None:
     for r in ratios:  # each measured: a finite positive ratio, its target and whether it is met
         assert isinstance(r["value"], float) and math.isfinite(r["value"]) and r["value"] > 0, r
         assert r["target"] and isinstance(r["met"], bool), r
+    # Where a serial chat's time goes: every part measured, and together about one chat (medians need not add up).
+    parts = results["actors"]["serial_parts_ms_p50"]
+    assert set(parts) == {"before_saga_started", "to_first_step", "steps", "hops", "to_client"}, parts
+    assert all(ms > 0 for ms in parts.values()), parts
+    assert 0.5 < sum(parts.values()) / results["serial"]["p50_ms"] < 1.5, (parts, results["serial"])
     report = (tmp_path / "mesh.md").read_text()
+    assert "Where a serial chat's time goes" in report
     assert report.startswith("# supportmesh mesh benchmark") and "target met" in report
     assert all(r["ratio"] in report for r in ratios) and "target met" in out.stdout  # printed too
     assert (tmp_path / "mesh.png").stat().st_size > 1000
