@@ -168,6 +168,39 @@ def traced_call(base: str, *, log_content: bool) -> list:
         return list(receiver.spans)
 
 
+UNEXPORTED_CALL = """
+import asyncio, sys
+from actors.llm import LLMClient
+from observability.tracing import setup_tracing, shutdown_tracing, tracer
+from config.settings import Settings
+
+async def main() -> None:
+    client = LLMClient(Settings(llm_model="openai/test-model", llm_api_base=sys.argv[1], llm_retries=0,
+                                llm_timeout_s=5))
+    setup_tracing("supportmesh-llm-test")
+    with tracer().start_as_current_span("process ecommerce.support.response_generator") as span:
+        result = await client.complete([{"role": "user", "content": "where is my order?"}], purpose="response")
+        print("recording", span.is_recording(), "answer", result.text)
+    await asyncio.sleep(0.5)  # LiteLLM's success callbacks (its OpenTelemetry one too) run after the call returns
+
+asyncio.run(main())
+shutdown_tracing()
+"""
+
+
+def test_a_litellm_call_where_no_spans_are_exported(provider) -> None:
+    """Without an OTLP endpoint spans are non-recording (observability/tracing.py): a model served through
+    LiteLLM still answers, and LiteLLM's OpenTelemetry callback copes with the non-recording parent."""
+    fake, base = provider
+    fake.answers = [(200, "Your order 98765 is on its way")]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    out = subprocess.run([sys.executable, "-c", UNEXPORTED_CALL, base], capture_output=True, text=True, timeout=120,
+                         env={**env, "PYTHONPATH": str(REPO), "OPENAI_API_KEY": "sk-test"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "recording False answer Your order 98765 is on its way" in out.stdout, out.stdout[-2000:]
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]
+
+
 def test_litellm_span_is_a_child_of_ours_without_message_text(provider) -> None:
     fake, base = provider
     fake.answers = [(200, "Your refund for order 98765 is on its way")]
