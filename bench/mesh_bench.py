@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ import aiohttp  # noqa: E402
 import httpx  # noqa: E402
 import nats  # noqa: E402
 import orjson  # noqa: E402
+from nats.js.api import AckPolicy, ConsumerConfig  # noqa: E402
 
 from supportmesh.credentials import nats_options, redis_url  # noqa: E402
 
@@ -185,12 +187,45 @@ def proc_usage(pids: dict[str, int]) -> dict[str, tuple[float, int]]:
 
 # ---- (a) raw floor: the same hops, one KV write each, no logic -------------------------------------------------
 
+def start_hops(js: Any, hops: int, subject: str, stream_of: Callable[[int], str], inflight: int,
+               done: dict[str, asyncio.Future[float]], stop: asyncio.Event,
+               write: Callable[[int, Any], Awaitable[None]] | None = None) -> list[asyncio.Task[None]]:
+    """`hops` pull consumers (`h<i>` on `stream_of(i)`, subject `<subject>.<i>`) that each run `write` (when
+    given), publish the message on to the next hop and ack it; the last one resolves the message's future in
+    `done` (by its `id` header). Run until `stop` is set."""
+
+    async def hop(i: int) -> None:
+        await js.add_consumer(stream_of(i), ConsumerConfig(durable_name=f"h{i}", filter_subject=f"{subject}.{i}",
+                                                           ack_policy=AckPolicy.EXPLICIT))
+        sub = await js.pull_subscribe_bind(f"h{i}", stream=stream_of(i))
+
+        async def step(m: Any) -> None:
+            if write is not None:
+                await write(i, m)
+            if i + 1 < hops:
+                await js.publish(f"{subject}.{i + 1}", m.data, headers=m.headers)
+            else:
+                fut = done.get(m.headers["id"])
+                if fut is not None and not fut.done():
+                    fut.set_result(time.perf_counter())
+            await m.ack()
+
+        while not stop.is_set():
+            try:
+                msgs = await sub.fetch(inflight, timeout=1)
+            except (asyncio.TimeoutError, nats.errors.TimeoutError):
+                continue
+            await asyncio.gather(*(step(m) for m in msgs))
+
+    return [asyncio.create_task(hop(i)) for i in range(hops)]
+
+
 async def raw_floor(endpoints: dict[str, Any], hops: int, count: int, inflight: int = 16,
                     nats_pid: int | None = None) -> dict[str, Any]:
     """`hops` pull consumers that each write one KV key and publish on (no logic, no tracing, no models), in
     this one process: messages one at a time, then `inflight` at once. Returns the serial latencies, the
     throughput in flight and the CPU per message (this process plus nats-server) of the in-flight run."""
-    from nats.js.api import AckPolicy, ConsumerConfig, KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
+    from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
 
     nc = await nats.connect(**nats_options(endpoints))
     js = nc.jetstream()
@@ -200,28 +235,10 @@ async def raw_floor(endpoints: dict[str, Any], hops: int, count: int, inflight: 
     done: dict[str, asyncio.Future[float]] = {}
     stop = asyncio.Event()
 
-    async def step(i: int, m: Any) -> None:
+    async def write(i: int, m: Any) -> None:
         await kv.put(f"m.{m.headers['id']}.{i}", m.data)
-        if i + 1 < hops:
-            await js.publish(f"floor.{i + 1}", m.data, headers=m.headers)
-        else:
-            fut = done.get(m.headers["id"])
-            if fut is not None and not fut.done():
-                fut.set_result(time.perf_counter())
-        await m.ack()
 
-    async def hop(i: int) -> None:
-        await js.add_consumer("FLOOR", ConsumerConfig(durable_name=f"h{i}", filter_subject=f"floor.{i}",
-                                                      ack_policy=AckPolicy.EXPLICIT))
-        sub = await js.pull_subscribe_bind(f"h{i}", stream="FLOOR")
-        while not stop.is_set():
-            try:
-                msgs = await sub.fetch(inflight, timeout=1)
-            except (asyncio.TimeoutError, nats.errors.TimeoutError):
-                continue
-            await asyncio.gather(*(step(i, m) for m in msgs))
-
-    tasks = [asyncio.create_task(hop(i)) for i in range(hops)]
+    tasks = start_hops(js, hops, "floor", lambda _: "FLOOR", inflight, done, stop, write=write)
     await asyncio.sleep(0.5)
     payload = json.dumps(body()).encode() * 3
 

@@ -38,3 +38,16 @@ def test_mesh_bench_smoke(mesh, tmp_path) -> None:
     assert report.startswith("# supportmesh mesh benchmark") and "target met" in report
     assert all(r["ratio"] in report for r in ratios) and "target met" in out.stdout  # printed too
     assert (tmp_path / "mesh.png").stat().st_size > 1000
+
+
+def test_stream_layout_bench_smoke(tmp_path) -> None:
+    """The work-stream layout benchmark runs each layout on a server of its own and reports all three."""
+    out_file = tmp_path / "stream-layout.json"
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "stream_layout_bench.py"), "--rounds", "1",
+                          "--messages", "60", "--out", str(out_file)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    results = json.loads(out_file.read_text())
+    assert set(results["summary"]) == {"one-workqueue", "per-hop-workqueue", "one-limits"}
+    for layout, figures in results["summary"].items():
+        assert all(math.isfinite(v) and v > 0 for v in figures.values()), (layout, figures)
+    assert "| per-hop-workqueue |" in out.stdout
