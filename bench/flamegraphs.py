@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,8 +22,6 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import mesh_bench  # noqa: E402
 
-from tests.support.mesh import Mesh  # noqa: E402
-
 ACTORS = ("sentiment_analyzer-1", "context_retriever-1")  # a naive actor, and one that calls the commerce APIs
 RECORD_S = 30
 INFLIGHT = 16
@@ -33,8 +30,7 @@ INFLIGHT = 16
 def main(out: Path, processes: tuple[str, ...] = ACTORS) -> None:
     """Start a mesh, warm it up, record `processes` for `RECORD_S` seconds under load, stop the mesh."""
     out.mkdir(parents=True, exist_ok=True)
-    mesh = Mesh(Path(tempfile.mkdtemp(prefix="supportmesh-flame-")), env={"SUPPORTMESH_AUTH_SECRET": ""}).start()
-    try:
+    with mesh_bench.local_mesh("supportmesh-flame-") as mesh:
         ep = mesh.endpoints
         headers = mesh_bench.signed_in(ep)
         asyncio.run(mesh_bench.chats(ep["gateway_url"], 40, 4, headers))  # warm-up
@@ -50,8 +46,6 @@ def main(out: Path, processes: tuple[str, ...] = ACTORS) -> None:
         print(f"{sent} chats at {INFLIGHT} in flight in {time.time() - started:.1f} s")
         for spy in spies:
             spy.wait(timeout=120)
-    finally:
-        mesh.stop()
 
 
 if __name__ == "__main__":

@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -490,6 +492,26 @@ async def run(endpoints: dict[str, Any], serial_n: int, levels: list[int], per_l
     }
 
 
+@contextlib.contextmanager
+def local_mesh(prefix: str) -> Iterator[Any]:
+    """A local mesh (`supportmesh up`, as the tests start it) in a new temporary folder, stopped on the way out.
+    The folder (the JetStream store, the history, the logs: tens of MB) is removed after a good run and kept,
+    with a word on stderr, after a failed one."""
+    from tests.support.mesh import Mesh
+
+    data_dir = Path(tempfile.mkdtemp(prefix=prefix))
+    # No secret given: `supportmesh up` keeps one in the data dir, where signed_in() reads it.
+    mesh = Mesh(data_dir, env={"SUPPORTMESH_AUTH_SECRET": ""})
+    try:
+        yield mesh.start()
+    except BaseException:
+        print(f"the run failed; the mesh's data and logs are kept in {data_dir}", file=sys.stderr)
+        raise
+    finally:
+        mesh.stop()
+    shutil.rmtree(data_dir, ignore_errors=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--endpoints", help="endpoints.json of a running mesh (default: start one)")
@@ -499,20 +521,11 @@ def main() -> int:
     # The smoke run keeps the INFLIGHT level: the ratios need it.
     serial_n, levels, per_level, floor_n = ((20, [1, INFLIGHT], 10, 64) if args.smoke
                                             else (200, [1, 4, INFLIGHT, 64], 200, 200))
-    mesh = None
     if args.endpoints:
-        endpoints = json.loads(Path(args.endpoints).read_text())
+        results = asyncio.run(run(json.loads(Path(args.endpoints).read_text()), serial_n, levels, per_level, floor_n))
     else:
-        from tests.support.mesh import Mesh
-
-        # No secret given: `supportmesh up` keeps one in the data dir, where signed_in() reads it.
-        mesh = Mesh(Path(tempfile.mkdtemp(prefix="supportmesh-bench-")), env={"SUPPORTMESH_AUTH_SECRET": ""}).start()
-        endpoints = mesh.endpoints
-    try:
-        results = asyncio.run(run(endpoints, serial_n, levels, per_level, floor_n))
-    finally:
-        if mesh:
-            mesh.stop()
+        with local_mesh("supportmesh-bench-") as mesh:
+            results = asyncio.run(run(mesh.endpoints, serial_n, levels, per_level, floor_n))
     write_report(results, Path(args.out))
     print((Path(args.out) / "mesh.md").read_text())
     return 0
